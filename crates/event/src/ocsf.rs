@@ -1,0 +1,1 @@
+//! Mapping of runtime events onto OCSF classes, for export.
