@@ -1,0 +1,377 @@
+//! The engine: the stages assembled in their one order.
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use custody_event::{EventId, NewEvent, RuntimeEvent};
+
+use crate::decision::Decision;
+use crate::record::{Receipt, Record, RecordError};
+use crate::stages::{
+    Act, ActionRecord, AllowAll, AsReported, Attribute, Decide, Detect, NoActions, NoDetections,
+    Normalize, Signal, Stamp,
+};
+
+/// An event after every stage but record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluated {
+    /// The normalized, attributed event.
+    pub event: RuntimeEvent,
+    /// What detection found.
+    pub signals: Vec<Signal>,
+    /// What was decided.
+    pub decision: Decision,
+    /// What was done about it.
+    pub actions: Vec<ActionRecord>,
+}
+
+/// A batch accepted by the engine: its ids, in submission order, and the
+/// receipt that resolves once it is durable.
+#[derive(Debug)]
+pub struct Ingested {
+    /// The ids of the events, in the order they were submitted.
+    pub ids: Vec<EventId>,
+    /// Resolves once the whole batch is durable.
+    pub receipt: Receipt,
+}
+
+/// The pipeline: normalize -> attribute -> detect -> decide -> act -> record.
+pub struct Engine {
+    normalize: Box<dyn Normalize>,
+    attribute: Box<dyn Attribute>,
+    detect: Box<dyn Detect>,
+    decide: Box<dyn Decide>,
+    act: Box<dyn Act>,
+    record: Arc<dyn Record>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine recording into `record`, with every other stage as it
+    /// stands today; replace stages through the builder.
+    pub fn builder(record: Arc<dyn Record>) -> EngineBuilder {
+        EngineBuilder {
+            engine: Engine {
+                normalize: Box::new(Stamp),
+                attribute: Box::new(AsReported),
+                detect: Box::new(NoDetections),
+                decide: Box::new(AllowAll),
+                act: Box::new(NoActions),
+                record,
+            },
+        }
+    }
+
+    /// The inline path: runs every stage on one event and queues it for
+    /// recording. The caller (the gateway) acts on the decision at once and
+    /// may wait on the receipt before it answers.
+    pub fn evaluate(
+        &self,
+        event: NewEvent,
+        received_at: DateTime<Utc>,
+    ) -> (Evaluated, Result<Receipt, RecordError>) {
+        let evaluated = self.process(event, received_at);
+        let receipt = self.record.record(vec![evaluated.clone()]);
+        (evaluated, receipt)
+    }
+
+    /// The collector path: runs every stage on each event of a batch and
+    /// queues the batch for recording as one unit.
+    pub fn ingest_batch(
+        &self,
+        events: Vec<NewEvent>,
+        received_at: DateTime<Utc>,
+    ) -> Result<Ingested, RecordError> {
+        let evaluated: Vec<Evaluated> = events
+            .into_iter()
+            .map(|event| self.process(event, received_at))
+            .collect();
+        let ids = evaluated.iter().map(|e| e.event.id).collect();
+        let receipt = self.record.record(evaluated)?;
+        Ok(Ingested { ids, receipt })
+    }
+
+    /// The collector path, awaited: returns the ids once the batch is
+    /// durable.
+    pub async fn ingest(
+        &self,
+        events: Vec<NewEvent>,
+        received_at: DateTime<Utc>,
+    ) -> Result<Vec<EventId>, RecordError> {
+        let Ingested { ids, receipt } = self.ingest_batch(events, received_at)?;
+        receipt.durable().await?;
+        Ok(ids)
+    }
+
+    /// Every stage but record. A panic in detect, decide or act must not take
+    /// the process down nor let the action through: it becomes a recorded
+    /// fail-closed decision.
+    fn process(&self, event: NewEvent, received_at: DateTime<Utc>) -> Evaluated {
+        let mut event = self.normalize.normalize(event, received_at);
+        self.attribute.attribute(&mut event);
+        let judged = catch_unwind(AssertUnwindSafe(|| {
+            let signals = self.detect.detect(&event);
+            let decision = self.decide.decide(&event, &signals);
+            let actions = self.act.act(&event, &decision);
+            (signals, decision, actions)
+        }));
+        let (signals, decision, actions) = match judged {
+            Ok(judged) => judged,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                (
+                    Vec::new(),
+                    Decision::fail_closed(format!("a stage panicked while deciding: {what}")),
+                    Vec::new(),
+                )
+            }
+        };
+        Evaluated {
+            event,
+            signals,
+            decision,
+            actions,
+        }
+    }
+}
+
+/// Builds an [`Engine`], replacing stages one by one.
+#[derive(Debug)]
+pub struct EngineBuilder {
+    engine: Engine,
+}
+
+impl EngineBuilder {
+    /// Replaces the normalize stage.
+    pub fn normalize(mut self, stage: impl Normalize + 'static) -> Self {
+        self.engine.normalize = Box::new(stage);
+        self
+    }
+
+    /// Replaces the attribute stage.
+    pub fn attribute(mut self, stage: impl Attribute + 'static) -> Self {
+        self.engine.attribute = Box::new(stage);
+        self
+    }
+
+    /// Replaces the detect stage.
+    pub fn detect(mut self, stage: impl Detect + 'static) -> Self {
+        self.engine.detect = Box::new(stage);
+        self
+    }
+
+    /// Replaces the decide stage.
+    pub fn decide(mut self, stage: impl Decide + 'static) -> Self {
+        self.engine.decide = Box::new(stage);
+        self
+    }
+
+    /// Replaces the act stage.
+    pub fn act(mut self, stage: impl Act + 'static) -> Self {
+        self.engine.act = Box::new(stage);
+        self
+    }
+
+    /// The engine.
+    pub fn build(self) -> Engine {
+        self.engine
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use custody_event::{AttributionMethod, decode};
+
+    use super::*;
+    use crate::Verdict;
+
+    const EVENT: &str = r#"{
+        "kind": "tool_call", "action": "tools/call", "observed_at": "2026-11-25T10:00:00Z",
+        "source": {"type": "gateway"},
+        "actor": {"current": {"type": "agent", "id": "coder", "run_id": "run-1"}},
+        "target": {"tool": "read_file", "server": "filesystem"},
+        "outcome": {"status": "success"}
+    }"#;
+
+    /// Records into memory and completes every receipt at once.
+    #[derive(Default)]
+    struct Memory(Mutex<Vec<Evaluated>>);
+
+    impl Record for Memory {
+        fn record(&self, batch: Vec<Evaluated>) -> Result<Receipt, RecordError> {
+            self.0.lock().unwrap().extend(batch);
+            let (done, receipt) = Receipt::channel();
+            let _ = done.send(Ok(()));
+            Ok(receipt)
+        }
+    }
+
+    struct Full;
+
+    impl Record for Full {
+        fn record(&self, _batch: Vec<Evaluated>) -> Result<Receipt, RecordError> {
+            Err(RecordError::QueueFull {
+                queued: 10,
+                capacity: 10,
+            })
+        }
+    }
+
+    /// Appends each stage's name to the event's attributes, so a test can see
+    /// the order the stages ran in.
+    struct Trace(&'static str);
+
+    fn mark(event: &RuntimeEvent, stage: &str) -> Vec<String> {
+        let mut seen: Vec<String> = event
+            .attributes
+            .get("stages")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        seen.push(stage.to_owned());
+        seen
+    }
+
+    impl Attribute for Trace {
+        fn attribute(&self, event: &mut RuntimeEvent) {
+            event
+                .attributes
+                .insert("stages".into(), serde_json::json!(mark(event, self.0)));
+            event.attribution.method = AttributionMethod::Bound;
+        }
+    }
+
+    impl Detect for Trace {
+        fn detect(&self, event: &RuntimeEvent) -> Vec<Signal> {
+            vec![Signal {
+                id: self.0.into(),
+                message: mark(event, self.0).join(","),
+            }]
+        }
+    }
+
+    impl Decide for Trace {
+        fn decide(&self, _event: &RuntimeEvent, signals: &[Signal]) -> Decision {
+            let seen = signals
+                .iter()
+                .map(|s| s.message.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            Decision {
+                verdict: Verdict::Alert,
+                reasons: vec![crate::Reason {
+                    source: crate::ReasonSource::Rule,
+                    id: self.0.into(),
+                    message: format!("{seen},{}", self.0),
+                }],
+            }
+        }
+    }
+
+    struct Panics;
+
+    impl Decide for Panics {
+        fn decide(&self, _event: &RuntimeEvent, _signals: &[Signal]) -> Decision {
+            panic!("policy store corrupted")
+        }
+    }
+
+    fn event() -> NewEvent {
+        decode(EVENT.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn stages_run_in_order_and_feed_each_other() {
+        let memory = Arc::new(Memory::default());
+        let engine = Engine::builder(memory.clone())
+            .attribute(Trace("attribute"))
+            .detect(Trace("detect"))
+            .decide(Trace("decide"))
+            .build();
+        let (evaluated, receipt) = engine.evaluate(event(), Utc::now());
+        receipt.unwrap().blocking_durable().unwrap();
+        assert_eq!(evaluated.event.attribution.method, AttributionMethod::Bound);
+        assert_eq!(evaluated.decision.verdict, Verdict::Alert);
+        assert_eq!(
+            evaluated.decision.reasons[0].message,
+            "attribute,detect,decide"
+        );
+        assert_eq!(memory.0.lock().unwrap().as_slice(), &[evaluated]);
+    }
+
+    #[test]
+    fn default_stages_allow_and_keep_what_the_source_said() {
+        let engine = Engine::builder(Arc::new(Memory::default())).build();
+        let received = Utc::now();
+        let (evaluated, _) = engine.evaluate(event(), received);
+        assert_eq!(evaluated.decision, Decision::allow());
+        assert_eq!(evaluated.event.received_at, received);
+        assert_eq!(
+            evaluated.event.attribution.method,
+            AttributionMethod::Unattributed
+        );
+        assert_eq!(evaluated.event.id.0.get_version_num(), 7);
+    }
+
+    #[test]
+    fn a_panic_while_deciding_fails_closed() {
+        let engine = Engine::builder(Arc::new(Memory::default()))
+            .decide(Panics)
+            .build();
+        let (evaluated, _) = engine.evaluate(event(), Utc::now());
+        assert_eq!(evaluated.decision.verdict, Verdict::Deny);
+        assert!(
+            evaluated.decision.reasons[0]
+                .message
+                .contains("policy store corrupted")
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_keep_order_and_client_ids() {
+        let memory = Arc::new(Memory::default());
+        let engine = Engine::builder(memory.clone()).build();
+        let mut chosen = event();
+        let id: EventId = "0193a5b0-7e2f-7cc3-9f5e-2f7f0b6a1c01".parse().unwrap();
+        chosen.id = Some(id);
+        let ids = engine
+            .ingest(vec![event(), chosen, event()], Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(ids[1], id);
+        let stored: Vec<EventId> = memory
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.event.id)
+            .collect();
+        assert_eq!(stored, ids);
+    }
+
+    #[test]
+    fn a_full_queue_is_reported_not_dropped() {
+        let engine = Engine::builder(Arc::new(Full)).build();
+        let error = engine.ingest_batch(vec![event()], Utc::now()).unwrap_err();
+        assert_eq!(
+            error,
+            RecordError::QueueFull {
+                queued: 10,
+                capacity: 10
+            }
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! The stage traits and the implementations in use until later work fills
+//! each stage.
+//!
+//! Every stage is a small, synchronous trait taking values and returning
+//! values: stages do no IO, so the inline gateway can run them on its request
+//! path. The no-op implementations are deliberate and explicit: they say what
+//! the pipeline does today rather than hide an empty stage.
+
+use chrono::{DateTime, Utc};
+use custody_event::{EventId, NewEvent, RuntimeEvent};
+use serde::{Deserialize, Serialize};
+
+use crate::decision::Decision;
+
+/// Turns a validated submission into a complete event.
+pub trait Normalize: Send + Sync {
+    /// Completes `event`, received at `received_at`.
+    fn normalize(&self, event: NewEvent, received_at: DateTime<Utc>) -> RuntimeEvent;
+}
+
+/// Resolves an event's actor to its identity chain.
+pub trait Attribute: Send + Sync {
+    /// Sets the event's chain and attribution.
+    fn attribute(&self, event: &mut RuntimeEvent);
+}
+
+/// Finds what is suspicious about an event.
+pub trait Detect: Send + Sync {
+    /// The signals the event raises.
+    fn detect(&self, event: &RuntimeEvent) -> Vec<Signal>;
+}
+
+/// Decides what to do with an event.
+pub trait Decide: Send + Sync {
+    /// The decision, given the event and its signals.
+    fn decide(&self, event: &RuntimeEvent, signals: &[Signal]) -> Decision;
+}
+
+/// Carries out a decision (containment, revocation).
+pub trait Act: Send + Sync {
+    /// What was done, or would have been done.
+    fn act(&self, event: &RuntimeEvent, decision: &Decision) -> Vec<ActionRecord>;
+}
+
+/// Something a detection found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signal {
+    /// The rule, threshold or baseline that fired.
+    pub id: String,
+    /// A sentence for the responder.
+    pub message: String,
+}
+
+/// An action taken (or, in monitor mode, not taken) on a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    /// The action, e.g. `kill`, `revoke.aws_access_key`.
+    pub action: String,
+    /// What happened.
+    pub outcome: String,
+}
+
+/// Normalization as it stands: keep a client-chosen id or assign a UUIDv7,
+/// and stamp the receipt time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stamp;
+
+impl Normalize for Stamp {
+    fn normalize(&self, event: NewEvent, received_at: DateTime<Utc>) -> RuntimeEvent {
+        event.into_event(received_at, EventId::new_v7)
+    }
+}
+
+/// Attribution as it stands: the chain and method the source reported are
+/// kept as they are.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AsReported;
+
+impl Attribute for AsReported {
+    fn attribute(&self, _event: &mut RuntimeEvent) {}
+}
+
+/// Detection as it stands: no rules are loaded, so nothing is signalled.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoDetections;
+
+impl Detect for NoDetections {
+    fn detect(&self, _event: &RuntimeEvent) -> Vec<Signal> {
+        Vec::new()
+    }
+}
+
+/// Decision as it stands: no policies are loaded, so everything is allowed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AllowAll;
+
+impl Decide for AllowAll {
+    fn decide(&self, _event: &RuntimeEvent, _signals: &[Signal]) -> Decision {
+        Decision::allow()
+    }
+}
+
+/// Action as it stands: no playbooks or responders, so nothing is done.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoActions;
+
+impl Act for NoActions {
+    fn act(&self, _event: &RuntimeEvent, _decision: &Decision) -> Vec<ActionRecord> {
+        Vec::new()
+    }
+}
