@@ -1,1 +1,118 @@
-//! placeholder
+//! Custody's HTTP API: the JSON event collector, event queries, the OCSF
+//! export, the live stream, health and metrics, all behind bearer tokens
+//! with roles.
+//!
+//! Only this crate knows HTTP. Handlers decode requests, check the caller's
+//! role, and hand events to the engine or queries to the store; they hold no
+//! state of their own beyond metrics.
+
+mod auth;
+mod collect;
+mod error;
+mod metrics;
+mod query;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use custody_engine::Engine;
+use custody_store::Store;
+use tokio::net::TcpListener;
+
+pub use auth::{Caller, IssuedToken, Role, TOKEN_PREFIX, authenticate, issue_token};
+pub use collect::{BatchAnswer, ItemError};
+pub use error::ApiError;
+pub use metrics::Metrics;
+pub use query::{EventParams, parse_time};
+
+/// Limits on what one request may make the server do.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request body, as sent.
+    pub max_body_bytes: usize,
+    /// Largest accepted request body after gzip decompression.
+    pub max_decompressed_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_body_bytes: 16 << 20, max_decompressed_bytes: 64 << 20 }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The pipeline events go through.
+    pub engine: Arc<Engine>,
+    /// Where they are stored and read back.
+    pub store: Store,
+    /// The API's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Request limits.
+    pub limits: Limits,
+}
+
+impl AppState {
+    /// State for an engine recording into `store`.
+    pub fn new(engine: Arc<Engine>, store: Store, limits: Limits) -> AppState {
+        AppState { engine, store, metrics: Arc::new(Metrics::default()), limits }
+    }
+}
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    // Bodies are read under the collector's own limit, which answers 413
+    // with a JSON error; axum's default 2 MiB limit must not cut in first.
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::get_metrics))
+        .route("/v1/events", post(collect::post_events).get(query::list_events))
+        .route("/v1/events/stream", get(query::stream_events))
+        .route("/v1/events/{id}", get(query::get_event))
+        .route("/v1/export/ocsf", get(query::export_ocsf))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops
+/// accepting and lets requests in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let stats = state.store.stats();
+    axum::Json(serde_json::json!({"status": "ok", "queued_events": stats.queued_events})).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let authorization = parts.headers.get(header::AUTHORIZATION).map(|value| value.to_str());
+        let authorization = match authorization {
+            Some(Ok(value)) => Some(value),
+            Some(Err(_)) => return Err(ApiError::Unauthenticated("the Authorization header is not text")),
+            None => None,
+        };
+        auth::authenticate(&state.store, authorization)
+    }
+}

@@ -1,1 +1,103 @@
-//! placeholder
+//! Custody's command line.
+//!
+//! `custody serve` runs the collector and API on the embedded store; the
+//! other commands are clients of a running server (`ingest`, `events`,
+//! `tail`) or manage the local store directly (`token`, which needs access
+//! to the data directory, as an administrator of the machine has).
+
+mod client;
+mod config;
+mod ingest;
+mod serve;
+mod show;
+mod token;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use config::{Config, ServeArgs};
+
+/// Identity runtime attribution and containment for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "custody", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the collector and API on the embedded store.
+    Serve(ServeArgs),
+    /// Send events from JSON or NDJSON files (optionally gzipped) to a server.
+    Ingest(ingest::IngestArgs),
+    /// Query stored events.
+    Events(show::EventsArgs),
+    /// Follow events live as they are stored.
+    Tail(show::TailArgs),
+    /// Manage API tokens in the local store.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Print the JSON Schema of events as stored (or, with --new, as submitted).
+    Schema {
+        /// The schema of a submitted event, whose receipt fields are optional.
+        #[arg(long)]
+        new: bool,
+    },
+}
+
+/// Where a client command finds the server and its token.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The server's base URL.
+    #[arg(long, env = "CUSTODY_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// The API token; by default, the admin token in the data directory when
+    /// it is readable.
+    #[arg(long, env = "CUSTODY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The data directory holding `admin.token`, when no token is given.
+    #[arg(long, env = "CUSTODY_DATA_DIR", default_value = "./custody-data")]
+    pub data_dir: PathBuf,
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            runtime.block_on(serve::run(Config::load(args)?))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest(args) => runtime.block_on(ingest::run(args)),
+        Command::Events(args) => runtime.block_on(show::events(args)).map(|()| ExitCode::SUCCESS),
+        Command::Tail(args) => runtime.block_on(show::tail(args)).map(|()| ExitCode::SUCCESS),
+        Command::Token(command) => token::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Schema { new } => {
+            let schema =
+                if new { custody_event::schema::new_event() } else { custody_event::schema::runtime_event() };
+            println!("{}", serde_json::to_string_pretty(&schema)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CUSTODY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

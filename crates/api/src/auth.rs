@@ -1,0 +1,201 @@
+//! Authentication of Custody's own API: bearer tokens with roles.
+//!
+//! A token is `cst_` followed by 43 base64url characters (32 random bytes).
+//! Only its SHA-256 is stored: tokens are high-entropy secrets, so a plain
+//! hash is enough to make a stolen database useless for calling the API, and
+//! lookup by hash needs no comparison of secrets at all.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use custody_store::{NewToken, Store, TokenRecord};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// Submit events, nothing else.
+    Ingest,
+    /// Read events, the graph, findings and metrics.
+    Viewer,
+    /// What a viewer may, and act on findings: approve, kill, revoke.
+    Responder,
+    /// Everything, including managing tokens.
+    Admin,
+}
+
+impl Role {
+    /// Every role, least to most privileged.
+    pub const ALL: [Role; 4] = [Role::Ingest, Role::Viewer, Role::Responder, Role::Admin];
+
+    /// The role's name, as stored and as typed on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Ingest => "ingest",
+            Role::Viewer => "viewer",
+            Role::Responder => "responder",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Whether a token of this role may use an endpoint that needs `needed`.
+    /// Ingest is a separate lane: a collector's token reads nothing, and
+    /// readers cannot inject events.
+    pub fn permits(self, needed: Role) -> bool {
+        match (self, needed) {
+            (Role::Admin, _) => true,
+            (Role::Responder, Role::Viewer | Role::Responder) => true,
+            (have, needed) => have == needed,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL.into_iter().find(|role| role.as_str() == s).ok_or_else(|| {
+            format!("unknown role \"{s}\", expected one of: ingest, viewer, responder, admin")
+        })
+    }
+}
+
+/// The identity behind an authenticated request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's id (never its secret).
+    pub token_id: String,
+    /// The token's role.
+    pub role: Role,
+}
+
+impl Caller {
+    /// Refuses the request unless the caller's role permits `needed`.
+    pub fn require(&self, needed: Role) -> Result<(), ApiError> {
+        if self.role.permits(needed) { Ok(()) } else { Err(ApiError::Forbidden { have: self.role, needed }) }
+    }
+}
+
+/// A freshly created token: its record and its secret, shown once.
+#[derive(Debug)]
+pub struct IssuedToken {
+    /// The stored record.
+    pub record: TokenRecord,
+    /// The secret the client presents; it is not stored anywhere.
+    pub secret: String,
+}
+
+/// Prefix of every token secret, so leaked tokens are easy to scan for.
+pub const TOKEN_PREFIX: &str = "cst_";
+
+/// Creates a token with `role` and stores its hash.
+pub fn issue_token(store: &Store, role: Role, name: Option<String>) -> Result<IssuedToken, ApiError> {
+    let mut secret_bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret_bytes);
+    let secret = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret_bytes));
+    let mut id_bytes = [0u8; 6];
+    rand::rng().fill_bytes(&mut id_bytes);
+    let id = format!("tok_{}", hex(&id_bytes));
+    store.insert_token(&NewToken { id: id.clone(), name, role: role.as_str().to_owned(), hash: hash(&secret) })?;
+    let record = store
+        .list_tokens()?
+        .into_iter()
+        .find(|token| token.id == id)
+        .ok_or_else(|| ApiError::Internal(format!("token {id} vanished after it was stored")))?;
+    Ok(IssuedToken { record, secret })
+}
+
+/// Resolves an `Authorization` header value to the caller, or says why not.
+/// The error never repeats the presented secret.
+pub fn authenticate(store: &Store, authorization: Option<&str>) -> Result<Caller, ApiError> {
+    let header = authorization.ok_or(ApiError::Unauthenticated("missing bearer token"))?;
+    let secret = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .ok_or(ApiError::Unauthenticated("the Authorization header must be `Bearer TOKEN`"))?;
+    if !secret.starts_with(TOKEN_PREFIX) {
+        return Err(ApiError::Unauthenticated("malformed bearer token"));
+    }
+    let record = store.token_by_hash(&hash(secret))?.ok_or(ApiError::Unauthenticated("unknown bearer token"))?;
+    if record.revoked_at.is_some() {
+        return Err(ApiError::Unauthenticated("revoked bearer token"));
+    }
+    let role = record
+        .role
+        .parse()
+        .map_err(|why| ApiError::Internal(format!("token {} has a bad stored role: {why}", record.id)))?;
+    Ok(Caller { token_id: record.id, role })
+}
+
+/// The SHA-256 of a token secret, as stored.
+pub fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_permit_as_documented() {
+        let table = [
+            // (have, needed, permitted)
+            (Role::Ingest, Role::Ingest, true),
+            (Role::Ingest, Role::Viewer, false),
+            (Role::Viewer, Role::Ingest, false),
+            (Role::Viewer, Role::Viewer, true),
+            (Role::Viewer, Role::Responder, false),
+            (Role::Responder, Role::Viewer, true),
+            (Role::Responder, Role::Ingest, false),
+            (Role::Responder, Role::Admin, false),
+            (Role::Admin, Role::Ingest, true),
+            (Role::Admin, Role::Admin, true),
+        ];
+        for (have, needed, permitted) in table {
+            assert_eq!(have.permits(needed), permitted, "{have} for {needed}");
+        }
+    }
+
+    #[test]
+    fn issued_tokens_authenticate_and_revoked_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Default::default()).unwrap();
+        let issued = issue_token(&store, Role::Viewer, Some("grafana".into())).unwrap();
+        assert!(issued.secret.starts_with(TOKEN_PREFIX));
+        assert_eq!(issued.secret.len(), TOKEN_PREFIX.len() + 43);
+        let header = format!("Bearer {}", issued.secret);
+        let caller = authenticate(&store, Some(&header)).unwrap();
+        assert_eq!(caller, Caller { token_id: issued.record.id.clone(), role: Role::Viewer });
+
+        for (header, why) in [
+            (None, "missing bearer token"),
+            (Some("Basic abc"), "must be `Bearer TOKEN`"),
+            (Some("Bearer nope"), "malformed bearer token"),
+            (Some("Bearer cst_AAAA"), "unknown bearer token"),
+        ] {
+            let error = authenticate(&store, header).unwrap_err();
+            assert!(error.to_string().contains(why), "{error}");
+        }
+
+        assert!(store.revoke_token(&issued.record.id).unwrap());
+        let error = authenticate(&store, Some(&header)).unwrap_err();
+        assert!(error.to_string().contains("revoked"), "{error}");
+        assert!(!error.to_string().contains(&issued.secret));
+    }
+}

@@ -1,0 +1,237 @@
+//! The JSON event collector: `POST /v1/events`.
+//!
+//! A body is a JSON array of events, one JSON object, or NDJSON (one event a
+//! line), optionally gzip-compressed. Every item is decoded on its own so a
+//! bad item costs only itself: the answer lists the id of each accepted item
+//! and, for each refused one, its index, the field at fault and why. The
+//! answer is sent only once the accepted items are durable.
+
+use std::io::Read;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use custody_event::{DecodeError, NewEvent};
+use flate2::read::MultiGzDecoder;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+
+/// The answer to a batch.
+#[derive(Debug, Serialize)]
+pub struct BatchAnswer {
+    /// How many items were accepted.
+    pub accepted: usize,
+    /// How many items were refused.
+    pub rejected: usize,
+    /// One entry per item, in order: the event id, or null if refused.
+    pub ids: Vec<Option<String>>,
+    /// Why each refused item was refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ItemError>,
+}
+
+/// Why one item of a batch was refused.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ItemError {
+    /// The item's position in the batch, from 0.
+    pub index: usize,
+    /// The item's line in an NDJSON body, from 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    /// The field at fault, e.g. `actor.current.id`; empty for the item as a
+    /// whole.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+pub(crate) async fn post_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Ingest)?;
+    let started = std::time::Instant::now();
+    let limit = state.limits.max_body_bytes;
+    if let Some(length) = content_length(&headers)
+        && length > limit
+    {
+        return Err(ApiError::TooLarge { what: "the request body", limit });
+    }
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge { what: "the request body", limit })?;
+    let body = decompress(&headers, body, state.limits.max_decompressed_bytes)?;
+    let items = split(&headers, &body)?;
+    if items.is_empty() {
+        return Err(ApiError::BadRequest("the body holds no events".into()));
+    }
+
+    let mut events = Vec::with_capacity(items.len());
+    let mut positions = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item.decode() {
+            Ok(event) => {
+                events.push(event);
+                positions.push(index);
+            }
+            Err((line, error)) => errors.push(ItemError { index, line, path: error.path, message: error.message }),
+        }
+    }
+    let total = positions.len() + errors.len();
+    state.metrics.events_rejected.inc_by(errors.len() as u64);
+    if events.is_empty() {
+        return Err(ApiError::AllRejected(serde_json::to_value(&errors).unwrap_or_default()));
+    }
+
+    let accepted = events.len();
+    let ingested = state.engine.ingest_batch(events, Utc::now()).inspect_err(|error| {
+        if matches!(error, custody_engine::RecordError::QueueFull { .. }) {
+            state.metrics.throttled_batches.inc();
+        }
+    })?;
+    ingested.receipt.durable().await?;
+    state.metrics.events_accepted.inc_by(accepted as u64);
+    state.metrics.ack_latency.observe(started.elapsed().as_secs_f64());
+
+    let mut ids = vec![None; total];
+    for (position, id) in positions.into_iter().zip(ingested.ids) {
+        if let Some(slot) = ids.get_mut(position) {
+            *slot = Some(id.to_string());
+        }
+    }
+    let answer = BatchAnswer { accepted, rejected: errors.len(), ids, errors };
+    Ok(axum::Json(answer).into_response())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Undoes `Content-Encoding: gzip`, refusing bodies that decompress beyond
+/// `limit` (a small gzip can expand a thousandfold).
+fn decompress(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiError> {
+    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    match encoding.trim().to_ascii_lowercase().as_str() {
+        "identity" | "" => Ok(body),
+        "gzip" | "x-gzip" => {
+            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+            let read = MultiGzDecoder::new(body.as_ref())
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|error| ApiError::BadRequest(format!("the gzip body cannot be decompressed: {error}")))?;
+            if read > limit {
+                return Err(ApiError::TooLarge { what: "the decompressed request body", limit });
+            }
+            Ok(Bytes::from(out))
+        }
+        other => Err(ApiError::Unsupported(format!(
+            "content encoding \"{other}\" is not supported, send identity or gzip"
+        ))),
+    }
+}
+
+/// One item of a batch, not yet decoded.
+enum Item<'a> {
+    /// An element of a JSON array.
+    Element(&'a RawValue),
+    /// A line of NDJSON, with its number from 1.
+    Line(&'a [u8], usize),
+    /// The whole body, one object.
+    Whole(&'a [u8]),
+}
+
+impl Item<'_> {
+    fn decode(&self) -> Result<NewEvent, (Option<usize>, DecodeError)> {
+        match self {
+            Item::Element(raw) => custody_event::decode(raw.get().as_bytes()).map_err(|e| (None, e)),
+            Item::Line(bytes, line) => custody_event::decode(bytes).map_err(|e| (Some(*line), e)),
+            Item::Whole(bytes) => custody_event::decode(bytes).map_err(|e| (None, e)),
+        }
+    }
+}
+
+/// Splits a body into items: a JSON array by its elements, a body sent as
+/// `application/json` as one object, anything else by lines (NDJSON).
+fn split<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<Vec<Item<'a>>, ApiError> {
+    let Some(first) = body.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return Ok(Vec::new());
+    };
+    if body.get(first) == Some(&b'[') {
+        let elements: Vec<&RawValue> = serde_json::from_slice(body)
+            .map_err(|error| ApiError::BadRequest(format!("the body is not a valid JSON array: {error}")))?;
+        return Ok(elements.into_iter().map(Item::Element).collect());
+    }
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    if media_type.as_deref() == Some("application/json") {
+        return Ok(vec![Item::Whole(body)]);
+    }
+    Ok(body
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
+        .map(|(number, line)| Item::Line(line, number + 1))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        headers
+    }
+
+    fn shapes(content_type: &str, body: &str) -> Vec<String> {
+        split(&headers(content_type), body.as_bytes())
+            .unwrap()
+            .iter()
+            .map(|item| match item {
+                Item::Element(raw) => format!("element {}", raw.get()),
+                Item::Line(bytes, line) => format!("line {line} {}", String::from_utf8_lossy(bytes)),
+                Item::Whole(bytes) => format!("whole {}", String::from_utf8_lossy(bytes).trim()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bodies_split_into_items() {
+        assert_eq!(shapes("application/json", " [{\"a\":1}, {\"b\":2}]"), ["element {\"a\":1}", "element {\"b\":2}"]);
+        assert_eq!(shapes("application/json", "{\n\"a\": 1\n}"), ["whole {\n\"a\": 1\n}"]);
+        assert_eq!(shapes("application/x-ndjson", "{\"a\":1}\n\n{\"b\":2}\n"), ["line 1 {\"a\":1}", "line 3 {\"b\":2}"]);
+        assert_eq!(shapes("text/plain", "{x\n{\"b\":2}"), ["line 1 {x", "line 2 {\"b\":2}"]);
+        assert!(shapes("application/json", "  \n ").is_empty());
+        assert!(split(&headers("application/json"), b"[{}, ").is_err());
+    }
+
+    #[test]
+    fn gzip_bombs_are_refused() {
+        use flate2::Compression;
+        use flate2::write::GzEncoder;
+        use std::io::Write;
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        encoder.write_all(&vec![b' '; 1 << 20]).unwrap();
+        let compressed = Bytes::from(encoder.finish().unwrap());
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        assert_eq!(decompress(&headers, compressed.clone(), 1 << 20).unwrap().len(), 1 << 20);
+        let error = decompress(&headers, compressed, 1000).unwrap_err();
+        assert!(matches!(error, ApiError::TooLarge { limit: 1000, .. }), "{error}");
+        let error = decompress(&headers, Bytes::from_static(b"\x1f\x8b\x08\x00garbage"), 1000).unwrap_err();
+        assert!(error.to_string().contains("cannot be decompressed"), "{error}");
+    }
+}

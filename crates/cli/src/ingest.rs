@@ -1,0 +1,549 @@
+//! `custody ingest`: send events from files to a running server.
+//!
+//! Files are NDJSON (one event a line), a JSON array, or a sequence of
+//! pretty-printed objects, optionally gzipped; directories are walked. Each
+//! item is checked locally first, so a bad one is reported with its file and
+//! line and skipped while the rest go on. Items without an id get one derived
+//! from their file, line and content, which makes sending the same item twice
+//! harmless, and the last acknowledged line of each file is kept in a
+//! progress file so an interrupted import resumes where it stopped.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use custody_event::EventId;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+use crate::ServerArgs;
+use crate::client::{Client, Refusal};
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Files or directories (walked recursively); `.gz` files are
+    /// decompressed.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Events per request.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: u32,
+    /// Send every file from its start, ignoring recorded progress.
+    #[arg(long)]
+    restart: bool,
+    /// Where progress is recorded [default: $XDG_STATE_HOME/custody/ingest,
+    /// or ~/.local/state/custody/ingest].
+    #[arg(long, env = "CUSTODY_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// Requests in flight at once; their acknowledgements are processed in order
+/// so progress only ever records a prefix of the file as done.
+const IN_FLIGHT: usize = 4;
+
+/// How many times a batch is retried after a server or network failure
+/// before the import stops (resumably).
+const MAX_FAILURES: u32 = 6;
+
+/// Namespace of ids derived for items without one.
+const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a0d_6a35_4f0c_4b8e_9a55_7c2e_1d3f_c0de);
+
+/// Totals over a whole import.
+#[derive(Debug, Default)]
+struct Totals {
+    sent: u64,
+    rejected: u64,
+    skipped: u64,
+    files: u64,
+}
+
+pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.server)?;
+    let state_dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => default_state_dir()?,
+    };
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("creating `{}`", state_dir.display()))?;
+    let mut files = Vec::new();
+    for path in &args.paths {
+        walk(path, &mut files)?;
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos} events sent ({per_sec}) {wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut totals = Totals::default();
+    for file in &files {
+        bar.set_message(file.display().to_string());
+        ingest_file(&client, file, &state_dir, &args, &bar, &mut totals).await?;
+        totals.files += 1;
+    }
+    bar.finish_and_clear();
+    eprintln!(
+        "sent {} events from {} files; {} refused; {} skipped as already sent",
+        totals.sent, totals.files, totals.rejected, totals.skipped
+    );
+    Ok(if totals.rejected > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+fn default_state_dir() -> anyhow::Result<PathBuf> {
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME") {
+        return Ok(PathBuf::from(state).join("custody/ingest"));
+    }
+    let home = std::env::var_os("HOME").context("neither --state-dir, XDG_STATE_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/state/custody/ingest"))
+}
+
+/// Collects the files under `path`, sorted so imports are repeatable.
+fn walk(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading `{}`", path.display()))?;
+    if meta.is_dir() {
+        let mut entries = std::fs::read_dir(path)
+            .with_context(|| format!("listing `{}`", path.display()))?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("listing `{}`", path.display()))?;
+        entries.sort();
+        for entry in entries {
+            walk(&entry, files)?;
+        }
+    } else {
+        files.push(path.to_owned());
+    }
+    Ok(())
+}
+
+/// What is recorded of one file's import.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Progress {
+    path: PathBuf,
+    /// SHA-256 of the file's first 64 KiB: the same file, even if grown.
+    head: String,
+    /// Size when last recorded.
+    size: u64,
+    /// The last line (or element) acknowledged by the server.
+    done_through: usize,
+    /// Whether the whole file was sent.
+    complete: bool,
+}
+
+fn progress_path(state_dir: &Path, file: &Path) -> PathBuf {
+    let digest = Sha256::digest(file.to_string_lossy().as_bytes());
+    let name: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    state_dir.join(format!("{name}.json"))
+}
+
+fn save_progress(path: &Path, progress: &Progress) -> anyhow::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, serde_json::to_vec(progress)?)
+        .with_context(|| format!("writing `{}`", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing `{}`", path.display()))?;
+    Ok(())
+}
+
+fn head_digest(file: &Path) -> anyhow::Result<String> {
+    let mut head = Vec::with_capacity(64 << 10);
+    std::fs::File::open(file)
+        .with_context(|| format!("opening `{}`", file.display()))?
+        .take(64 << 10)
+        .read_to_end(&mut head)
+        .with_context(|| format!("reading `{}`", file.display()))?;
+    Ok(Sha256::digest(&head).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// One batch on its way: its last line and the lines of its items.
+struct Pending {
+    last_line: usize,
+    lines: Vec<usize>,
+    request: JoinHandle<anyhow::Result<Result<serde_json::Value, Refusal>>>,
+}
+
+async fn ingest_file(
+    client: &Client,
+    file: &Path,
+    state_dir: &Path,
+    args: &IngestArgs,
+    bar: &ProgressBar,
+    totals: &mut Totals,
+) -> anyhow::Result<()> {
+    let canonical = std::fs::canonicalize(file).with_context(|| format!("resolving `{}`", file.display()))?;
+    let size = std::fs::metadata(file)?.len();
+    let head = head_digest(file)?;
+    let state_path = progress_path(state_dir, &canonical);
+    let earlier: Option<Progress> = std::fs::read(&state_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let mut progress = Progress { path: canonical.clone(), head: head.clone(), size, done_through: 0, complete: false };
+    if let Some(earlier) = earlier.filter(|p| !args.restart && p.head == head && p.size <= size) {
+        if earlier.complete && earlier.size == size {
+            bar.suspend(|| eprintln!("{}: already sent (use --restart to send it again)", file.display()));
+            return Ok(());
+        }
+        progress.done_through = earlier.done_through;
+        if progress.done_through > 0 {
+            bar.suspend(|| eprintln!("{}: resuming after line {}", file.display(), progress.done_through));
+        }
+    }
+
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut batch: Vec<u8> = Vec::new();
+    let mut lines: Vec<usize> = Vec::new();
+    let batch_size = args.batch as usize;
+    let mut items = Items::open(file)?;
+    while let Some(item) = items.next_item() {
+        let (line, bytes) = match item {
+            Ok(item) => item,
+            Err(error) => {
+                totals.rejected += 1;
+                bar.suspend(|| eprintln!("{}: {error}", file.display()));
+                if items.stopped() {
+                    break;
+                }
+                continue;
+            }
+        };
+        if line <= progress.done_through {
+            totals.skipped += 1;
+            continue;
+        }
+        match prepare(&canonical, line, &bytes) {
+            Ok(event) => {
+                batch.extend_from_slice(&event);
+                batch.push(b'\n');
+                lines.push(line);
+            }
+            Err(error) => {
+                totals.rejected += 1;
+                bar.suspend(|| eprintln!("{}:{line}: {error}", file.display()));
+            }
+        }
+        if lines.len() >= batch_size {
+            send(client, &mut pending, std::mem::take(&mut batch), std::mem::take(&mut lines));
+            if pending.len() >= IN_FLIGHT {
+                settle(client, file, &state_path, &mut progress, &mut pending, bar, totals).await?;
+            }
+        }
+    }
+    if !lines.is_empty() {
+        send(client, &mut pending, batch, lines);
+    }
+    while !pending.is_empty() {
+        settle(client, file, &state_path, &mut progress, &mut pending, bar, totals).await?;
+    }
+    progress.complete = true;
+    progress.done_through = progress.done_through.max(items.last_line);
+    save_progress(&state_path, &progress)
+}
+
+/// Checks one item locally and gives it an id if it has none.
+fn prepare(file: &Path, line: usize, bytes: &[u8]) -> Result<Vec<u8>, custody_event::DecodeError> {
+    let mut event = custody_event::decode(bytes)?;
+    if event.id.is_none() {
+        let mut name = file.to_string_lossy().into_owned().into_bytes();
+        name.extend_from_slice(format!(":{line}:").as_bytes());
+        name.extend_from_slice(bytes);
+        event.id = Some(EventId(uuid::Uuid::new_v5(&ID_NAMESPACE, &name)));
+    }
+    Ok(serde_json::to_vec(&event).unwrap_or_default())
+}
+
+fn send(client: &Client, pending: &mut VecDeque<Pending>, body: Vec<u8>, lines: Vec<usize>) {
+    let client = client.clone();
+    let last_line = lines.last().copied().unwrap_or(0);
+    let request = tokio::spawn(async move { client.post_events(body).await });
+    pending.push_back(Pending { last_line, lines, request });
+}
+
+/// Waits for the oldest batch, retrying it while the server is busy or
+/// failing, then records its lines as done.
+async fn settle(
+    client: &Client,
+    file: &Path,
+    state_path: &Path,
+    progress: &mut Progress,
+    pending: &mut VecDeque<Pending>,
+    bar: &ProgressBar,
+    totals: &mut Totals,
+) -> anyhow::Result<()> {
+    let Some(Pending { last_line, lines, mut request }) = pending.pop_front() else {
+        return Ok(());
+    };
+    let mut failures = 0;
+    let answer = loop {
+        let outcome = (&mut request).await.context("a request task failed")?;
+        let retry_in = match outcome {
+            Ok(Ok(answer)) => break Ok(answer),
+            Ok(Err(refusal)) if refusal.status.as_u16() == 429 => {
+                Duration::from_secs(refusal.retry_after.unwrap_or(1))
+            }
+            Ok(Err(refusal)) if refusal.status.is_client_error() => break Err(refusal),
+            Ok(Err(refusal)) => {
+                failures += 1;
+                anyhow::ensure!(failures < MAX_FAILURES, "{}: stopping, progress is saved: {refusal}", file.display());
+                Duration::from_millis(250 << failures)
+            }
+            Err(error) => {
+                failures += 1;
+                anyhow::ensure!(failures < MAX_FAILURES, "{}: stopping, progress is saved: {error:#}", file.display());
+                Duration::from_millis(250 << failures)
+            }
+        };
+        tokio::time::sleep(retry_in).await;
+        // The request is rebuilt from the same lines: ids are fixed, so a
+        // batch the server did store before failing is not stored twice.
+        request = resend(client, file, &lines)?;
+    };
+    match answer {
+        Ok(answer) => {
+            let accepted = answer["accepted"].as_u64().unwrap_or(0);
+            totals.sent += accepted;
+            bar.inc(accepted);
+            report_rejects(file, &lines, &answer["errors"], bar, totals);
+        }
+        Err(refusal) => {
+            report_rejects(file, &lines, &refusal.body["rejected"], bar, totals);
+            if refusal.body.get("rejected").is_none() {
+                anyhow::bail!("{}: {refusal}", file.display());
+            }
+        }
+    }
+    progress.done_through = last_line;
+    save_progress(state_path, progress)
+}
+
+/// Rebuilds a batch's request by reading its lines again.
+fn resend(
+    client: &Client,
+    file: &Path,
+    lines: &[usize],
+) -> anyhow::Result<JoinHandle<anyhow::Result<Result<serde_json::Value, Refusal>>>> {
+    let canonical = std::fs::canonicalize(file)?;
+    let wanted: std::collections::HashSet<usize> = lines.iter().copied().collect();
+    let mut body = Vec::new();
+    let mut items = Items::open(file)?;
+    while let Some(item) = items.next_item() {
+        if let Ok((line, bytes)) = item
+            && wanted.contains(&line)
+            && let Ok(event) = prepare(&canonical, line, &bytes)
+        {
+            body.extend_from_slice(&event);
+            body.push(b'\n');
+        }
+    }
+    let client = client.clone();
+    Ok(tokio::spawn(async move { client.post_events(body).await }))
+}
+
+fn report_rejects(file: &Path, lines: &[usize], errors: &serde_json::Value, bar: &ProgressBar, totals: &mut Totals) {
+    for error in errors.as_array().into_iter().flatten() {
+        totals.rejected += 1;
+        let line = error["index"].as_u64().and_then(|i| lines.get(i as usize)).copied().unwrap_or(0);
+        let path = error["path"].as_str().unwrap_or("");
+        let message = error["message"].as_str().unwrap_or("refused");
+        bar.suspend(|| eprintln!("{}:{line}: {}{message}", file.display(), if path.is_empty() { String::new() } else { format!("{path}: ") }));
+    }
+}
+
+/// Reads the items of a file one by one, with their line numbers (or, for a
+/// JSON array, their element numbers from 1).
+struct Items {
+    source: Source,
+    last_line: usize,
+    stopped: bool,
+}
+
+enum Source {
+    Lines(Box<dyn BufRead + Send>),
+    Values(std::vec::IntoIter<(usize, Result<Vec<u8>, String>)>),
+}
+
+impl Items {
+    fn open(file: &Path) -> anyhow::Result<Items> {
+        let raw = std::fs::File::open(file).with_context(|| format!("opening `{}`", file.display()))?;
+        let mut reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(256 << 10, raw));
+        if reader.fill_buf()?.starts_with(&[0x1f, 0x8b]) {
+            reader = Box::new(BufReader::with_capacity(256 << 10, flate2::bufread::MultiGzDecoder::new(reader)));
+        }
+        // A file whose first line is an array or a lone `{` holds
+        // multi-line JSON, read whole; anything else is NDJSON, read line by
+        // line so that one bad line costs only itself.
+        let mut first = String::new();
+        loop {
+            let buffer = reader.fill_buf().map_err(|e| anyhow::anyhow!("`{}`: {}", file.display(), describe_read_error(&e)))?;
+            let Some(start) = buffer.iter().position(|b| !b.is_ascii_whitespace()) else {
+                if buffer.is_empty() {
+                    break;
+                }
+                let length = buffer.len();
+                reader.consume(length);
+                continue;
+            };
+            let rest = buffer.get(start..).unwrap_or_default();
+            let line_end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
+            first = String::from_utf8_lossy(rest.get(..line_end).unwrap_or_default()).trim().to_owned();
+            break;
+        }
+        let multi_line = first.starts_with('[') || first == "{";
+        let source = if multi_line {
+            let mut text = Vec::new();
+            reader
+                .read_to_end(&mut text)
+                .map_err(|e| anyhow::anyhow!("`{}`: {}", file.display(), describe_read_error(&e)))?;
+            Source::Values(split_values(&text).into_iter())
+        } else {
+            Source::Lines(reader)
+        };
+        Ok(Items { source, last_line: 0, stopped: false })
+    }
+
+    /// Whether reading stopped early (a truncated or corrupt file).
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    fn next_item(&mut self) -> Option<Result<(usize, Vec<u8>), String>> {
+        if self.stopped {
+            return None;
+        }
+        match &mut self.source {
+            Source::Lines(reader) => loop {
+                let mut line = Vec::new();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) => return None,
+                    Ok(_) => {
+                        self.last_line += 1;
+                        if line.iter().any(|b| !b.is_ascii_whitespace()) {
+                            return Some(Ok((self.last_line, line)));
+                        }
+                    }
+                    Err(error) => {
+                        self.stopped = true;
+                        return Some(Err(format!("after line {}: {}", self.last_line, describe_read_error(&error))));
+                    }
+                }
+            },
+            Source::Values(values) => {
+                let (number, value) = values.next()?;
+                self.last_line = number;
+                Some(value.map(|bytes| (number, bytes)).map_err(|error| {
+                    self.stopped = true;
+                    error
+                }))
+            }
+        }
+    }
+}
+
+fn describe_read_error(error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+        "the gzip stream is truncated".to_owned()
+    } else {
+        error.to_string()
+    }
+}
+
+/// Splits multi-line JSON into items: the elements of a top-level array, or
+/// a sequence of objects. Items are numbered from 1; a syntax error ends the
+/// sequence with an error saying where.
+fn split_values(text: &[u8]) -> Vec<(usize, Result<Vec<u8>, String>)> {
+    use serde_json::value::RawValue;
+    let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(0);
+    if text.get(trimmed) == Some(&b'[') {
+        return match serde_json::from_slice::<Vec<&RawValue>>(text) {
+            Ok(elements) => {
+                elements.into_iter().enumerate().map(|(i, raw)| (i + 1, Ok(raw.get().as_bytes().to_vec()))).collect()
+            }
+            Err(error) => vec![(0, Err(format!("not a valid JSON array: {error}")))],
+        };
+    }
+    let mut items = Vec::new();
+    for (i, value) in serde_json::Deserializer::from_slice(text).into_iter::<&RawValue>().enumerate() {
+        match value {
+            Ok(raw) => items.push((i + 1, Ok(raw.get().as_bytes().to_vec()))),
+            Err(error) => {
+                items.push((i + 1, Err(format!("invalid JSON: {error}"))));
+                break;
+            }
+        }
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    fn read_all(file: &Path) -> Vec<String> {
+        let mut items = Items::open(file).unwrap();
+        let mut out = Vec::new();
+        while let Some(item) = items.next_item() {
+            out.push(match item {
+                Ok((line, bytes)) => format!("{line}: {}", String::from_utf8_lossy(&bytes).trim()),
+                Err(error) => format!("error {error}"),
+            });
+        }
+        out
+    }
+
+    fn check(content: &[u8], expected: &[&str]) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("events");
+        std::fs::write(&file, content).unwrap();
+        let got = read_all(&file);
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn files_split_into_numbered_items() {
+        check(b"{\"a\":1}\n\n{\"b\":2}\n", &["1: {\"a\":1}", "3: {\"b\":2}"]);
+        check(b"{\"a\":1}\nnot json\n{\"b\":2}", &["1: {\"a\":1}", "2: not json", "3: {\"b\":2}"]);
+        check(b"[\n {\"a\":1},\n {\"b\":2}\n]\n", &["1: {\"a\":1}", "2: {\"b\":2}"]);
+        check(b"{\n  \"a\": 1\n}\n{\n  \"b\": 2\n}\n", &["1: {\n  \"a\": 1\n}", "2: {\n  \"b\": 2\n}"]);
+        check(b"{\n  \"a\": 1\n}\n{\n  \"b\": \n", &["1: {\n  \"a\": 1\n}", "error invalid JSON: EOF while parsing a value at line 6 column 0"]);
+        check(b"[{\"a\":1}, ", &["error not a valid JSON array: EOF while parsing a value at line 1 column 10"]);
+        check(b"", &[]);
+    }
+
+    #[test]
+    fn gzip_is_read_and_truncation_is_named() {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        for i in 0..2000 {
+            writeln!(encoder, "{{\"n\":{i}}}").unwrap();
+        }
+        let compressed = encoder.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let whole = dir.path().join("whole.ndjson.gz");
+        std::fs::write(&whole, &compressed).unwrap();
+        let items = read_all(&whole);
+        assert_eq!(items.len(), 2000);
+        assert_eq!(items[1999], "2000: {\"n\":1999}");
+
+        let cut = dir.path().join("cut.ndjson.gz");
+        std::fs::write(&cut, &compressed[..compressed.len() / 2]).unwrap();
+        let items = read_all(&cut);
+        let last = items.last().unwrap();
+        assert!(last.starts_with("error after line ") && last.ends_with("the gzip stream is truncated"), "{last}");
+        assert!(items.len() > 1, "the readable part is kept");
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_distinct() {
+        let event = br#"{"kind":"other","action":"x","observed_at":"2026-11-25T10:00:00Z","source":{"type":"api"},"actor":{"current":{"type":"service","id":"s"}},"outcome":{"status":"success"}}"#;
+        let id = |line: usize| {
+            let bytes = prepare(Path::new("/data/a.ndjson"), line, event).unwrap();
+            custody_event::decode(&bytes).unwrap().id.unwrap()
+        };
+        assert_eq!(id(1), id(1));
+        assert_ne!(id(1), id(2));
+    }
+}

@@ -1,0 +1,86 @@
+//! `custody serve`: the collector and API on the embedded store.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use custody_api::{AppState, Role};
+use custody_engine::Engine;
+use custody_store::Store;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// File in the data directory holding the admin token made on first start.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Runs the server until SIGINT or SIGTERM, then drains: requests in flight
+/// finish, queued events are committed, and only then does it exit.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let store = Store::open(&config.data_dir, config.store.clone())
+        .with_context(|| format!("opening the store in `{}`", config.data_dir.display()))?;
+    first_start(&store, &config.data_dir)?;
+    let engine = Arc::new(Engine::builder(Arc::new(store.clone())).build());
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        durability = ?config.store.durability,
+        "custody is serving"
+    );
+    let state = AppState::new(engine, store.clone(), config.limits);
+    custody_api::serve(listener, state, shutdown_signal()).await.context("serving the API")?;
+    tracing::info!("shutting down: committing queued events");
+    tokio::task::spawn_blocking(move || store.close()).await?.context("closing the store")?;
+    Ok(())
+}
+
+/// On first start, with no token in the store, makes an admin token so the
+/// new user is never locked out: printed once, and written to a file only
+/// its owner may read.
+fn first_start(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
+    if !store.list_tokens()?.is_empty() {
+        return Ok(());
+    }
+    let issued = custody_api::issue_token(store, Role::Admin, Some("first start".into()))?;
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    write_private(&path, &issued.secret)?;
+    println!("created admin token {} (shown once, also in {}):", issued.record.id, path.display());
+    println!("{}", issued.secret);
+    Ok(())
+}
+
+/// Writes `secret` to `path`, readable and writable by its owner only.
+fn write_private(path: &Path, secret: &str) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("creating `{}`", path.display()))?;
+    writeln!(file, "{secret}").with_context(|| format!("writing `{}`", path.display()))?;
+    file.sync_all().with_context(|| format!("syncing `{}`", path.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            () = terminate => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,202 @@
+//! `custody events` and `custody tail`: stored and live events as a table or
+//! as JSON lines.
+
+use anyhow::Context as _;
+use clap::Args;
+use futures_util::StreamExt as _;
+
+use crate::ServerArgs;
+use crate::client::Client;
+
+/// Filters shared by `events` and `tail`.
+#[derive(Debug, Clone, Args)]
+pub struct Filters {
+    /// Only these kinds (comma-separated): tool_call, mcp_request,
+    /// data_access, agent_spawn, credential_use, authentication,
+    /// privilege_change, other.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only actions by this actor id.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only actions whose chain has this root (a human or service id).
+    #[arg(long)]
+    root: Option<String>,
+    /// Only actions in this run.
+    #[arg(long)]
+    run: Option<String>,
+    /// Only actions on this target (resource, tool, server, system or
+    /// identity).
+    #[arg(long)]
+    target: Option<String>,
+}
+
+impl Filters {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        [("kind", &self.kind), ("actor", &self.actor), ("root", &self.root), ("run", &self.run), ("target", &self.target)]
+            .into_iter()
+            .filter_map(|(name, value)| value.clone().map(|v| (name, v)))
+            .collect()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    filters: Filters,
+    /// Observed at or after: RFC 3339 or an age (30s, 15m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Observed before: RFC 3339 or an age.
+    #[arg(long)]
+    until: Option<String>,
+    /// How many events to show, following pages as needed.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Oldest first rather than newest first.
+    #[arg(long)]
+    oldest_first: bool,
+    /// One JSON record a line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(flatten)]
+    filters: Filters,
+    /// One JSON record a line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.server)?;
+    let mut query = args.filters.query();
+    query.extend([("since", args.since.clone()), ("until", args.until.clone())].into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+    if args.oldest_first {
+        query.push(("order", "oldest".into()));
+    }
+    let mut remaining = args.limit;
+    let mut cursor: Option<String> = None;
+    if !args.json {
+        println!("{}", header());
+    }
+    while remaining > 0 {
+        let mut page_query = query.clone();
+        page_query.push(("limit", remaining.min(1000).to_string()));
+        if let Some(cursor) = &cursor {
+            page_query.push(("cursor", cursor.clone()));
+        }
+        let page = client.get("/v1/events", &page_query).await?;
+        let records = page["events"].as_array().context("the server's answer has no `events` list")?;
+        for record in records {
+            print_record(record, args.json);
+        }
+        remaining = remaining.saturating_sub(records.len());
+        match page["next_cursor"].as_str() {
+            Some(next) if !records.is_empty() => cursor = Some(next.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
+pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.server)?;
+    let response = client.stream("/v1/events/stream", &args.filters.query()).await?;
+    if !args.json {
+        println!("{}", header());
+    }
+    let mut body = response.bytes_stream();
+    let mut buffer = Vec::new();
+    let mut event_name = String::new();
+    let mut data = String::new();
+    while let Some(chunk) = body.next().await {
+        buffer.extend_from_slice(&chunk.context("reading the live stream")?);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                dispatch(&event_name, &data, args.json);
+                event_name.clear();
+                data.clear();
+            } else if let Some(name) = line.strip_prefix("event:") {
+                event_name = name.trim().to_owned();
+            } else if let Some(part) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(part.strip_prefix(' ').unwrap_or(part));
+            }
+        }
+    }
+    anyhow::bail!("the server closed the live stream")
+}
+
+/// Handles one server-sent event.
+fn dispatch(name: &str, data: &str, json: bool) {
+    match name {
+        "event" => match serde_json::from_str(data) {
+            Ok(record) => print_record(&record, json),
+            Err(error) => eprintln!("warning: unreadable event from the stream: {error}"),
+        },
+        "lagged" => eprintln!("warning: this client fell behind and missed {data} events; query them with `custody events`"),
+        _ => {}
+    }
+}
+
+fn header() -> String {
+    format!(
+        "{:<24} {:<16} {:<22} {:<48} {:<32} {:<8} {:<8}",
+        "OBSERVED", "KIND", "ACTION", "CHAIN", "TARGET", "OUTCOME", "VERDICT"
+    )
+}
+
+fn print_record(record: &serde_json::Value, json: bool) {
+    if json {
+        println!("{record}");
+        return;
+    }
+    let event = &record["event"];
+    let text = |pointer: &str| event.pointer(pointer).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let mut chain: Vec<String> = Vec::new();
+    if let Some(root) = event.pointer("/actor/root/id").and_then(|v| v.as_str()) {
+        chain.push(root.to_owned());
+    }
+    for agent in event.pointer("/actor/agents").and_then(|v| v.as_array()).into_iter().flatten() {
+        chain.push(agent["id"].as_str().unwrap_or("?").to_owned());
+    }
+    chain.push(text("/actor/current/id"));
+    let target = ["/target/resource", "/target/tool", "/target/principal/id", "/target/server", "/target/system"]
+        .iter()
+        .map(|p| text(p))
+        .find(|t| !t.is_empty())
+        .unwrap_or_default();
+    let observed = text("/observed_at");
+    println!(
+        "{:<24} {:<16} {:<22} {:<48} {:<32} {:<8} {:<8}",
+        clip(&observed, 24),
+        text("/kind"),
+        clip(&text("/action"), 22),
+        clip(&chain.join(" > "), 48),
+        clip(&target, 32),
+        text("/outcome/status"),
+        record.pointer("/decision/verdict").and_then(|v| v.as_str()).unwrap_or("")
+    );
+}
+
+/// Shortens `text` to `width` characters, marking the cut.
+fn clip(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_owned()
+    } else {
+        let kept: String = text.chars().take(width.saturating_sub(1)).collect();
+        format!("{kept}…")
+    }
+}

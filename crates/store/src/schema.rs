@@ -1,0 +1,233 @@
+//! The database file: connection settings and the schema's migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::StoreError;
+use crate::store::Durability;
+
+/// How long a connection waits for another one's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The migrations, in order: step `i` takes the database to version `i + 1`.
+/// Steps are only ever appended; a released step is never edited.
+const MIGRATIONS: &[&str] = &[
+    // Version 1. `seq` is the rowid, so every secondary index ends in it and
+    // serves the `(observed_at, seq)` order of queries without a sort. Roots
+    // and runs are absent from most events, hence partial indexes.
+    "CREATE TABLE events (
+        seq         INTEGER PRIMARY KEY,
+        id          BLOB    NOT NULL UNIQUE CHECK (length(id) = 16),
+        observed_at INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        kind        TEXT    NOT NULL,
+        actor       TEXT    NOT NULL,
+        chain_root  TEXT,
+        run_id      TEXT,
+        verdict     TEXT    NOT NULL,
+        body        TEXT    NOT NULL,
+        decision    TEXT
+    ) STRICT;
+    CREATE INDEX events_time  ON events (observed_at);
+    CREATE INDEX events_kind  ON events (kind, observed_at);
+    CREATE INDEX events_actor ON events (actor, observed_at);
+    CREATE INDEX events_root  ON events (chain_root, observed_at) WHERE chain_root IS NOT NULL;
+    CREATE INDEX events_run   ON events (run_id, observed_at) WHERE run_id IS NOT NULL;
+
+    -- One row per distinct identifier an event's target names. No foreign
+    -- key: only the writer adds rows, and a cascade would need a second
+    -- index on `seq` paid for on every insert.
+    CREATE TABLE event_targets (
+        target      TEXT    NOT NULL,
+        observed_at INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        PRIMARY KEY (target, observed_at, seq)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE tokens (
+        id         TEXT    PRIMARY KEY,
+        name       TEXT,
+        role       TEXT    NOT NULL,
+        hash       BLOB    NOT NULL UNIQUE CHECK (length(hash) = 32),
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    ) STRICT;",
+];
+
+/// The newest schema version this build knows.
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Opens a read-write connection with the store's settings and brings the
+/// schema up to date.
+pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let mut conn = connect(path, durability)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// Opens a read-write connection with the store's settings, without
+/// migrating: for short-lived writers once the store is open.
+pub(crate) fn connect(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+    // WAL lets readers run beside the writer, and a commit is one append
+    // (and, with `synchronous=FULL`, one fsync) of the log.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))
+        .map_err(open_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::JournalMode {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let synchronous = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(open_error)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(open_error)?;
+    // A large group grows the log; truncate it back after checkpoints rather
+    // than keep its high-water mark on disk.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(open_error)?;
+    Ok(conn)
+}
+
+/// Opens a read-only connection to a database the store has already set up.
+pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+    // Queries come in a few dozen shapes (one per combination of filters);
+    // keep them all prepared.
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Applies the missing migrations in one immediate transaction, so two
+/// processes opening the same new database cannot both migrate it, and a
+/// failure leaves the previous version whole.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let open_error = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(open_error)?;
+    let found: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(open_error)?;
+    if found > VERSION {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found,
+            known: VERSION,
+        });
+    }
+    for (version, step) in (1..)
+        .zip(MIGRATIONS)
+        .skip(usize::try_from(found).unwrap_or(0))
+    {
+        let migrate_error = |source| StoreError::Migrate {
+            path: path.to_owned(),
+            version,
+            source,
+        };
+        tx.execute_batch(step).map_err(migrate_error)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(migrate_error)?;
+    }
+    tx.commit().map_err(open_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn migrations_are_idempotent_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custody.db");
+        for _ in 0..3 {
+            drop(open(&path, Durability::Full).unwrap());
+            assert_eq!(user_version(&path), VERSION);
+        }
+        let conn = open(&path, Durability::Full).unwrap();
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(tables, ["event_targets", "events", "tokens"]);
+        let mode: String = conn
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn connections_follow_the_durability_option() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custody.db");
+        let check = |durability, expected: [i64; 3]| {
+            let conn = open(&path, durability).unwrap();
+            let pragma = |name| {
+                conn.pragma_query_value(None, name, |row| row.get(0))
+                    .unwrap()
+            };
+            let found: [i64; 3] = [
+                pragma("synchronous"),
+                pragma("busy_timeout"),
+                pragma("foreign_keys"),
+            ];
+            assert_eq!(found, expected, "{durability:?}");
+        };
+        check(Durability::Full, [2, 5000, 1]);
+        check(Durability::Normal, [1, 5000, 1]);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custody.db");
+        drop(open(&path, Durability::Full).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", VERSION + 1)
+            .unwrap();
+        let error = open(&path, Durability::Full).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "database `{}` has schema version {}, this build knows up to {VERSION}",
+                path.display(),
+                VERSION + 1
+            )
+        );
+        // Refusing must not have touched the database.
+        assert_eq!(user_version(&path), VERSION + 1);
+    }
+}

@@ -1,0 +1,245 @@
+//! The store handle: opening, recording, reading and tokens.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use custody_engine::{Evaluated, Receipt, Record, RecordError};
+use custody_event::EventId;
+use rusqlite::Connection;
+use tokio::sync::broadcast;
+
+use crate::query::{self, EventPage, EventQuery, StoredEvent};
+use crate::tokens::{self, NewToken, TokenRecord};
+use crate::writer::{Committed, StoreStats, Writer};
+use crate::{StoreError, schema};
+
+/// The database file's name inside the store's directory.
+pub const DATABASE_FILE: &str = "custody.db";
+
+/// How many commit notifications the live tail buffers for a slow
+/// subscriber before it starts skipping.
+const LIVE_CAPACITY: usize = 4096;
+
+/// How hard a commit works to survive a crash.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Every commit is synced to disk before it is acknowledged: an
+    /// acknowledged event survives a power loss (`synchronous=FULL`).
+    #[default]
+    Full,
+    /// Commits reach the operating system but are synced only at
+    /// checkpoints: an acknowledged event survives the process being killed,
+    /// not a power loss (`synchronous=NORMAL`).
+    Normal,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How hard a commit works to survive a crash.
+    pub durability: Durability,
+    /// The most events accepted and not yet committed; beyond it, recording
+    /// is refused with [`RecordError::QueueFull`]. A single batch larger than
+    /// this is always refused, so callers must cap their batch size below it.
+    pub queue_capacity: usize,
+    /// The most events the writer puts in one transaction, unless a single
+    /// batch is larger (batches are never split).
+    pub max_group_events: usize,
+    /// How many idle read connections to keep.
+    pub readers: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Full,
+            queue_capacity: 200_000,
+            max_group_events: 50_000,
+            readers: 4,
+        }
+    }
+}
+
+/// The embedded event store. Cheap to clone: clones share one database, one
+/// writer thread and one pool of read connections.
+///
+/// Writes go through [`Record::record`], which never blocks; reads and token
+/// operations block on SQLite and belong on a blocking thread.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: StoreOptions,
+    writer: Writer,
+    readers: Mutex<Vec<Connection>>,
+    live: broadcast::Sender<Committed>,
+}
+
+impl Store {
+    /// Opens the store in `dir`, creating the directory and the database as
+    /// needed and migrating the schema, and starts the writer thread.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(DATABASE_FILE);
+        let conn = schema::open(&path, options.durability)?;
+        let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        let writer = Writer::spawn(
+            conn,
+            options.queue_capacity,
+            options.max_group_events,
+            live.clone(),
+        )?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                options,
+                writer,
+                readers: Mutex::default(),
+                live,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Stops accepting events, commits everything queued, and waits for the
+    /// writer thread. Every clone then refuses [`Record::record`] with
+    /// [`RecordError::Closed`]; reads keep working. Dropping the last clone
+    /// does the same, silently.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.inner.writer.close()
+    }
+
+    /// The live tail: every commit's new events, in commit order. A
+    /// subscriber more than a few thousand commits behind misses some and is
+    /// told so by [`broadcast::error::RecvError::Lagged`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Committed> {
+        self.inner.live.subscribe()
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> StoreStats {
+        self.inner.writer.stats()
+    }
+
+    /// A page of events matching `q`.
+    pub fn query(&self, q: &EventQuery) -> Result<EventPage, StoreError> {
+        self.read(|conn| query::query(conn, q))
+    }
+
+    /// The event with this id, if stored.
+    pub fn get(&self, id: EventId) -> Result<Option<StoredEvent>, StoreError> {
+        self.read(|conn| {
+            query::get(conn, id.as_bytes())
+                .map_err(StoreError::sqlite(format!("reading event {id}")))
+        })
+    }
+
+    /// The number of stored events. It walks an index: for frequent polling
+    /// prefer [`Store::stats`].
+    pub fn count(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            query::count(conn, "SELECT count(*) FROM events")
+                .map_err(StoreError::sqlite("counting events"))
+        })
+    }
+
+    /// Stores a token, stamped with the current time.
+    pub fn insert_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError> {
+        tokens::insert(&self.token_writer()?, token)
+            .map_err(StoreError::sqlite(format!("storing token `{}`", token.id)))
+    }
+
+    /// The token whose secret has this hash, revoked or not: the caller
+    /// refuses a revoked one.
+    pub fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
+        self.read(|conn| {
+            tokens::by_hash(conn, hash).map_err(StoreError::sqlite("looking up a token"))
+        })
+    }
+
+    /// Every token, revoked ones included, oldest first.
+    pub fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read(|conn| tokens::list(conn).map_err(StoreError::sqlite("listing tokens")))
+    }
+
+    /// Revokes a token; false when no such token is active.
+    pub fn revoke_token(&self, id: &str) -> Result<bool, StoreError> {
+        tokens::revoke(&self.token_writer()?, id)
+            .map_err(StoreError::sqlite(format!("revoking token `{id}`")))
+    }
+
+    /// The number of tokens not revoked.
+    pub fn token_count(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            query::count(conn, "SELECT count(*) FROM tokens WHERE revoked_at IS NULL")
+                .map_err(StoreError::sqlite("counting tokens"))
+        })
+    }
+
+    /// Holds the writer back (or lets it go) so a test can fill the queue.
+    #[cfg(test)]
+    pub(crate) fn pause_writer(&self, paused: bool) {
+        self.inner.writer.pause(paused);
+    }
+
+    /// Runs `f` on a pooled read connection, opening one when none is idle,
+    /// so a burst of readers never waits on the pool.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self.lock_readers().pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => schema::open_reader(&self.inner.path)?,
+        };
+        let result = f(&conn);
+        let mut readers = self.lock_readers();
+        if readers.len() < self.inner.options.readers {
+            readers.push(conn);
+        }
+        result
+    }
+
+    fn lock_readers(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {
+        self.inner
+            .readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A short-lived connection for token writes, which are rare and must not
+    /// queue behind a large group of events.
+    fn token_writer(&self) -> Result<Connection, StoreError> {
+        schema::connect(&self.inner.path, self.inner.options.durability)
+    }
+}
+
+impl Record for Store {
+    /// Serializes the batch on the calling thread and queues it for the
+    /// writer; never blocks on IO.
+    fn record(&self, batch: Vec<Evaluated>) -> Result<Receipt, RecordError> {
+        self.inner.writer.submit(batch)
+    }
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .field("options", &self.inner.options)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,329 @@
+//! The single writer thread and its bounded queue: group commit.
+//!
+//! Callers prepare their batch on their own thread and push it onto the
+//! queue. The writer takes the first waiting batch, drains whatever else is
+//! waiting up to a group size, writes the group in one transaction and
+//! completes every batch's receipt only once that transaction has committed.
+//! Many small batches arriving together thus share one fsync, and a receipt
+//! never says durable before the data is.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use custody_engine::{Evaluated, Receipt, RecordError};
+use rusqlite::Connection;
+use tokio::sync::{broadcast, oneshot};
+
+use crate::StoreError;
+use crate::query::StoredEvent;
+use crate::raw::{PreparedEvent, insert_group};
+
+/// What the live tail carries: the new events of one commit, in commit order.
+pub type Committed = Arc<Vec<StoredEvent>>;
+
+/// Counters of the writer, cheap to read at any time (e.g. for Prometheus).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Events accepted and not yet committed (or failed).
+    pub queued_events: u64,
+    /// New events committed since the store was opened; resubmitted ids are
+    /// not counted.
+    pub committed_events: u64,
+    /// Transactions committed.
+    pub commits: u64,
+    /// Transactions that failed and were rolled back.
+    pub failed_commits: u64,
+    /// Events in the last group written, committed or not.
+    pub last_group_size: u64,
+}
+
+/// The queue and the writer thread that drains it.
+pub(crate) struct Writer {
+    shared: Arc<Shared>,
+    capacity: usize,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What the callers and the writer thread share.
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    queued: AtomicU64,
+    committed_events: AtomicU64,
+    commits: AtomicU64,
+    failed_commits: AtomicU64,
+    last_group_size: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<Batch>,
+    closed: bool,
+    /// Tests hold the writer back to fill the queue deterministically.
+    #[cfg(test)]
+    paused: bool,
+}
+
+struct Batch {
+    events: Vec<PreparedEvent>,
+    done: oneshot::Sender<Result<(), RecordError>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `conn`.
+    pub(crate) fn spawn(
+        conn: Connection,
+        capacity: usize,
+        max_group: usize,
+        live: broadcast::Sender<Committed>,
+    ) -> Result<Writer, StoreError> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            ready: Condvar::new(),
+            queued: AtomicU64::new(0),
+            committed_events: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            failed_commits: AtomicU64::new(0),
+            last_group_size: AtomicU64::new(0),
+        });
+        let thread = std::thread::Builder::new()
+            .name("custody-store-writer".into())
+            .spawn({
+                let shared = shared.clone();
+                move || run(&shared, conn, max_group.max(1), &live)
+            })
+            .map_err(StoreError::Spawn)?;
+        Ok(Writer {
+            shared,
+            capacity,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Prepares a batch on the caller's thread and queues it, or refuses it
+    /// at once when it would overfill the queue.
+    pub(crate) fn submit(&self, batch: Vec<Evaluated>) -> Result<Receipt, RecordError> {
+        let (done, receipt) = Receipt::channel();
+        if batch.is_empty() {
+            if self.shared.lock().closed {
+                return Err(RecordError::Closed);
+            }
+            // Nothing to make durable; the send fails only if the receipt is
+            // gone, and it is in hand.
+            let _ = done.send(Ok(()));
+            return Ok(receipt);
+        }
+        let size = batch.len() as u64;
+        // Refuse early, before the work of serializing, when the queue is
+        // visibly full; the check under the lock below is the one that counts.
+        self.check_room(size)?;
+        let events = batch
+            .into_iter()
+            .map(PreparedEvent::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| RecordError::Failed(error.to_string()))?;
+        let mut queue = self.shared.lock();
+        if queue.closed {
+            return Err(RecordError::Closed);
+        }
+        // Callers add to the count only under the lock, so no two can both
+        // take the last room; the writer only subtracts.
+        self.check_room(size)?;
+        self.shared.queued.fetch_add(size, Ordering::SeqCst);
+        queue.batches.push_back(Batch { events, done });
+        drop(queue);
+        self.shared.ready.notify_one();
+        Ok(receipt)
+    }
+
+    /// Stops accepting batches, lets the thread write what is queued, and
+    /// waits for it. Idempotent; only the first call reports a panicked
+    /// writer.
+    pub(crate) fn close(&self) -> Result<(), StoreError> {
+        {
+            let mut queue = self.shared.lock();
+            queue.closed = true;
+            #[cfg(test)]
+            {
+                queue.paused = false;
+            }
+        }
+        self.shared.ready.notify_all();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match thread.map(JoinHandle::join) {
+            // A panicked writer has already failed its receipts (see `Exit`).
+            Some(Err(_)) => Err(StoreError::WriterPanicked),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> StoreStats {
+        let shared = &self.shared;
+        StoreStats {
+            queued_events: shared.queued.load(Ordering::Relaxed),
+            committed_events: shared.committed_events.load(Ordering::Relaxed),
+            commits: shared.commits.load(Ordering::Relaxed),
+            failed_commits: shared.failed_commits.load(Ordering::Relaxed),
+            last_group_size: shared.last_group_size.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Holds the writer back (or lets it go) so a test can fill the queue.
+    #[cfg(test)]
+    pub(crate) fn pause(&self, paused: bool) {
+        self.shared.lock().paused = paused;
+        self.shared.ready.notify_all();
+    }
+
+    fn check_room(&self, size: u64) -> Result<(), RecordError> {
+        let queued = self.shared.queued.load(Ordering::SeqCst);
+        let capacity = self.capacity as u64;
+        if queued + size > capacity {
+            return Err(RecordError::QueueFull {
+                queued: usize::try_from(queued).unwrap_or(usize::MAX),
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Nobody is left to tell; the receipts already say what happened.
+        let _ = self.close();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // No code panics while holding the lock; should one, the queue itself
+        // is still consistent.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for the first batch, then takes the batches behind it while the
+    /// group stays within `max_group` events. A batch is never split: it is
+    /// durable whole or not at all. `None` once closed and drained.
+    fn next_group(&self, max_group: usize) -> Option<Vec<Batch>> {
+        let mut queue = self.lock();
+        loop {
+            #[cfg(test)]
+            let paused = queue.paused;
+            #[cfg(not(test))]
+            let paused = false;
+            if !paused && !queue.batches.is_empty() {
+                break;
+            }
+            if queue.closed && queue.batches.is_empty() {
+                return None;
+            }
+            queue = self
+                .ready
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let mut group: Vec<Batch> = queue.batches.pop_front().into_iter().collect();
+        let mut size = group.iter().map(|batch| batch.events.len()).sum::<usize>();
+        while let Some(batch) = queue.batches.front() {
+            if size + batch.events.len() > max_group {
+                break;
+            }
+            size += batch.events.len();
+            group.extend(queue.batches.pop_front());
+        }
+        Some(group)
+    }
+}
+
+/// The writer thread's loop.
+fn run(
+    shared: &Shared,
+    mut conn: Connection,
+    max_group: usize,
+    live: &broadcast::Sender<Committed>,
+) {
+    let _exit = Exit(shared);
+    while let Some(group) = shared.next_group(max_group) {
+        write(shared, &mut conn, group, live);
+    }
+}
+
+/// Writes one group in one transaction, then settles its receipts and
+/// publishes what is new.
+fn write(
+    shared: &Shared,
+    conn: &mut Connection,
+    group: Vec<Batch>,
+    live: &broadcast::Sender<Committed>,
+) {
+    let size = group.iter().map(|batch| batch.events.len()).sum::<usize>() as u64;
+    let result = insert_group(conn, group.iter().flat_map(|batch| &batch.events));
+    shared.last_group_size.store(size, Ordering::Relaxed);
+    shared.queued.fetch_sub(size, Ordering::SeqCst);
+    let seqs = match result {
+        Ok(seqs) => seqs,
+        Err(error) => {
+            shared.failed_commits.fetch_add(1, Ordering::Relaxed);
+            let error = RecordError::Failed(error.to_string());
+            for batch in group {
+                // A receiver that is gone belongs to a client that gave up.
+                let _ = batch.done.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
+    let new = seqs.iter().flatten().count() as u64;
+    shared.commits.fetch_add(1, Ordering::Relaxed);
+    shared.committed_events.fetch_add(new, Ordering::Relaxed);
+    let publish = live.receiver_count() > 0;
+    let mut committed = Vec::new();
+    let mut seqs = seqs.into_iter();
+    for Batch { events, done } in group {
+        let _ = done.send(Ok(()));
+        if publish {
+            // `zip` polls `events` first, so it takes exactly this batch's
+            // share of `seqs`.
+            committed.extend(
+                events
+                    .into_iter()
+                    .zip(&mut seqs)
+                    .filter_map(|(event, seq)| {
+                        Some(StoredEvent {
+                            seq: seq?,
+                            body: event.body,
+                            decision: event.decision,
+                        })
+                    }),
+            );
+        }
+    }
+    if !committed.is_empty() {
+        // Sending fails only when every subscriber has just gone.
+        let _ = live.send(Arc::new(committed));
+    }
+}
+
+/// Runs when the writer thread ends, even by a panic: from then on nothing
+/// would drain the queue, so it refuses new batches and drops the waiting
+/// ones, which resolves their receipts as closed rather than never.
+struct Exit<'a>(&'a Shared);
+
+impl Drop for Exit<'_> {
+    fn drop(&mut self) {
+        let mut queue = self.0.lock();
+        queue.closed = true;
+        let dropped: usize = queue
+            .batches
+            .drain(..)
+            .map(|batch| batch.events.len())
+            .sum();
+        self.0.queued.fetch_sub(dropped as u64, Ordering::SeqCst);
+    }
+}
