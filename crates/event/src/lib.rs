@@ -17,5 +17,8 @@ mod model;
 pub mod ocsf;
 pub mod schema;
 
-pub use decode::{DecodeError, decode, decode_value, validate};
+pub use decode::{
+    DecodeError, MAX_ATTRIBUTES, MAX_ID_LEN, MAX_LABEL_LEN, MAX_TEXT_LEN, MAX_TRACE_ID_LEN, decode,
+    decode_value, validate,
+};
 pub use model::*;

@@ -55,6 +55,10 @@ pub struct RuntimeEvent {
     /// Normalized attributes that have no field of their own (for example
     /// an argument digest).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = crate::decode::MAX_ATTRIBUTES,
+        "propertyNames" = {"minLength": 1, "maxLength": crate::decode::MAX_LABEL_LEN},
+    ))]
     pub attributes: BTreeMap<String, serde_json::Value>,
     /// The record exactly as the source produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,6 +108,10 @@ pub struct NewEvent {
     pub context: Context,
     /// Normalized attributes that have no field of their own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = crate::decode::MAX_ATTRIBUTES,
+        "propertyNames" = {"minLength": 1, "maxLength": crate::decode::MAX_LABEL_LEN},
+    ))]
     pub attributes: BTreeMap<String, serde_json::Value>,
     /// The record exactly as the source produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -368,10 +376,17 @@ impl SourceKind {
 pub struct Actor {
     /// The human or service at the root of the chain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // The schema states the chain's shape that `validate` checks: a human or
+    // service at the root, only agents in between.
+    #[schemars(extend("properties" = {"type": {"enum": ["human", "service"]}}))]
     pub root: Option<Principal>,
     /// The agents between the root and the current actor, the one nearest
     /// the root first. Excludes the current actor itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("items" = {
+        "$ref": "#/$defs/Principal",
+        "properties": {"type": {"const": "agent"}},
+    }))]
     pub agents: Vec<Principal>,
     /// The identity that performed this action.
     pub current: Principal,
@@ -401,6 +416,12 @@ impl Actor {
 /// One identity in a chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+// Only agents carry a version and a run. The schema says so too, so that
+// producers validating against it learn the rule `validate` enforces.
+#[schemars(extend(
+    "if" = {"properties": {"type": {"const": "agent"}}},
+    "else" = {"properties": {"run_id": {"type": "null"}, "version": {"type": "null"}}},
+))]
 pub struct Principal {
     /// What sort of identity.
     #[serde(rename = "type")]

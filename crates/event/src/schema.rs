@@ -2,7 +2,13 @@
 //!
 //! The generated schemas are committed under `schema/` at the repository root
 //! so that producers in other languages can validate against them; a test
-//! checks that the committed files are what the types generate.
+//! checks that the committed files are what the types generate, and
+//! `CUSTODY_UPDATE_SCHEMA=1 cargo test -p custody-event --test schema`
+//! rewrites them.
+//!
+//! The schemas state everything `decode` checks that JSON Schema can say,
+//! the chain's shape included. Two rules stay with `decode` alone: text must
+//! not be blank, and limits count bytes where `maxLength` counts characters.
 
 use crate::model::{NewEvent, RuntimeEvent};
 
