@@ -153,7 +153,10 @@ impl StoredEvent {
 /// Runs a query on a read connection.
 pub(crate) fn query(conn: &Connection, q: &EventQuery) -> Result<EventPage, StoreError> {
     let limit = q.limit.clamp(1, MAX_LIMIT);
-    let (sql, values) = sql(q, limit);
+    let Some((sql, values)) = sql(conn, q, limit).map_err(StoreError::sqlite("querying events"))? else {
+        // A filter names an identifier no event ever had.
+        return Ok(EventPage { events: Vec::new(), next: None });
+    };
     let mut statement = conn
         .prepare_cached(&sql)
         .map_err(StoreError::sqlite("querying events"))?;
@@ -186,6 +189,13 @@ pub(crate) fn query(conn: &Connection, q: &EventQuery) -> Result<EventPage, Stor
     })
 }
 
+/// The interned id of an identifier, if any event ever named it.
+fn key_id(conn: &Connection, value: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM keys WHERE value = ?1")?
+        .query_row([value], |row| row.get(0))
+        .optional()
+}
+
 /// Reads one event by id.
 pub(crate) fn get(conn: &Connection, id: &[u8; 16]) -> rusqlite::Result<Option<StoredEvent>> {
     conn.prepare_cached("SELECT seq, body, decision FROM events WHERE id = ?1")?
@@ -212,15 +222,25 @@ pub(crate) fn count(conn: &Connection, sql: &str) -> rusqlite::Result<u64> {
 /// is already in `(target, observed_at, seq)` order; every other filter has
 /// an index on `(column, observed_at)`, which ends in `seq` because `seq` is
 /// the rowid. Either way the order comes from the index, without a sort.
-pub(crate) fn sql(q: &EventQuery, limit: usize) -> (String, Vec<Value>) {
+///
+/// Identifiers are looked up in `keys` first; `None` when one is unknown, as
+/// then nothing can match.
+pub(crate) fn sql(
+    conn: &Connection,
+    q: &EventQuery,
+    limit: usize,
+) -> rusqlite::Result<Option<(String, Vec<Value>)>> {
     let mut sql = String::from("SELECT e.seq, e.body, e.decision, ");
     let mut conditions: Vec<String> = Vec::new();
     let mut values: Vec<Value> = Vec::new();
     let (time, seq) = match &q.target {
         Some(target) => {
+            let Some(target) = key_id(conn, target)? else {
+                return Ok(None);
+            };
             sql.push_str("t.observed_at FROM event_targets t JOIN events e ON e.seq = t.seq");
             conditions.push("t.target = ?".into());
-            values.push(Value::Text(target.clone()));
+            values.push(Value::Integer(target));
             ("t.observed_at", "t.seq")
         }
         None => {
@@ -234,14 +254,21 @@ pub(crate) fn sql(q: &EventQuery, limit: usize) -> (String, Vec<Value>) {
         ("e.run_id", &q.run),
     ] {
         if let Some(value) = value {
+            let Some(key) = key_id(conn, value)? else {
+                return Ok(None);
+            };
             conditions.push(format!("{column} = ?"));
-            values.push(Value::Text(value.clone()));
+            values.push(Value::Integer(key));
         }
     }
     if !q.kinds.is_empty() {
         let marks = vec!["?"; q.kinds.len()].join(", ");
         conditions.push(format!("e.kind IN ({marks})"));
-        values.extend(q.kinds.iter().map(|kind| Value::Text(kind.as_str().into())));
+        values.extend(
+            q.kinds
+                .iter()
+                .map(|kind| Value::Integer(crate::schema::kind_code(*kind))),
+        );
     }
     if let Some(since) = q.since {
         conditions.push(format!("{time} >= ?"));
@@ -275,7 +302,7 @@ pub(crate) fn sql(q: &EventQuery, limit: usize) -> (String, Vec<Value>) {
         " ORDER BY {time} {direction}, {seq} {direction} LIMIT ?"
     ));
     values.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
-    (sql, values)
+    Ok(Some((sql, values)))
 }
 
 #[cfg(test)]

@@ -542,6 +542,35 @@ fn a_failed_transaction_fails_every_batch_of_its_group_and_keeps_nothing() {
 }
 
 #[test]
+fn identifiers_interned_by_a_failed_group_are_forgotten() {
+    let (_dir, store) = open();
+    let by = |actor: &str| json!({"actor": {"current": {"type": "agent", "id": actor}}, "target": {"tool": "t"}});
+    record(&store, vec![event("before", 0, by("coder"))]);
+    store.pause_writer(true);
+    let failing = store.record(vec![event("lost", 1, by("ghost"))]).unwrap();
+    let conn = Connection::open(store.path()).unwrap();
+    conn.execute_batch("DROP TABLE event_targets").unwrap();
+    store.pause_writer(false);
+    failing.blocking_durable().unwrap_err();
+    conn.execute_batch(
+        "CREATE TABLE event_targets (target INTEGER NOT NULL, observed_at INTEGER NOT NULL,
+         seq INTEGER NOT NULL, PRIMARY KEY (target, observed_at, seq)) STRICT, WITHOUT ROWID",
+    )
+    .unwrap();
+    // `other` now takes the key id `ghost` had in the rolled-back group; a
+    // writer that still remembered it would file `ghost` under `other`.
+    record(&store, vec![event("other", 2, by("other"))]);
+    record(&store, vec![event("ghost", 3, by("ghost"))]);
+    for actor in ["coder", "other", "ghost"] {
+        let q = EventQuery { actor: Some(actor.to_owned()), ..EventQuery::default() };
+        let expected = if actor == "coder" { "before" } else { actor };
+        assert_eq!(walk(&store, &q), [expected], "events by {actor}");
+    }
+    let unknown = EventQuery { target: Some("never-seen".to_owned()), ..EventQuery::default() };
+    assert!(walk(&store, &unknown).is_empty());
+}
+
+#[test]
 fn reopening_after_close_sees_every_event() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
@@ -597,9 +626,9 @@ fn every_filter_uses_its_index() {
     let (_dir, store) = open();
     record(&store, scenario());
     let check = |q: EventQuery, expected: &str| {
-        let (sql, values) = crate::query::sql(&q, 10);
         let plan = store
             .read(|conn| {
+                let (sql, values) = crate::query::sql(conn, &q, 10).unwrap().expect("every key is known");
                 let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
                 let details = statement
                     .query_map(rusqlite::params_from_iter(values), |row| {

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::StoreError;
 use crate::query::StoredEvent;
-use crate::raw::{PreparedEvent, insert_group};
+use crate::raw::{Keys, PreparedEvent, insert_group};
 
 /// What the live tail carries: the new events of one commit, in commit order.
 pub type Committed = Arc<Vec<StoredEvent>>;
@@ -250,8 +250,9 @@ fn run(
     live: &broadcast::Sender<Committed>,
 ) {
     let _exit = Exit(shared);
+    let mut keys = Keys::default();
     while let Some(group) = shared.next_group(max_group) {
-        write(shared, &mut conn, group, live);
+        write(shared, &mut conn, &mut keys, group, live);
     }
 }
 
@@ -260,11 +261,12 @@ fn run(
 fn write(
     shared: &Shared,
     conn: &mut Connection,
+    keys: &mut Keys,
     group: Vec<Batch>,
     live: &broadcast::Sender<Committed>,
 ) {
     let size = group.iter().map(|batch| batch.events.len()).sum::<usize>() as u64;
-    let result = insert_group(conn, group.iter().flat_map(|batch| &batch.events));
+    let result = insert_group(conn, keys, group.iter().flat_map(|batch| &batch.events));
     shared.last_group_size.store(size, Ordering::Relaxed);
     shared.queued.fetch_sub(size, Ordering::SeqCst);
     let seqs = match result {
