@@ -6,6 +6,8 @@
 //! which identity kinds may stand where, time range). Both report a field path
 //! in the same notation, e.g. `actor.agents[1].type`.
 
+use std::fmt;
+
 use chrono::{DateTime, Datelike, Utc};
 
 use crate::model::{Actor, Context, NewEvent, Principal, PrincipalKind, Target};
@@ -43,6 +45,12 @@ pub const MAX_ATTRIBUTES: usize = 256;
 
 /// Decodes and validates one event from JSON bytes.
 pub fn decode(bytes: &[u8]) -> Result<NewEvent, DecodeError> {
+    // Most events are valid: decode them without tracking paths, and go back
+    // over the few that fail to say where.
+    if let Ok(event) = serde_json::from_slice::<NewEvent>(bytes) {
+        validate(&event)?;
+        return Ok(event);
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let event: NewEvent = match serde_path_to_error::deserialize(&mut deserializer) {
         Ok(event) => event,
@@ -104,30 +112,30 @@ fn syntax_message(error: &serde_json::Error) -> String {
 /// Checks what the types cannot: lengths, which kinds of identity may stand
 /// where in the chain, and the time range.
 pub fn validate(event: &NewEvent) -> Result<(), DecodeError> {
-    text("action", &event.action, MAX_LABEL_LEN)?;
+    text(&"action", &event.action, MAX_LABEL_LEN)?;
     time("observed_at", event.observed_at)?;
-    optional("source.name", event.source.name.as_deref(), MAX_ID_LEN)?;
+    optional(&"source.name", event.source.name.as_deref(), MAX_ID_LEN)?;
     optional(
-        "source.record_id",
+        &"source.record_id",
         event.source.record_id.as_deref(),
         MAX_ID_LEN,
     )?;
     actor(&event.actor)?;
     target(&event.target)?;
     optional_any(
-        "outcome.reason",
+        &"outcome.reason",
         event.outcome.reason.as_deref(),
         MAX_TEXT_LEN,
     )?;
     if let Some(attribution) = &event.attribution {
         for (i, evidence) in attribution.evidence.iter().enumerate() {
             text(
-                &format!("attribution.evidence[{i}].type"),
+                &Sub(&Indexed("attribution.evidence", i), "type"),
                 &evidence.kind,
                 MAX_LABEL_LEN,
             )?;
             text(
-                &format!("attribution.evidence[{i}].detail"),
+                &Sub(&Indexed("attribution.evidence", i), "detail"),
                 &evidence.detail,
                 MAX_TEXT_LEN,
             )?;
@@ -168,10 +176,10 @@ fn actor(actor: &Actor) -> Result<(), DecodeError> {
                 ),
             ));
         }
-        principal("actor.root", root)?;
+        principal(&"actor.root", root)?;
     }
     for (i, agent) in actor.agents.iter().enumerate() {
-        let path = format!("actor.agents[{i}]");
+        let path = Indexed("actor.agents", i);
         if agent.kind != PrincipalKind::Agent {
             return Err(DecodeError::at(
                 format!("{path}.type"),
@@ -183,11 +191,11 @@ fn actor(actor: &Actor) -> Result<(), DecodeError> {
         }
         principal(&path, agent)?;
     }
-    principal("actor.current", &actor.current)?;
+    principal(&"actor.current", &actor.current)?;
     if let Some(credential) = &actor.credential {
-        text("actor.credential.id", &credential.id, MAX_ID_LEN)?;
+        text(&"actor.credential.id", &credential.id, MAX_ID_LEN)?;
         optional(
-            "actor.credential.issuer",
+            &"actor.credential.issuer",
             credential.issuer.as_deref(),
             MAX_ID_LEN,
         )?;
@@ -195,20 +203,16 @@ fn actor(actor: &Actor) -> Result<(), DecodeError> {
     Ok(())
 }
 
-fn principal(path: &str, principal: &Principal) -> Result<(), DecodeError> {
-    text(&format!("{path}.id"), &principal.id, MAX_ID_LEN)?;
+fn principal(path: &dyn fmt::Display, principal: &Principal) -> Result<(), DecodeError> {
+    text(&Sub(path, "id"), &principal.id, MAX_ID_LEN)?;
+    optional(&Sub(path, "name"), principal.name.as_deref(), MAX_ID_LEN)?;
     optional(
-        &format!("{path}.name"),
-        principal.name.as_deref(),
-        MAX_ID_LEN,
-    )?;
-    optional(
-        &format!("{path}.version"),
+        &Sub(path, "version"),
         principal.version.as_deref(),
         MAX_LABEL_LEN,
     )?;
     optional(
-        &format!("{path}.run_id"),
+        &Sub(path, "run_id"),
         principal.run_id.as_deref(),
         MAX_ID_LEN,
     )?;
@@ -232,54 +236,54 @@ fn principal(path: &str, principal: &Principal) -> Result<(), DecodeError> {
 }
 
 fn target(target: &Target) -> Result<(), DecodeError> {
-    optional("target.tool", target.tool.as_deref(), MAX_ID_LEN)?;
-    optional("target.server", target.server.as_deref(), MAX_ID_LEN)?;
-    optional("target.resource", target.resource.as_deref(), MAX_TEXT_LEN)?;
+    optional(&"target.tool", target.tool.as_deref(), MAX_ID_LEN)?;
+    optional(&"target.server", target.server.as_deref(), MAX_ID_LEN)?;
+    optional(&"target.resource", target.resource.as_deref(), MAX_TEXT_LEN)?;
     optional(
-        "target.resource_type",
+        &"target.resource_type",
         target.resource_type.as_deref(),
         MAX_LABEL_LEN,
     )?;
-    optional("target.system", target.system.as_deref(), MAX_ID_LEN)?;
+    optional(&"target.system", target.system.as_deref(), MAX_ID_LEN)?;
     if let Some(principal_target) = &target.principal {
-        principal("target.principal", principal_target)?;
+        principal(&"target.principal", principal_target)?;
     }
     Ok(())
 }
 
 fn context(context: &Context) -> Result<(), DecodeError> {
     optional(
-        "context.session_id",
+        &"context.session_id",
         context.session_id.as_deref(),
         MAX_ID_LEN,
     )?;
     optional(
-        "context.conversation_id",
+        &"context.conversation_id",
         context.conversation_id.as_deref(),
         MAX_ID_LEN,
     )?;
     optional(
-        "context.trace_id",
+        &"context.trace_id",
         context.trace_id.as_deref(),
         MAX_TRACE_ID_LEN,
     )?;
     optional(
-        "context.span_id",
+        &"context.span_id",
         context.span_id.as_deref(),
         MAX_TRACE_ID_LEN,
     )?;
     optional(
-        "context.parent_span_id",
+        &"context.parent_span_id",
         context.parent_span_id.as_deref(),
         MAX_TRACE_ID_LEN,
     )?;
     optional(
-        "context.tool_call_id",
+        &"context.tool_call_id",
         context.tool_call_id.as_deref(),
         MAX_ID_LEN,
     )?;
     optional(
-        "context.request_id",
+        &"context.request_id",
         context.request_id.as_deref(),
         MAX_ID_LEN,
     )?;
@@ -287,13 +291,13 @@ fn context(context: &Context) -> Result<(), DecodeError> {
 }
 
 /// A required string: present, not blank, not too long.
-fn text(path: &str, value: &str, max: usize) -> Result<(), DecodeError> {
+fn text(path: &dyn fmt::Display, value: &str, max: usize) -> Result<(), DecodeError> {
     if value.trim().is_empty() {
-        return Err(DecodeError::at(path, "must not be empty"));
+        return Err(DecodeError::at(path.to_string(), "must not be empty"));
     }
     if value.len() > max {
         return Err(DecodeError::at(
-            path,
+            path.to_string(),
             format!("is {} bytes long, at most {max} are accepted", value.len()),
         ));
     }
@@ -301,15 +305,19 @@ fn text(path: &str, value: &str, max: usize) -> Result<(), DecodeError> {
 }
 
 /// An optional string: when present, as [`text`].
-fn optional(path: &str, value: Option<&str>, max: usize) -> Result<(), DecodeError> {
+fn optional(path: &dyn fmt::Display, value: Option<&str>, max: usize) -> Result<(), DecodeError> {
     value.map_or(Ok(()), |value| text(path, value, max))
 }
 
 /// An optional free text: may be empty, not too long.
-fn optional_any(path: &str, value: Option<&str>, max: usize) -> Result<(), DecodeError> {
+fn optional_any(
+    path: &dyn fmt::Display,
+    value: Option<&str>,
+    max: usize,
+) -> Result<(), DecodeError> {
     match value {
         Some(value) if value.len() > max => Err(DecodeError::at(
-            path,
+            path.to_string(),
             format!("is {} bytes long, at most {max} are accepted", value.len()),
         )),
         _ => Ok(()),
@@ -324,6 +332,25 @@ fn time(path: &str, value: DateTime<Utc>) -> Result<(), DecodeError> {
             path,
             format!("{value} is outside the years 1970 to 9999"),
         ))
+    }
+}
+
+/// A field of a parent, as a path: `parent.field`. Paths are only spelt
+/// out when a field is refused, so valid events cost no allocation.
+struct Sub<'a>(&'a dyn fmt::Display, &'a str);
+
+impl fmt::Display for Sub<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+/// An element of a list, as a path: `list[index]`.
+struct Indexed<'a>(&'a str, usize);
+
+impl fmt::Display for Indexed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.0, self.1)
     }
 }
 
