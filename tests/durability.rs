@@ -32,7 +32,9 @@ async fn acknowledged_events_survive_kill_9() {
         clients.push(tokio::spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let ids: Vec<String> = (0..BATCH).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+                let ids: Vec<String> = (0..BATCH)
+                    .map(|_| uuid::Uuid::now_v7().to_string())
+                    .collect();
                 let body: String = ids
                     .iter()
                     .enumerate()
@@ -50,12 +52,21 @@ async fn acknowledged_events_survive_kill_9() {
                 match answer {
                     Ok(response) if response.status() == 200 => {
                         let answer: serde_json::Value = response.json().await.unwrap();
-                        let stored: Vec<String> =
-                            answer["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
-                        assert_eq!(stored, ids, "the server acknowledged other ids than were sent");
+                        let stored: Vec<String> = answer["ids"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|v| v.as_str().unwrap().to_owned())
+                            .collect();
+                        assert_eq!(
+                            stored, ids,
+                            "the server acknowledged other ids than were sent"
+                        );
                         acknowledged.lock().unwrap().extend(stored);
                     }
-                    Ok(response) if response.status() == 429 => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Ok(response) if response.status() == 429 => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
                     Ok(response) => panic!("unexpected answer {}", response.status()),
                     // The server was killed: this batch may or may not have
                     // been stored, but it was never acknowledged.
@@ -80,11 +91,23 @@ async fn acknowledged_events_survive_kill_9() {
 
     let server = Server::start(dir.path(), &[]);
     let stored = all_ids(&http, &server).await;
-    let missing: Vec<&String> = acknowledged.iter().filter(|id| !stored.contains_key(*id)).collect();
-    assert!(missing.is_empty(), "{} acknowledged events are missing after kill -9, e.g. {}", missing.len(), missing[0]);
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events are missing after kill -9, e.g. {}",
+        missing.len(),
+        missing[0]
+    );
     for ids in sent.values() {
         let present = ids.iter().filter(|id| stored.contains_key(*id)).count();
-        assert!(present == 0 || present == ids.len(), "a batch is stored in part: {present} of {}", ids.len());
+        assert!(
+            present == 0 || present == ids.len(),
+            "a batch is stored in part: {present} of {}",
+            ids.len()
+        );
     }
     assert!(stored.len() >= acknowledged.len());
     eprintln!(
@@ -96,20 +119,37 @@ async fn acknowledged_events_survive_kill_9() {
 }
 
 /// Every stored event's id, walking the pages, each event fully decodable.
-async fn all_ids(http: &reqwest::Client, server: &Server) -> HashMap<String, custody_event::RuntimeEvent> {
+async fn all_ids(
+    http: &reqwest::Client,
+    server: &Server,
+) -> HashMap<String, custody_event::RuntimeEvent> {
     let mut stored = HashMap::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut request =
-            http.get(format!("{}/v1/events", server.url)).bearer_auth(&server.token).query(&[("limit", "1000")]);
+        let mut request = http
+            .get(format!("{}/v1/events", server.url))
+            .bearer_auth(&server.token)
+            .query(&[("limit", "1000")]);
         if let Some(cursor) = &cursor {
             request = request.query(&[("cursor", cursor)]);
         }
-        let page: serde_json::Value = request.send().await.unwrap().error_for_status().unwrap().json().await.unwrap();
+        let page: serde_json::Value = request
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         for record in page["events"].as_array().unwrap() {
-            let event: custody_event::RuntimeEvent = serde_json::from_value(record["event"].clone())
-                .unwrap_or_else(|error| panic!("a stored event does not decode: {error}"));
-            assert!(stored.insert(event.id.to_string(), event).is_none(), "an event is listed twice");
+            let event: custody_event::RuntimeEvent =
+                serde_json::from_value(record["event"].clone())
+                    .unwrap_or_else(|error| panic!("a stored event does not decode: {error}"));
+            assert!(
+                stored.insert(event.id.to_string(), event).is_none(),
+                "an event is listed twice"
+            );
         }
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),

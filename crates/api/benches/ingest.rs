@@ -35,13 +35,22 @@ fn main() {
 
     let lines: Vec<String> = (0..events).map(realistic_event).collect();
     let mean = lines.iter().map(String::len).sum::<usize>() / lines.len();
-    let (smallest, largest) =
-        (lines.iter().map(String::len).min().unwrap_or(0), lines.iter().map(String::len).max().unwrap_or(0));
-    println!("events: {events}, {mean} bytes on average ({smallest}..{largest}), batches of {BATCH}");
-    println!("durability: {durability:?}, cores: {}", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    let (smallest, largest) = (
+        lines.iter().map(String::len).min().unwrap_or(0),
+        lines.iter().map(String::len).max().unwrap_or(0),
+    );
+    println!(
+        "events: {events}, {mean} bytes on average ({smallest}..{largest}), batches of {BATCH}"
+    );
+    println!(
+        "durability: {durability:?}, cores: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
     let raw_rate = baseline(&lines, durability);
-    println!("baseline  raw SQLite insert (store's insert code, same events): {raw_rate:>9.0} events/s");
+    println!(
+        "baseline  raw SQLite insert (store's insert code, same events): {raw_rate:>9.0} events/s"
+    );
 
     let (rate, p50, p99, max) = http(&lines, clients, durability);
     println!(
@@ -61,15 +70,21 @@ fn ms(duration: Duration) -> f64 {
 /// Times the store's insert code alone on prepared events.
 fn baseline(lines: &[String], durability: Durability) -> f64 {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let mut conn = raw::open(&dir.path().join("custody.db"), durability).expect("opening the baseline database");
+    let mut conn = raw::open(&dir.path().join("custody.db"), durability)
+        .expect("opening the baseline database");
     let now = Utc::now();
     let prepared: Vec<raw::PreparedEvent> = lines
         .iter()
         .map(|line| {
             let event = custody_event::decode(line.as_bytes()).expect("benchmark events are valid");
             let event = custody_engine::stages::Stamp.normalize(event, now);
-            raw::PreparedEvent::new(Evaluated { event, signals: Vec::new(), decision: Decision::allow(), actions: Vec::new() })
-                .expect("benchmark events serialize")
+            raw::PreparedEvent::new(Evaluated {
+                event,
+                signals: Vec::new(),
+                decision: Decision::allow(),
+                actions: Vec::new(),
+            })
+            .expect("benchmark events serialize")
         })
         .collect();
     let mut keys = raw::Keys::default();
@@ -81,17 +96,40 @@ fn baseline(lines: &[String], durability: Durability) -> f64 {
 }
 
 /// Runs the real server in-process and posts every event over HTTP.
-fn http(lines: &[String], clients: usize, durability: Durability) -> (f64, Duration, Duration, Duration) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+fn http(
+    lines: &[String],
+    clients: usize,
+    durability: Durability,
+) -> (f64, Duration, Duration, Duration) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let store = Store::open(dir.path(), StoreOptions { durability, ..StoreOptions::default() }).expect("store");
-    let token = custody_api::issue_token(&store, custody_api::Role::Ingest, None).expect("token").secret;
+    let store = Store::open(
+        dir.path(),
+        StoreOptions {
+            durability,
+            ..StoreOptions::default()
+        },
+    )
+    .expect("store");
+    let token = custody_api::issue_token(&store, custody_api::Role::Ingest, None)
+        .expect("token")
+        .secret;
     let engine = Arc::new(Engine::builder(Arc::new(store.clone())).build());
-    let bodies: Arc<Vec<String>> = Arc::new(lines.chunks(BATCH).map(|chunk| chunk.join("\n")).collect());
+    let bodies: Arc<Vec<String>> =
+        Arc::new(lines.chunks(BATCH).map(|chunk| chunk.join("\n")).collect());
 
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listening");
-        let url = format!("http://{}/v1/events", listener.local_addr().expect("address"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listening");
+        let url = format!(
+            "http://{}/v1/events",
+            listener.local_addr().expect("address")
+        );
         let state = AppState::new(engine, store.clone(), Limits::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(custody_api::serve(listener, state, async {
@@ -102,7 +140,13 @@ fn http(lines: &[String], clients: usize, durability: Durability) -> (f64, Durat
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..clients {
-            let (http, url, token, bodies, next) = (http.clone(), url.clone(), token.clone(), bodies.clone(), next.clone());
+            let (http, url, token, bodies, next) = (
+                http.clone(),
+                url.clone(),
+                token.clone(),
+                bodies.clone(),
+                next.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 loop {
@@ -149,18 +193,46 @@ fn http(lines: &[String], clients: usize, durability: Durability) -> (f64, Durat
         stats.committed_events as f64 / stats.commits.max(1) as f64
     );
     let stored = store.count().expect("counting");
-    assert_eq!(stored as usize, lines.len(), "every acknowledged event is stored");
+    assert_eq!(
+        stored as usize,
+        lines.len(),
+        "every acknowledged event is stored"
+    );
     store.close().expect("closing the store");
     latencies.sort();
-    let at = |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)).copied().unwrap_or_default();
-    (lines.len() as f64 / elapsed.as_secs_f64(), at(0.5), at(0.99), latencies.last().copied().unwrap_or_default())
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len() - 1))
+            .copied()
+            .unwrap_or_default()
+    };
+    (
+        lines.len() as f64 / elapsed.as_secs_f64(),
+        at(0.5),
+        at(0.99),
+        latencies.last().copied().unwrap_or_default(),
+    )
 }
 
 /// A realistic event of 0.5 to 1 KiB: a mix of kinds from many agents, runs
 /// and humans, with a raw record from its source.
 fn realistic_event(i: usize) -> String {
-    let humans = ["alice@example.com", "bob@example.com", "carol@example.com", "dan@example.com", "erin@example.com"];
-    let tools = ["read_file", "write_file", "search_code", "run_tests", "git_commit", "http_fetch", "sql_query"];
+    let humans = [
+        "alice@example.com",
+        "bob@example.com",
+        "carol@example.com",
+        "dan@example.com",
+        "erin@example.com",
+    ];
+    let tools = [
+        "read_file",
+        "write_file",
+        "search_code",
+        "run_tests",
+        "git_commit",
+        "http_fetch",
+        "sql_query",
+    ];
     let human = humans[i % humans.len()];
     let run = format!("run-{:05}", i % 500);
     let agent = format!("agent-{}", i % 40);
@@ -201,11 +273,11 @@ fn realistic_event(i: usize) -> String {
         "actor": {
             "root": {"type": "human", "id": human},
             "agents": [{"type": "agent", "id": "release-orchestrator", "run_id": format!("orch-{}", i % 100)}],
-            "current": {"type": "agent", "id": agent, "name": "Dependency auditor", "version": "1.4.2", "run_id": run},
+            "current": {"type": "agent", "id": agent, "version": "1.4.2", "run_id": run},
             "credential": {"type": "custody_token", "id": format!("jti-{:08x}", i / 50), "issuer": "https://custody.example.com"}
         },
         "target": target,
-        "outcome": {"status": if i % 23 == 0 { "failure" } else { "success" }, "duration_ms": (i % 400) as u64},
+        "outcome": {"status": if i.is_multiple_of(23) { "failure" } else { "success" }, "duration_ms": (i % 400) as u64},
         "attribution": {"method": "authenticated", "evidence": [{"type": "token", "detail": format!("jti-{:08x}", i / 50)}]},
         "context": {"session_id": format!("mcp-session-{}", i % 300), "request_id": i.to_string()},
         "raw": raw

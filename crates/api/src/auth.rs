@@ -65,9 +65,12 @@ impl FromStr for Role {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Role::ALL.into_iter().find(|role| role.as_str() == s).ok_or_else(|| {
-            format!("unknown role \"{s}\", expected one of: ingest, viewer, responder, admin")
-        })
+        Role::ALL
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown role \"{s}\", expected one of: ingest, viewer, responder, admin")
+            })
     }
 }
 
@@ -83,7 +86,14 @@ pub struct Caller {
 impl Caller {
     /// Refuses the request unless the caller's role permits `needed`.
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
-        if self.role.permits(needed) { Ok(()) } else { Err(ApiError::Forbidden { have: self.role, needed }) }
+        if self.role.permits(needed) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden {
+                have: self.role,
+                needed,
+            })
+        }
     }
 }
 
@@ -100,14 +110,23 @@ pub struct IssuedToken {
 pub const TOKEN_PREFIX: &str = "cst_";
 
 /// Creates a token with `role` and stores its hash.
-pub fn issue_token(store: &Store, role: Role, name: Option<String>) -> Result<IssuedToken, ApiError> {
+pub fn issue_token(
+    store: &Store,
+    role: Role,
+    name: Option<String>,
+) -> Result<IssuedToken, ApiError> {
     let mut secret_bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut secret_bytes);
     let secret = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret_bytes));
     let mut id_bytes = [0u8; 6];
     rand::rng().fill_bytes(&mut id_bytes);
     let id = format!("tok_{}", hex(&id_bytes));
-    store.insert_token(&NewToken { id: id.clone(), name, role: role.as_str().to_owned(), hash: hash(&secret) })?;
+    store.insert_token(&NewToken {
+        id: id.clone(),
+        name,
+        role: role.as_str().to_owned(),
+        hash: hash(&secret),
+    })?;
     let record = store
         .list_tokens()?
         .into_iter()
@@ -124,19 +143,25 @@ pub fn authenticate(store: &Store, authorization: Option<&str>) -> Result<Caller
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
         .map(str::trim)
-        .ok_or(ApiError::Unauthenticated("the Authorization header must be `Bearer TOKEN`"))?;
+        .ok_or(ApiError::Unauthenticated(
+            "the Authorization header must be `Bearer TOKEN`",
+        ))?;
     if !secret.starts_with(TOKEN_PREFIX) {
         return Err(ApiError::Unauthenticated("malformed bearer token"));
     }
-    let record = store.token_by_hash(&hash(secret))?.ok_or(ApiError::Unauthenticated("unknown bearer token"))?;
+    let record = store
+        .token_by_hash(&hash(secret))?
+        .ok_or(ApiError::Unauthenticated("unknown bearer token"))?;
     if record.revoked_at.is_some() {
         return Err(ApiError::Unauthenticated("revoked bearer token"));
     }
-    let role = record
-        .role
-        .parse()
-        .map_err(|why| ApiError::Internal(format!("token {} has a bad stored role: {why}", record.id)))?;
-    Ok(Caller { token_id: record.id, role })
+    let role = record.role.parse().map_err(|why| {
+        ApiError::Internal(format!("token {} has a bad stored role: {why}", record.id))
+    })?;
+    Ok(Caller {
+        token_id: record.id,
+        role,
+    })
 }
 
 /// The SHA-256 of a token secret, as stored.
@@ -181,7 +206,13 @@ mod tests {
         assert_eq!(issued.secret.len(), TOKEN_PREFIX.len() + 43);
         let header = format!("Bearer {}", issued.secret);
         let caller = authenticate(&store, Some(&header)).unwrap();
-        assert_eq!(caller, Caller { token_id: issued.record.id.clone(), role: Role::Viewer });
+        assert_eq!(
+            caller,
+            Caller {
+                token_id: issued.record.id.clone(),
+                role: Role::Viewer
+            }
+        );
 
         for (header, why) in [
             (None, "missing bearer token"),

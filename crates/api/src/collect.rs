@@ -63,11 +63,17 @@ pub(crate) async fn post_events(
     if let Some(length) = content_length(&headers)
         && length > limit
     {
-        return Err(ApiError::TooLarge { what: "the request body", limit });
+        return Err(ApiError::TooLarge {
+            what: "the request body",
+            limit,
+        });
     }
     let body = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::TooLarge { what: "the request body", limit })?;
+        .map_err(|_| ApiError::TooLarge {
+            what: "the request body",
+            limit,
+        })?;
     let body = decompress(&headers, body, state.limits.max_decompressed_bytes)?;
     let items = split(&headers, &body)?;
     if items.is_empty() {
@@ -83,24 +89,37 @@ pub(crate) async fn post_events(
                 events.push(event);
                 positions.push(index);
             }
-            Err((line, error)) => errors.push(ItemError { index, line, path: error.path, message: error.message }),
+            Err((line, error)) => errors.push(ItemError {
+                index,
+                line,
+                path: error.path,
+                message: error.message,
+            }),
         }
     }
     let total = positions.len() + errors.len();
     state.metrics.events_rejected.inc_by(errors.len() as u64);
     if events.is_empty() {
-        return Err(ApiError::AllRejected(serde_json::to_value(&errors).unwrap_or_default()));
+        return Err(ApiError::AllRejected(
+            serde_json::to_value(&errors).unwrap_or_default(),
+        ));
     }
 
     let accepted = events.len();
-    let ingested = state.engine.ingest_batch(events, Utc::now()).inspect_err(|error| {
-        if matches!(error, custody_engine::RecordError::QueueFull { .. }) {
-            state.metrics.throttled_batches.inc();
-        }
-    })?;
+    let ingested = state
+        .engine
+        .ingest_batch(events, Utc::now())
+        .inspect_err(|error| {
+            if matches!(error, custody_engine::RecordError::QueueFull { .. }) {
+                state.metrics.throttled_batches.inc();
+            }
+        })?;
     ingested.receipt.durable().await?;
     state.metrics.events_accepted.inc_by(accepted as u64);
-    state.metrics.ack_latency.observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .ack_latency
+        .observe(started.elapsed().as_secs_f64());
 
     let mut ids = vec![None; total];
     for (position, id) in positions.into_iter().zip(ingested.ids) {
@@ -108,18 +127,31 @@ pub(crate) async fn post_events(
             *slot = Some(id.to_string());
         }
     }
-    let answer = BatchAnswer { accepted, rejected: errors.len(), ids, errors };
+    let answer = BatchAnswer {
+        accepted,
+        rejected: errors.len(),
+        ids,
+        errors,
+    };
     Ok(axum::Json(answer).into_response())
 }
 
 fn content_length(headers: &HeaderMap) -> Option<usize> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Undoes `Content-Encoding: gzip`, refusing bodies that decompress beyond
 /// `limit` (a small gzip can expand a thousandfold).
 fn decompress(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, ApiError> {
-    let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("identity");
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
     match encoding.trim().to_ascii_lowercase().as_str() {
         "identity" | "" => Ok(body),
         "gzip" | "x-gzip" => {
@@ -127,9 +159,14 @@ fn decompress(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<Bytes, A
             let read = MultiGzDecoder::new(body.as_ref())
                 .take(limit as u64 + 1)
                 .read_to_end(&mut out)
-                .map_err(|error| ApiError::BadRequest(format!("the gzip body cannot be decompressed: {error}")))?;
+                .map_err(|error| {
+                    ApiError::BadRequest(format!("the gzip body cannot be decompressed: {error}"))
+                })?;
             if read > limit {
-                return Err(ApiError::TooLarge { what: "the decompressed request body", limit });
+                return Err(ApiError::TooLarge {
+                    what: "the decompressed request body",
+                    limit,
+                });
             }
             Ok(Bytes::from(out))
         }
@@ -152,7 +189,9 @@ enum Item<'a> {
 impl Item<'_> {
     fn decode(&self) -> Result<NewEvent, (Option<usize>, DecodeError)> {
         match self {
-            Item::Element(raw) => custody_event::decode(raw.get().as_bytes()).map_err(|e| (None, e)),
+            Item::Element(raw) => {
+                custody_event::decode(raw.get().as_bytes()).map_err(|e| (None, e))
+            }
             Item::Line(bytes, line) => custody_event::decode(bytes).map_err(|e| (Some(*line), e)),
             Item::Whole(bytes) => custody_event::decode(bytes).map_err(|e| (None, e)),
         }
@@ -166,8 +205,9 @@ fn split<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<Vec<Item<'a>>, ApiEr
         return Ok(Vec::new());
     };
     if body.get(first) == Some(&b'[') {
-        let elements: Vec<&RawValue> = serde_json::from_slice(body)
-            .map_err(|error| ApiError::BadRequest(format!("the body is not a valid JSON array: {error}")))?;
+        let elements: Vec<&RawValue> = serde_json::from_slice(body).map_err(|error| {
+            ApiError::BadRequest(format!("the body is not a valid JSON array: {error}"))
+        })?;
         return Ok(elements.into_iter().map(Item::Element).collect());
     }
     let media_type = headers
@@ -202,7 +242,9 @@ mod tests {
             .iter()
             .map(|item| match item {
                 Item::Element(raw) => format!("element {}", raw.get()),
-                Item::Line(bytes, line) => format!("line {line} {}", String::from_utf8_lossy(bytes)),
+                Item::Line(bytes, line) => {
+                    format!("line {line} {}", String::from_utf8_lossy(bytes))
+                }
                 Item::Whole(bytes) => format!("whole {}", String::from_utf8_lossy(bytes).trim()),
             })
             .collect()
@@ -210,10 +252,22 @@ mod tests {
 
     #[test]
     fn bodies_split_into_items() {
-        assert_eq!(shapes("application/json", " [{\"a\":1}, {\"b\":2}]"), ["element {\"a\":1}", "element {\"b\":2}"]);
-        assert_eq!(shapes("application/json", "{\n\"a\": 1\n}"), ["whole {\n\"a\": 1\n}"]);
-        assert_eq!(shapes("application/x-ndjson", "{\"a\":1}\n\n{\"b\":2}\n"), ["line 1 {\"a\":1}", "line 3 {\"b\":2}"]);
-        assert_eq!(shapes("text/plain", "{x\n{\"b\":2}"), ["line 1 {x", "line 2 {\"b\":2}"]);
+        assert_eq!(
+            shapes("application/json", " [{\"a\":1}, {\"b\":2}]"),
+            ["element {\"a\":1}", "element {\"b\":2}"]
+        );
+        assert_eq!(
+            shapes("application/json", "{\n\"a\": 1\n}"),
+            ["whole {\n\"a\": 1\n}"]
+        );
+        assert_eq!(
+            shapes("application/x-ndjson", "{\"a\":1}\n\n{\"b\":2}\n"),
+            ["line 1 {\"a\":1}", "line 3 {\"b\":2}"]
+        );
+        assert_eq!(
+            shapes("text/plain", "{x\n{\"b\":2}"),
+            ["line 1 {x", "line 2 {\"b\":2}"]
+        );
         assert!(shapes("application/json", "  \n ").is_empty());
         assert!(split(&headers("application/json"), b"[{}, ").is_err());
     }
@@ -228,10 +282,26 @@ mod tests {
         let compressed = Bytes::from(encoder.finish().unwrap());
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
-        assert_eq!(decompress(&headers, compressed.clone(), 1 << 20).unwrap().len(), 1 << 20);
+        assert_eq!(
+            decompress(&headers, compressed.clone(), 1 << 20)
+                .unwrap()
+                .len(),
+            1 << 20
+        );
         let error = decompress(&headers, compressed, 1000).unwrap_err();
-        assert!(matches!(error, ApiError::TooLarge { limit: 1000, .. }), "{error}");
-        let error = decompress(&headers, Bytes::from_static(b"\x1f\x8b\x08\x00garbage"), 1000).unwrap_err();
-        assert!(error.to_string().contains("cannot be decompressed"), "{error}");
+        assert!(
+            matches!(error, ApiError::TooLarge { limit: 1000, .. }),
+            "{error}"
+        );
+        let error = decompress(
+            &headers,
+            Bytes::from_static(b"\x1f\x8b\x08\x00garbage"),
+            1000,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("cannot be decompressed"),
+            "{error}"
+        );
     }
 }

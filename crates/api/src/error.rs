@@ -103,7 +103,10 @@ impl From<StoreError> for ApiError {
 impl From<RecordError> for ApiError {
     fn from(error: RecordError) -> Self {
         match error {
-            RecordError::QueueFull { .. } => ApiError::Busy { retry_after_secs: 1, detail: error.to_string() },
+            RecordError::QueueFull { .. } => ApiError::Busy {
+                retry_after_secs: 1,
+                detail: error.to_string(),
+            },
             RecordError::Closed => ApiError::Unavailable,
             RecordError::Failed(why) => ApiError::Internal(why),
         }
@@ -116,17 +119,24 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let mut body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut body =
+            serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
         if let ApiError::AllRejected(details) = &self {
             body["rejected"] = details.clone();
         }
         let mut response = (status, Json(body)).into_response();
         match &self {
-            ApiError::Busy { retry_after_secs, .. } => {
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            ApiError::Busy {
+                retry_after_secs, ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             ApiError::Unauthenticated(_) => {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             _ => {}
         }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use custody_engine::Engine;
@@ -42,7 +42,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_body_bytes: 16 << 20, max_decompressed_bytes: 64 << 20 }
+        Limits {
+            max_body_bytes: 16 << 20,
+            max_decompressed_bytes: 64 << 20,
+        }
     }
 }
 
@@ -62,7 +65,12 @@ pub struct AppState {
 impl AppState {
     /// State for an engine recording into `store`.
     pub fn new(engine: Arc<Engine>, store: Store, limits: Limits) -> AppState {
-        AppState { engine, store, metrics: Arc::new(Metrics::default()), limits }
+        AppState {
+            engine,
+            store,
+            metrics: Arc::new(Metrics::default()),
+            limits,
+        }
     }
 }
 
@@ -73,7 +81,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::get_metrics))
-        .route("/v1/events", post(collect::post_events).get(query::list_events))
+        .route(
+            "/v1/events",
+            post(collect::post_events).get(query::list_events),
+        )
         .route("/v1/events/stream", get(query::stream_events))
         .route("/v1/events/{id}", get(query::get_event))
         .route("/v1/export/ocsf", get(query::export_ocsf))
@@ -89,14 +100,18 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
     let stats = state.store.stats();
-    axum::Json(serde_json::json!({"status": "ok", "queued_events": stats.queued_events})).into_response()
+    axum::Json(serde_json::json!({"status": "ok", "queued_events": stats.queued_events}))
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -106,11 +121,21 @@ async fn not_found() -> ApiError {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let authorization = parts.headers.get(header::AUTHORIZATION).map(|value| value.to_str());
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|value| value.to_str());
         let authorization = match authorization {
             Some(Ok(value)) => Some(value),
-            Some(Err(_)) => return Err(ApiError::Unauthenticated("the Authorization header is not text")),
+            Some(Err(_)) => {
+                return Err(ApiError::Unauthenticated(
+                    "the Authorization header is not text",
+                ));
+            }
             None => None,
         };
         auth::authenticate(&state.store, authorization)

@@ -39,13 +39,23 @@ impl Default for Metrics {
         let events_accepted = Counter::default();
         let events_rejected = Counter::default();
         let throttled_batches = Counter::default();
-        let ack_latency = Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+        let ack_latency = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
         let queued_events = Gauge::default();
         let committed_events = Gauge::default();
         let commits = Gauge::default();
         let failed_commits = Gauge::default();
-        registry.register("ingest_events_accepted", "Events acknowledged to clients", events_accepted.clone());
-        registry.register("ingest_events_rejected", "Submitted items refused as invalid", events_rejected.clone());
+        registry.register(
+            "ingest_events_accepted",
+            "Events acknowledged to clients",
+            events_accepted.clone(),
+        );
+        registry.register(
+            "ingest_events_rejected",
+            "Submitted items refused as invalid",
+            events_rejected.clone(),
+        );
         registry.register(
             "ingest_batches_throttled",
             "Batches answered 429 because the ingest queue was full",
@@ -56,13 +66,21 @@ impl Default for Metrics {
             "Time from receiving a batch to acknowledging it durable",
             ack_latency.clone(),
         );
-        registry.register("store_queued_events", "Events waiting for the store writer", queued_events.clone());
+        registry.register(
+            "store_queued_events",
+            "Events waiting for the store writer",
+            queued_events.clone(),
+        );
         registry.register(
             "store_committed_events",
             "Events committed by the store writer since start",
             committed_events.clone(),
         );
-        registry.register("store_commits", "Transactions committed by the store writer since start", commits.clone());
+        registry.register(
+            "store_commits",
+            "Transactions committed by the store writer since start",
+            commits.clone(),
+        );
         registry.register(
             "store_failed_commits",
             "Transactions the store writer failed to commit since start",
@@ -82,15 +100,28 @@ impl Default for Metrics {
     }
 }
 
-pub(crate) async fn get_metrics(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+pub(crate) async fn get_metrics(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     let metrics = &state.metrics;
     let stats = state.store.stats();
-    metrics.queued_events.set(i64::try_from(stats.queued_events).unwrap_or(i64::MAX));
+    metrics
+        .queued_events
+        .set(i64::try_from(stats.queued_events).unwrap_or(i64::MAX));
     metrics.committed_events.set(stats.committed_events);
     metrics.commits.set(stats.commits);
     metrics.failed_commits.set(stats.failed_commits);
     let mut text = String::new();
-    encode(&mut text, &metrics.registry).map_err(|error| ApiError::Internal(format!("encoding metrics: {error}")))?;
-    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+    encode(&mut text, &metrics.registry)
+        .map_err(|error| ApiError::Internal(format!("encoding metrics: {error}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }

@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use custody_event::{EventId, EventKind, RuntimeEvent};
 use custody_store::{Cursor, EventQuery, Order, StoredEvent};
 use futures_util::Stream;
-use serde::Deserialize;
 use futures_util::StreamExt as _;
+use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
@@ -58,7 +58,11 @@ impl EventParams {
             Some(kinds) => kinds
                 .split(',')
                 .filter(|k| !k.trim().is_empty())
-                .map(|k| k.trim().parse::<EventKind>().map_err(|why| ApiError::BadRequest(format!("kind: {why}"))))
+                .map(|k| {
+                    k.trim()
+                        .parse::<EventKind>()
+                        .map_err(|why| ApiError::BadRequest(format!("kind: {why}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?,
             None => Vec::new(),
         };
@@ -66,21 +70,35 @@ impl EventParams {
             None | Some("newest") => Order::Newest,
             Some("oldest") => Order::Oldest,
             Some(other) => {
-                return Err(ApiError::BadRequest(format!("order: \"{other}\" is neither \"newest\" nor \"oldest\"")));
+                return Err(ApiError::BadRequest(format!(
+                    "order: \"{other}\" is neither \"newest\" nor \"oldest\""
+                )));
             }
         };
         let limit = self.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
-            return Err(ApiError::BadRequest(format!("limit: {limit} is not between 1 and 1000")));
+            return Err(ApiError::BadRequest(format!(
+                "limit: {limit} is not between 1 and 1000"
+            )));
         }
         let cursor = self
             .cursor
             .as_deref()
-            .map(|c| Cursor::decode(c).map_err(|error| ApiError::BadRequest(format!("cursor: {error}"))))
+            .map(|c| {
+                Cursor::decode(c).map_err(|error| ApiError::BadRequest(format!("cursor: {error}")))
+            })
             .transpose()?;
         Ok(EventQuery {
-            since: self.since.as_deref().map(|t| parse_time("since", t, now)).transpose()?,
-            until: self.until.as_deref().map(|t| parse_time("until", t, now)).transpose()?,
+            since: self
+                .since
+                .as_deref()
+                .map(|t| parse_time("since", t, now))
+                .transpose()?,
+            until: self
+                .until
+                .as_deref()
+                .map(|t| parse_time("until", t, now))
+                .transpose()?,
             kinds,
             actor: self.actor.clone(),
             root: self.root.clone(),
@@ -128,7 +146,8 @@ pub(crate) async fn list_events(
     let page = tokio::task::spawn_blocking(move || store.query(&query))
         .await
         .map_err(|error| ApiError::Internal(format!("query task failed: {error}")))??;
-    let mut body = String::with_capacity(page.events.iter().map(|e| e.body.len() + 64).sum::<usize>() + 64);
+    let mut body =
+        String::with_capacity(page.events.iter().map(|e| e.body.len() + 64).sum::<usize>() + 64);
     body.push_str("{\"events\":[");
     for (i, stored) in page.events.iter().enumerate() {
         if i > 0 {
@@ -148,7 +167,9 @@ pub(crate) async fn get_event(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
-    let id: EventId = id.parse().map_err(|error| ApiError::BadRequest(format!("event id \"{id}\": {error}")))?;
+    let id: EventId = id
+        .parse()
+        .map_err(|error| ApiError::BadRequest(format!("event id \"{id}\": {error}")))?;
     let store = state.store.clone();
     let stored = tokio::task::spawn_blocking(move || store.get(id))
         .await
@@ -174,9 +195,15 @@ pub(crate) async fn export_ocsf(
         .events
         .iter()
         .map(|stored| {
-            stored.event().map(|event| custody_event::ocsf::to_ocsf(&event)).map_err(|error| {
-                ApiError::Internal(format!("stored event {} does not decode: {error}", stored.seq))
-            })
+            stored
+                .event()
+                .map(|event| custody_event::ocsf::to_ocsf(&event))
+                .map_err(|error| {
+                    ApiError::Internal(format!(
+                        "stored event {} does not decode: {error}",
+                        stored.seq
+                    ))
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(axum::Json(serde_json::json!({
@@ -230,11 +257,16 @@ pub(crate) async fn stream_events(
                 .map(|stored| {
                     let mut data = String::with_capacity(stored.body.len() + 64);
                     push_record(&mut data, stored);
-                    Ok(SseEvent::default().event("event").id(stored.seq.to_string()).data(data))
+                    Ok(SseEvent::default()
+                        .event("event")
+                        .id(stored.seq.to_string())
+                        .data(data))
                 })
                 .collect::<Vec<_>>(),
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                vec![Ok(SseEvent::default().event("lagged").data(missed.to_string()))]
+                vec![Ok(SseEvent::default()
+                    .event("lagged")
+                    .data(missed.to_string()))]
             }
         })
         .flat_map(futures_util::stream::iter);
@@ -243,12 +275,17 @@ pub(crate) async fn stream_events(
 
 /// Whether an event passes a stream's filters.
 fn matches(filter: &EventQuery, event: &RuntimeEvent) -> bool {
-    let equals = |wanted: &Option<String>, have: Option<&str>| wanted.as_deref().is_none_or(|w| have == Some(w));
+    let equals = |wanted: &Option<String>, have: Option<&str>| {
+        wanted.as_deref().is_none_or(|w| have == Some(w))
+    };
     (filter.kinds.is_empty() || filter.kinds.contains(&event.kind))
         && equals(&filter.actor, Some(event.actor.current.id.as_str()))
         && equals(&filter.root, event.actor.root_id())
         && equals(&filter.run, event.actor.run_id())
-        && filter.target.as_deref().is_none_or(|t| event.target.keys().any(|k| k == t))
+        && filter
+            .target
+            .as_deref()
+            .is_none_or(|t| event.target.keys().any(|k| k == t))
 }
 
 /// Appends `{"seq": ..., "event": ..., "decision": ...}` from stored JSON.
@@ -258,7 +295,12 @@ fn push_record(out: &mut String, stored: &StoredEvent) {
     out.push_str(",\"event\":");
     out.push_str(&stored.body);
     out.push_str(",\"decision\":");
-    out.push_str(stored.decision.as_deref().unwrap_or("{\"verdict\":\"allow\"}"));
+    out.push_str(
+        stored
+            .decision
+            .as_deref()
+            .unwrap_or("{\"verdict\":\"allow\"}"),
+    );
     out.push('}');
 }
 
@@ -285,7 +327,11 @@ mod tests {
     fn times_are_rfc3339_or_ages() {
         let now: DateTime<Utc> = "2026-11-25T12:00:00Z".parse().unwrap();
         let check = |text: &str, expected: &str| {
-            assert_eq!(parse_time("since", text, now).unwrap(), expected.parse::<DateTime<Utc>>().unwrap(), "{text}")
+            assert_eq!(
+                parse_time("since", text, now).unwrap(),
+                expected.parse::<DateTime<Utc>>().unwrap(),
+                "{text}"
+            )
         };
         check("2026-11-25T10:00:00+01:00", "2026-11-25T09:00:00Z");
         check("30s", "2026-11-25T11:59:30Z");
@@ -305,12 +351,47 @@ mod tests {
             let error = params.to_query(now).unwrap_err();
             assert!(error.to_string().contains(message), "{error}");
         };
-        check(EventParams { kind: Some("tool_call,bogus".into()), ..Default::default() }, "unknown event kind \"bogus\"");
-        check(EventParams { limit: Some(0), ..Default::default() }, "limit: 0");
-        check(EventParams { limit: Some(1001), ..Default::default() }, "limit: 1001");
-        check(EventParams { order: Some("up".into()), ..Default::default() }, "order: \"up\"");
-        check(EventParams { cursor: Some("!!".into()), ..Default::default() }, "cursor: ");
-        let query = EventParams { kind: Some("tool_call, other".into()), ..Default::default() }.to_query(now).unwrap();
+        check(
+            EventParams {
+                kind: Some("tool_call,bogus".into()),
+                ..Default::default()
+            },
+            "unknown event kind \"bogus\"",
+        );
+        check(
+            EventParams {
+                limit: Some(0),
+                ..Default::default()
+            },
+            "limit: 0",
+        );
+        check(
+            EventParams {
+                limit: Some(1001),
+                ..Default::default()
+            },
+            "limit: 1001",
+        );
+        check(
+            EventParams {
+                order: Some("up".into()),
+                ..Default::default()
+            },
+            "order: \"up\"",
+        );
+        check(
+            EventParams {
+                cursor: Some("!!".into()),
+                ..Default::default()
+            },
+            "cursor: ",
+        );
+        let query = EventParams {
+            kind: Some("tool_call, other".into()),
+            ..Default::default()
+        }
+        .to_query(now)
+        .unwrap();
         assert_eq!(query.kinds, [EventKind::ToolCall, EventKind::Other]);
         assert_eq!(query.limit, 100);
     }

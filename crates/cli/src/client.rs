@@ -46,18 +46,31 @@ impl Client {
                 let path = args.data_dir.join(ADMIN_TOKEN_FILE);
                 std::fs::read_to_string(&path)
                     .with_context(|| {
-                        format!("no token given (--token or CUSTODY_TOKEN) and `{}` is not readable", path.display())
+                        format!(
+                            "no token given (--token or CUSTODY_TOKEN) and `{}` is not readable",
+                            path.display()
+                        )
                     })?
                     .trim()
                     .to_owned()
             }
         };
-        let http = reqwest::Client::builder().user_agent(concat!("custody/", env!("CARGO_PKG_VERSION"))).build()?;
-        Ok(Client { http, base: args.server.trim_end_matches('/').to_owned(), token })
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("custody/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Client {
+            http,
+            base: args.server.trim_end_matches('/').to_owned(),
+            token,
+        })
     }
 
     /// GETs `path` with `query` and returns the JSON answer.
-    pub async fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<serde_json::Value> {
+    pub async fn get(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<serde_json::Value> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -70,7 +83,10 @@ impl Client {
     }
 
     /// POSTs an NDJSON body of events; `Err` carries the server's refusal.
-    pub async fn post_events(&self, ndjson: Vec<u8>) -> anyhow::Result<Result<serde_json::Value, Refusal>> {
+    pub async fn post_events(
+        &self,
+        ndjson: Vec<u8>,
+    ) -> anyhow::Result<Result<serde_json::Value, Refusal>> {
         let response = self
             .http
             .post(format!("{}/v1/events", self.base))
@@ -84,7 +100,11 @@ impl Client {
     }
 
     /// Opens the live stream at `path`.
-    pub async fn stream(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<reqwest::Response> {
+    pub async fn stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<reqwest::Response> {
         let response = self
             .http
             .get(format!("{}{path}", self.base))
@@ -112,7 +132,16 @@ async fn answer(response: reqwest::Response) -> Result<serde_json::Value, Refusa
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     let bytes = response.bytes().await.unwrap_or_default();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| serde_json::json!({"error": {"message": String::from_utf8_lossy(&bytes)}}));
-    if status.is_success() { Ok(body) } else { Err(Refusal { status, retry_after, body }) }
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(
+        |_| serde_json::json!({"error": {"message": String::from_utf8_lossy(&bytes)}}),
+    );
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(Refusal {
+            status,
+            retry_after,
+            body,
+        })
+    }
 }

@@ -72,7 +72,9 @@ impl Config {
             .as_deref()
             .map(parse_durability)
             .transpose()
-            .map_err(|why| anyhow::anyhow!("{}: durability: {why}", display(args.config.as_deref())))?;
+            .map_err(|why| {
+                anyhow::anyhow!("{}: durability: {why}", display(args.config.as_deref()))
+            })?;
         let mut store = StoreOptions::default();
         if let Some(durability) = args.durability.or(file_durability) {
             store.durability = durability;
@@ -88,8 +90,14 @@ impl Config {
             limits.max_decompressed_bytes = limits.max_decompressed_bytes.max(max);
         }
         Ok(Config {
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./custody-data")),
-            listen: args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./custody-data")),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
             store,
             limits,
         })
@@ -97,12 +105,14 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file `{}`", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file `{}`", path.display()))?;
     toml::from_str(&text).with_context(|| format!("config file `{}`", path.display()))
 }
 
 fn display(path: Option<&Path>) -> String {
-    path.map(|p| format!("`{}`", p.display())).unwrap_or_default()
+    path.map(|p| format!("`{}`", p.display()))
+        .unwrap_or_default()
 }
 
 fn parse_durability(text: &str) -> Result<Durability, String> {
@@ -121,15 +131,22 @@ mod tests {
     fn flags_win_over_the_file_which_wins_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("custody.toml");
-        std::fs::write(&file, "data_dir = \"/var/lib/custody\"\nlisten = \"0.0.0.0:8080\"\ndurability = \"normal\"\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "data_dir = \"/var/lib/custody\"\nlisten = \"0.0.0.0:8080\"\ndurability = \"normal\"\n",
+        )
+        .unwrap();
 
         let defaults = Config::load(ServeArgs::default()).unwrap();
         assert_eq!(defaults.data_dir, PathBuf::from("./custody-data"));
         assert_eq!(defaults.listen.to_string(), "127.0.0.1:7070");
         assert_eq!(defaults.store.durability, Durability::Full);
 
-        let from_file = Config::load(ServeArgs { config: Some(file.clone()), ..Default::default() }).unwrap();
+        let from_file = Config::load(ServeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(from_file.data_dir, PathBuf::from("/var/lib/custody"));
         assert_eq!(from_file.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(from_file.store.durability, Durability::Normal);
@@ -149,12 +166,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("custody.toml");
         std::fs::write(&file, "listen = \"nowhere\"\n").unwrap();
-        let error = Config::load(ServeArgs { config: Some(file.clone()), ..Default::default() }).unwrap_err();
+        let error = Config::load(ServeArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
         let text = format!("{error:#}");
-        assert!(text.contains("custody.toml") && text.contains("listen"), "{text}");
+        assert!(
+            text.contains("custody.toml") && text.contains("listen"),
+            "{text}"
+        );
 
         std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
-        let error = Config::load(ServeArgs { config: Some(file), ..Default::default() }).unwrap_err();
-        assert!(format!("{error:#}").contains("unknown field `lisen`"), "{error:#}");
+        let error = Config::load(ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains("unknown field `lisen`"),
+            "{error:#}"
+        );
     }
 }

@@ -71,7 +71,8 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => dir.clone(),
         None => default_state_dir()?,
     };
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("creating `{}`", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating `{}`", state_dir.display()))?;
     let mut files = Vec::new();
     for path in &args.paths {
         walk(path, &mut files)?;
@@ -93,14 +94,19 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
         "sent {} events from {} files; {} refused; {} skipped as already sent",
         totals.sent, totals.files, totals.rejected, totals.skipped
     );
-    Ok(if totals.rejected > 0 { ExitCode::from(2) } else { ExitCode::SUCCESS })
+    Ok(if totals.rejected > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn default_state_dir() -> anyhow::Result<PathBuf> {
     if let Some(state) = std::env::var_os("XDG_STATE_HOME") {
         return Ok(PathBuf::from(state).join("custody/ingest"));
     }
-    let home = std::env::var_os("HOME").context("neither --state-dir, XDG_STATE_HOME nor HOME is set")?;
+    let home =
+        std::env::var_os("HOME").context("neither --state-dir, XDG_STATE_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".local/state/custody/ingest"))
 }
 
@@ -158,7 +164,10 @@ fn head_digest(file: &Path) -> anyhow::Result<String> {
         .take(64 << 10)
         .read_to_end(&mut head)
         .with_context(|| format!("reading `{}`", file.display()))?;
-    Ok(Sha256::digest(&head).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(Sha256::digest(&head)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// One batch on its way: its last line and the lines of its items.
@@ -176,20 +185,40 @@ async fn ingest_file(
     bar: &ProgressBar,
     totals: &mut Totals,
 ) -> anyhow::Result<()> {
-    let canonical = std::fs::canonicalize(file).with_context(|| format!("resolving `{}`", file.display()))?;
+    let canonical =
+        std::fs::canonicalize(file).with_context(|| format!("resolving `{}`", file.display()))?;
     let size = std::fs::metadata(file)?.len();
     let head = head_digest(file)?;
     let state_path = progress_path(state_dir, &canonical);
-    let earlier: Option<Progress> = std::fs::read(&state_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let mut progress = Progress { path: canonical.clone(), head: head.clone(), size, done_through: 0, complete: false };
+    let earlier: Option<Progress> = std::fs::read(&state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut progress = Progress {
+        path: canonical.clone(),
+        head: head.clone(),
+        size,
+        done_through: 0,
+        complete: false,
+    };
     if let Some(earlier) = earlier.filter(|p| !args.restart && p.head == head && p.size <= size) {
         if earlier.complete && earlier.size == size {
-            bar.suspend(|| eprintln!("{}: already sent (use --restart to send it again)", file.display()));
+            bar.suspend(|| {
+                eprintln!(
+                    "{}: already sent (use --restart to send it again)",
+                    file.display()
+                )
+            });
             return Ok(());
         }
         progress.done_through = earlier.done_through;
         if progress.done_through > 0 {
-            bar.suspend(|| eprintln!("{}: resuming after line {}", file.display(), progress.done_through));
+            bar.suspend(|| {
+                eprintln!(
+                    "{}: resuming after line {}",
+                    file.display(),
+                    progress.done_through
+                )
+            });
         }
     }
 
@@ -226,9 +255,23 @@ async fn ingest_file(
             }
         }
         if lines.len() >= batch_size {
-            send(client, &mut pending, std::mem::take(&mut batch), std::mem::take(&mut lines));
+            send(
+                client,
+                &mut pending,
+                std::mem::take(&mut batch),
+                std::mem::take(&mut lines),
+            );
             if pending.len() >= IN_FLIGHT {
-                settle(client, file, &state_path, &mut progress, &mut pending, bar, totals).await?;
+                settle(
+                    client,
+                    file,
+                    &state_path,
+                    &mut progress,
+                    &mut pending,
+                    bar,
+                    totals,
+                )
+                .await?;
             }
         }
     }
@@ -236,7 +279,16 @@ async fn ingest_file(
         send(client, &mut pending, batch, lines);
     }
     while !pending.is_empty() {
-        settle(client, file, &state_path, &mut progress, &mut pending, bar, totals).await?;
+        settle(
+            client,
+            file,
+            &state_path,
+            &mut progress,
+            &mut pending,
+            bar,
+            totals,
+        )
+        .await?;
     }
     progress.complete = true;
     progress.done_through = progress.done_through.max(items.last_line);
@@ -259,7 +311,11 @@ fn send(client: &Client, pending: &mut VecDeque<Pending>, body: Vec<u8>, lines: 
     let client = client.clone();
     let last_line = lines.last().copied().unwrap_or(0);
     let request = tokio::spawn(async move { client.post_events(body).await });
-    pending.push_back(Pending { last_line, lines, request });
+    pending.push_back(Pending {
+        last_line,
+        lines,
+        request,
+    });
 }
 
 /// Waits for the oldest batch, retrying it while the server is busy or
@@ -273,7 +329,12 @@ async fn settle(
     bar: &ProgressBar,
     totals: &mut Totals,
 ) -> anyhow::Result<()> {
-    let Some(Pending { last_line, lines, mut request }) = pending.pop_front() else {
+    let Some(Pending {
+        last_line,
+        lines,
+        mut request,
+    }) = pending.pop_front()
+    else {
         return Ok(());
     };
     let mut failures = 0;
@@ -287,12 +348,20 @@ async fn settle(
             Ok(Err(refusal)) if refusal.status.is_client_error() => break Err(refusal),
             Ok(Err(refusal)) => {
                 failures += 1;
-                anyhow::ensure!(failures < MAX_FAILURES, "{}: stopping, progress is saved: {refusal}", file.display());
+                anyhow::ensure!(
+                    failures < MAX_FAILURES,
+                    "{}: stopping, progress is saved: {refusal}",
+                    file.display()
+                );
                 Duration::from_millis(250 << failures)
             }
             Err(error) => {
                 failures += 1;
-                anyhow::ensure!(failures < MAX_FAILURES, "{}: stopping, progress is saved: {error:#}", file.display());
+                anyhow::ensure!(
+                    failures < MAX_FAILURES,
+                    "{}: stopping, progress is saved: {error:#}",
+                    file.display()
+                );
                 Duration::from_millis(250 << failures)
             }
         };
@@ -342,13 +411,33 @@ fn resend(
     Ok(tokio::spawn(async move { client.post_events(body).await }))
 }
 
-fn report_rejects(file: &Path, lines: &[usize], errors: &serde_json::Value, bar: &ProgressBar, totals: &mut Totals) {
+fn report_rejects(
+    file: &Path,
+    lines: &[usize],
+    errors: &serde_json::Value,
+    bar: &ProgressBar,
+    totals: &mut Totals,
+) {
     for error in errors.as_array().into_iter().flatten() {
         totals.rejected += 1;
-        let line = error["index"].as_u64().and_then(|i| lines.get(i as usize)).copied().unwrap_or(0);
+        let line = error["index"]
+            .as_u64()
+            .and_then(|i| lines.get(i as usize))
+            .copied()
+            .unwrap_or(0);
         let path = error["path"].as_str().unwrap_or("");
         let message = error["message"].as_str().unwrap_or("refused");
-        bar.suspend(|| eprintln!("{}:{line}: {}{message}", file.display(), if path.is_empty() { String::new() } else { format!("{path}: ") }));
+        bar.suspend(|| {
+            eprintln!(
+                "{}:{line}: {}{message}",
+                file.display(),
+                if path.is_empty() {
+                    String::new()
+                } else {
+                    format!("{path}: ")
+                }
+            )
+        });
     }
 }
 
@@ -367,17 +456,24 @@ enum Source {
 
 impl Items {
     fn open(file: &Path) -> anyhow::Result<Items> {
-        let raw = std::fs::File::open(file).with_context(|| format!("opening `{}`", file.display()))?;
-        let mut reader: Box<dyn BufRead + Send> = Box::new(BufReader::with_capacity(256 << 10, raw));
+        let raw =
+            std::fs::File::open(file).with_context(|| format!("opening `{}`", file.display()))?;
+        let mut reader: Box<dyn BufRead + Send> =
+            Box::new(BufReader::with_capacity(256 << 10, raw));
         if reader.fill_buf()?.starts_with(&[0x1f, 0x8b]) {
-            reader = Box::new(BufReader::with_capacity(256 << 10, flate2::bufread::MultiGzDecoder::new(reader)));
+            reader = Box::new(BufReader::with_capacity(
+                256 << 10,
+                flate2::bufread::MultiGzDecoder::new(reader),
+            ));
         }
         // A file whose first line is an array or a lone `{` holds
         // multi-line JSON, read whole; anything else is NDJSON, read line by
         // line so that one bad line costs only itself.
         let mut first = String::new();
         loop {
-            let buffer = reader.fill_buf().map_err(|e| anyhow::anyhow!("`{}`: {}", file.display(), describe_read_error(&e)))?;
+            let buffer = reader.fill_buf().map_err(|e| {
+                anyhow::anyhow!("`{}`: {}", file.display(), describe_read_error(&e))
+            })?;
             let Some(start) = buffer.iter().position(|b| !b.is_ascii_whitespace()) else {
                 if buffer.is_empty() {
                     break;
@@ -388,20 +484,26 @@ impl Items {
             };
             let rest = buffer.get(start..).unwrap_or_default();
             let line_end = rest.iter().position(|b| *b == b'\n').unwrap_or(rest.len());
-            first = String::from_utf8_lossy(rest.get(..line_end).unwrap_or_default()).trim().to_owned();
+            first = String::from_utf8_lossy(rest.get(..line_end).unwrap_or_default())
+                .trim()
+                .to_owned();
             break;
         }
         let multi_line = first.starts_with('[') || first == "{";
         let source = if multi_line {
             let mut text = Vec::new();
-            reader
-                .read_to_end(&mut text)
-                .map_err(|e| anyhow::anyhow!("`{}`: {}", file.display(), describe_read_error(&e)))?;
+            reader.read_to_end(&mut text).map_err(|e| {
+                anyhow::anyhow!("`{}`: {}", file.display(), describe_read_error(&e))
+            })?;
             Source::Values(split_values(&text).into_iter())
         } else {
             Source::Lines(reader)
         };
-        Ok(Items { source, last_line: 0, stopped: false })
+        Ok(Items {
+            source,
+            last_line: 0,
+            stopped: false,
+        })
     }
 
     /// Whether reading stopped early (a truncated or corrupt file).
@@ -426,17 +528,22 @@ impl Items {
                     }
                     Err(error) => {
                         self.stopped = true;
-                        return Some(Err(format!("after line {}: {}", self.last_line, describe_read_error(&error))));
+                        return Some(Err(format!(
+                            "after line {}: {}",
+                            self.last_line,
+                            describe_read_error(&error)
+                        )));
                     }
                 }
             },
             Source::Values(values) => {
                 let (number, value) = values.next()?;
                 self.last_line = number;
-                Some(value.map(|bytes| (number, bytes)).map_err(|error| {
-                    self.stopped = true;
-                    error
-                }))
+                Some(
+                    value
+                        .map(|bytes| (number, bytes))
+                        .inspect_err(|_| self.stopped = true),
+                )
             }
         }
     }
@@ -455,17 +562,25 @@ fn describe_read_error(error: &std::io::Error) -> String {
 /// sequence with an error saying where.
 fn split_values(text: &[u8]) -> Vec<(usize, Result<Vec<u8>, String>)> {
     use serde_json::value::RawValue;
-    let trimmed = text.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(0);
+    let trimmed = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(0);
     if text.get(trimmed) == Some(&b'[') {
         return match serde_json::from_slice::<Vec<&RawValue>>(text) {
-            Ok(elements) => {
-                elements.into_iter().enumerate().map(|(i, raw)| (i + 1, Ok(raw.get().as_bytes().to_vec()))).collect()
-            }
+            Ok(elements) => elements
+                .into_iter()
+                .enumerate()
+                .map(|(i, raw)| (i + 1, Ok(raw.get().as_bytes().to_vec())))
+                .collect(),
             Err(error) => vec![(0, Err(format!("not a valid JSON array: {error}")))],
         };
     }
     let mut items = Vec::new();
-    for (i, value) in serde_json::Deserializer::from_slice(text).into_iter::<&RawValue>().enumerate() {
+    for (i, value) in serde_json::Deserializer::from_slice(text)
+        .into_iter::<&RawValue>()
+        .enumerate()
+    {
         match value {
             Ok(raw) => items.push((i + 1, Ok(raw.get().as_bytes().to_vec()))),
             Err(error) => {
@@ -505,12 +620,33 @@ mod tests {
 
     #[test]
     fn files_split_into_numbered_items() {
-        check(b"{\"a\":1}\n\n{\"b\":2}\n", &["1: {\"a\":1}", "3: {\"b\":2}"]);
-        check(b"{\"a\":1}\nnot json\n{\"b\":2}", &["1: {\"a\":1}", "2: not json", "3: {\"b\":2}"]);
-        check(b"[\n {\"a\":1},\n {\"b\":2}\n]\n", &["1: {\"a\":1}", "2: {\"b\":2}"]);
-        check(b"{\n  \"a\": 1\n}\n{\n  \"b\": 2\n}\n", &["1: {\n  \"a\": 1\n}", "2: {\n  \"b\": 2\n}"]);
-        check(b"{\n  \"a\": 1\n}\n{\n  \"b\": \n", &["1: {\n  \"a\": 1\n}", "error invalid JSON: EOF while parsing a value at line 6 column 0"]);
-        check(b"[{\"a\":1}, ", &["error not a valid JSON array: EOF while parsing a value at line 1 column 10"]);
+        check(
+            b"{\"a\":1}\n\n{\"b\":2}\n",
+            &["1: {\"a\":1}", "3: {\"b\":2}"],
+        );
+        check(
+            b"{\"a\":1}\nnot json\n{\"b\":2}",
+            &["1: {\"a\":1}", "2: not json", "3: {\"b\":2}"],
+        );
+        check(
+            b"[\n {\"a\":1},\n {\"b\":2}\n]\n",
+            &["1: {\"a\":1}", "2: {\"b\":2}"],
+        );
+        check(
+            b"{\n  \"a\": 1\n}\n{\n  \"b\": 2\n}\n",
+            &["1: {\n  \"a\": 1\n}", "2: {\n  \"b\": 2\n}"],
+        );
+        check(
+            b"{\n  \"a\": 1\n}\n{\n  \"b\": \n",
+            &[
+                "1: {\n  \"a\": 1\n}",
+                "error invalid JSON: EOF while parsing a value at line 6 column 0",
+            ],
+        );
+        check(
+            b"[{\"a\":1}, ",
+            &["error not a valid JSON array: EOF while parsing a value at line 1 column 10"],
+        );
         check(b"", &[]);
     }
 
@@ -532,7 +668,10 @@ mod tests {
         std::fs::write(&cut, &compressed[..compressed.len() / 2]).unwrap();
         let items = read_all(&cut);
         let last = items.last().unwrap();
-        assert!(last.starts_with("error after line ") && last.ends_with("the gzip stream is truncated"), "{last}");
+        assert!(
+            last.starts_with("error after line ") && last.ends_with("the gzip stream is truncated"),
+            "{last}"
+        );
         assert!(items.len() > 1, "the readable part is kept");
     }
 

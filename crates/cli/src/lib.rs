@@ -76,7 +76,9 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Serve(args) => {
             init_logging();
@@ -84,12 +86,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest(args) => runtime.block_on(ingest::run(args)),
-        Command::Events(args) => runtime.block_on(show::events(args)).map(|()| ExitCode::SUCCESS),
-        Command::Tail(args) => runtime.block_on(show::tail(args)).map(|()| ExitCode::SUCCESS),
+        Command::Events(args) => runtime
+            .block_on(show::events(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Tail(args) => runtime
+            .block_on(show::tail(args))
+            .map(|()| ExitCode::SUCCESS),
         Command::Token(command) => token::run(command).map(|()| ExitCode::SUCCESS),
         Command::Schema { new } => {
-            let schema =
-                if new { custody_event::schema::new_event() } else { custody_event::schema::runtime_event() };
+            let schema = if new {
+                custody_event::schema::new_event()
+            } else {
+                custody_event::schema::runtime_event()
+            };
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -99,5 +108,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CUSTODY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

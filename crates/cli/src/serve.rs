@@ -22,8 +22,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in `{}`", config.data_dir.display()))?;
     first_start(&store, &config.data_dir)?;
     let engine = Arc::new(Engine::builder(Arc::new(store.clone())).build());
-    let listener =
-        TcpListener::bind(config.listen).await.with_context(|| format!("listening on {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %config.data_dir.display(),
@@ -31,9 +32,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "custody is serving"
     );
     let state = AppState::new(engine, store.clone(), config.limits);
-    custody_api::serve(listener, state, shutdown_signal()).await.context("serving the API")?;
+    custody_api::serve(listener, state, shutdown_signal())
+        .await
+        .context("serving the API")?;
     tracing::info!("shutting down: committing queued events");
-    tokio::task::spawn_blocking(move || store.close()).await?.context("closing the store")?;
+    tokio::task::spawn_blocking(move || store.close())
+        .await?
+        .context("closing the store")?;
     Ok(())
 }
 
@@ -47,7 +52,11 @@ fn first_start(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
     let issued = custody_api::issue_token(store, Role::Admin, Some("first start".into()))?;
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     write_private(&path, &issued.secret)?;
-    println!("created admin token {} (shown once, also in {}):", issued.record.id, path.display());
+    println!(
+        "created admin token {} (shown once, also in {}):",
+        issued.record.id,
+        path.display()
+    );
     println!("{}", issued.secret);
     Ok(())
 }
@@ -58,9 +67,12 @@ fn write_private(path: &Path, secret: &str) -> anyhow::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("creating `{}`", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating `{}`", path.display()))?;
     writeln!(file, "{secret}").with_context(|| format!("writing `{}`", path.display()))?;
-    file.sync_all().with_context(|| format!("syncing `{}`", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("syncing `{}`", path.display()))?;
     Ok(())
 }
 

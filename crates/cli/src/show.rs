@@ -33,10 +33,16 @@ pub struct Filters {
 
 impl Filters {
     fn query(&self) -> Vec<(&'static str, String)> {
-        [("kind", &self.kind), ("actor", &self.actor), ("root", &self.root), ("run", &self.run), ("target", &self.target)]
-            .into_iter()
-            .filter_map(|(name, value)| value.clone().map(|v| (name, v)))
-            .collect()
+        [
+            ("kind", &self.kind),
+            ("actor", &self.actor),
+            ("root", &self.root),
+            ("run", &self.run),
+            ("target", &self.target),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.clone().map(|v| (name, v)))
+        .collect()
     }
 }
 
@@ -77,7 +83,11 @@ pub struct TailArgs {
 pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.server)?;
     let mut query = args.filters.query();
-    query.extend([("since", args.since.clone()), ("until", args.until.clone())].into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+    query.extend(
+        [("since", args.since.clone()), ("until", args.until.clone())]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v))),
+    );
     if args.oldest_first {
         query.push(("order", "oldest".into()));
     }
@@ -93,7 +103,9 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
             page_query.push(("cursor", cursor.clone()));
         }
         let page = client.get("/v1/events", &page_query).await?;
-        let records = page["events"].as_array().context("the server's answer has no `events` list")?;
+        let records = page["events"]
+            .as_array()
+            .context("the server's answer has no `events` list")?;
         for record in records {
             print_record(record, args.json);
         }
@@ -108,7 +120,9 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
 
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.server)?;
-    let response = client.stream("/v1/events/stream", &args.filters.query()).await?;
+    let response = client
+        .stream("/v1/events/stream", &args.filters.query())
+        .await?;
     if !args.json {
         println!("{}", header());
     }
@@ -146,7 +160,9 @@ fn dispatch(name: &str, data: &str, json: bool) {
             Ok(record) => print_record(&record, json),
             Err(error) => eprintln!("warning: unreadable event from the stream: {error}"),
         },
-        "lagged" => eprintln!("warning: this client fell behind and missed {data} events; query them with `custody events`"),
+        "lagged" => eprintln!(
+            "warning: this client fell behind and missed {data} events; query them with `custody events`"
+        ),
         _ => {}
     }
 }
@@ -164,20 +180,37 @@ fn print_record(record: &serde_json::Value, json: bool) {
         return;
     }
     let event = &record["event"];
-    let text = |pointer: &str| event.pointer(pointer).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let text = |pointer: &str| {
+        event
+            .pointer(pointer)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
     let mut chain: Vec<String> = Vec::new();
     if let Some(root) = event.pointer("/actor/root/id").and_then(|v| v.as_str()) {
         chain.push(root.to_owned());
     }
-    for agent in event.pointer("/actor/agents").and_then(|v| v.as_array()).into_iter().flatten() {
+    for agent in event
+        .pointer("/actor/agents")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
         chain.push(agent["id"].as_str().unwrap_or("?").to_owned());
     }
     chain.push(text("/actor/current/id"));
-    let target = ["/target/resource", "/target/tool", "/target/principal/id", "/target/server", "/target/system"]
-        .iter()
-        .map(|p| text(p))
-        .find(|t| !t.is_empty())
-        .unwrap_or_default();
+    let target = [
+        "/target/resource",
+        "/target/tool",
+        "/target/principal/id",
+        "/target/server",
+        "/target/system",
+    ]
+    .iter()
+    .map(|p| text(p))
+    .find(|t| !t.is_empty())
+    .unwrap_or_default();
     let observed = text("/observed_at");
     println!(
         "{:<24} {:<16} {:<22} {:<48} {:<32} {:<8} {:<8}",
@@ -187,7 +220,10 @@ fn print_record(record: &serde_json::Value, json: bool) {
         clip(&chain.join(" > "), 48),
         clip(&target, 32),
         text("/outcome/status"),
-        record.pointer("/decision/verdict").and_then(|v| v.as_str()).unwrap_or("")
+        record
+            .pointer("/decision/verdict")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
     );
 }
 

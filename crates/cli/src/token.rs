@@ -42,7 +42,11 @@ pub enum TokenCommand {
 
 pub fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
-        TokenCommand::Create { role, name, data_dir } => {
+        TokenCommand::Create {
+            role,
+            name,
+            data_dir,
+        } => {
             let store = open(&data_dir)?;
             let issued = custody_api::issue_token(&store, role, name)?;
             eprintln!("created {} token {} (shown once):", role, issued.record.id);
@@ -50,14 +54,22 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
         }
         TokenCommand::List { data_dir } => {
             let store = open(&data_dir)?;
-            println!("{:<16} {:<10} {:<25} {:<25} NAME", "ID", "ROLE", "CREATED", "REVOKED");
+            println!(
+                "{:<16} {:<10} {:<25} {:<25} NAME",
+                "ID", "ROLE", "CREATED", "REVOKED"
+            );
             for token in store.list_tokens()? {
                 println!(
                     "{:<16} {:<10} {:<25} {:<25} {}",
                     token.id,
                     token.role,
-                    token.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    token.revoked_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default(),
+                    token
+                        .created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    token
+                        .revoked_at
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default(),
                     token.name.unwrap_or_default()
                 );
             }
@@ -77,5 +89,6 @@ fn open(data_dir: &std::path::Path) -> anyhow::Result<Store> {
         "no store in `{}`: start `custody serve` there first, or pass --data-dir",
         data_dir.display()
     );
-    Store::open(data_dir, StoreOptions::default()).with_context(|| format!("opening the store in `{}`", data_dir.display()))
+    Store::open(data_dir, StoreOptions::default())
+        .with_context(|| format!("opening the store in `{}`", data_dir.display()))
 }

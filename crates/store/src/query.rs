@@ -153,9 +153,13 @@ impl StoredEvent {
 /// Runs a query on a read connection.
 pub(crate) fn query(conn: &Connection, q: &EventQuery) -> Result<EventPage, StoreError> {
     let limit = q.limit.clamp(1, MAX_LIMIT);
-    let Some((sql, values)) = sql(conn, q, limit).map_err(StoreError::sqlite("querying events"))? else {
+    let Some((sql, values)) = sql(conn, q, limit).map_err(StoreError::sqlite("querying events"))?
+    else {
         // A filter names an identifier no event ever had.
-        return Ok(EventPage { events: Vec::new(), next: None });
+        return Ok(EventPage {
+            events: Vec::new(),
+            next: None,
+        });
     };
     let mut statement = conn
         .prepare_cached(&sql)

@@ -562,11 +562,17 @@ fn identifiers_interned_by_a_failed_group_are_forgotten() {
     record(&store, vec![event("other", 2, by("other"))]);
     record(&store, vec![event("ghost", 3, by("ghost"))]);
     for actor in ["coder", "other", "ghost"] {
-        let q = EventQuery { actor: Some(actor.to_owned()), ..EventQuery::default() };
+        let q = EventQuery {
+            actor: Some(actor.to_owned()),
+            ..EventQuery::default()
+        };
         let expected = if actor == "coder" { "before" } else { actor };
         assert_eq!(walk(&store, &q), [expected], "events by {actor}");
     }
-    let unknown = EventQuery { target: Some("never-seen".to_owned()), ..EventQuery::default() };
+    let unknown = EventQuery {
+        target: Some("never-seen".to_owned()),
+        ..EventQuery::default()
+    };
     assert!(walk(&store, &unknown).is_empty());
 }
 
@@ -628,7 +634,9 @@ fn every_filter_uses_its_index() {
     let check = |q: EventQuery, expected: &str| {
         let plan = store
             .read(|conn| {
-                let (sql, values) = crate::query::sql(conn, &q, 10).unwrap().expect("every key is known");
+                let (sql, values) = crate::query::sql(conn, &q, 10)
+                    .unwrap()
+                    .expect("every key is known");
                 let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
                 let details = statement
                     .query_map(rusqlite::params_from_iter(values), |row| {
