@@ -139,10 +139,11 @@ pub fn issue_token(
 /// The error never repeats the presented secret.
 pub fn authenticate(store: &Store, authorization: Option<&str>) -> Result<Caller, ApiError> {
     let header = authorization.ok_or(ApiError::Unauthenticated("missing bearer token"))?;
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
     let secret = header
-        .strip_prefix("Bearer ")
-        .or_else(|| header.strip_prefix("bearer "))
-        .map(str::trim)
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, secret)| secret.trim())
         .ok_or(ApiError::Unauthenticated(
             "the Authorization header must be `Bearer TOKEN`",
         ))?;
@@ -206,6 +207,12 @@ mod tests {
         assert_eq!(issued.secret.len(), TOKEN_PREFIX.len() + 43);
         let header = format!("Bearer {}", issued.secret);
         let caller = authenticate(&store, Some(&header)).unwrap();
+        let shouted = format!("BEARER {}", issued.secret);
+        assert_eq!(
+            authenticate(&store, Some(&shouted)).unwrap(),
+            caller,
+            "the scheme is case-insensitive"
+        );
         assert_eq!(
             caller,
             Caller {

@@ -98,8 +98,8 @@ pub(crate) async fn post_events(
         }
     }
     let total = positions.len() + errors.len();
-    state.metrics.events_rejected.inc_by(errors.len() as u64);
     if events.is_empty() {
+        state.metrics.events_rejected.inc_by(errors.len() as u64);
         return Err(ApiError::AllRejected(
             serde_json::to_value(&errors).unwrap_or_default(),
         ));
@@ -115,7 +115,10 @@ pub(crate) async fn post_events(
             }
         })?;
     ingested.receipt.durable().await?;
+    // Counted only once the batch is answered: items of a batch refused with
+    // 429 come back with the client's retry.
     state.metrics.events_accepted.inc_by(accepted as u64);
+    state.metrics.events_rejected.inc_by(errors.len() as u64);
     state
         .metrics
         .ack_latency

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// Nothing has that id.
     #[error("{0}")]
     NotFound(String),
+    /// The endpoint exists but not with this method.
+    #[error("this endpoint does not accept that method")]
+    MethodNotAllowed,
     /// The body, or what it decompresses to, is larger than allowed.
     #[error("{what} exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::AllRejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -84,6 +88,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::Unsupported(_) => "unsupported",
             ApiError::AllRejected(_) => "all_rejected",

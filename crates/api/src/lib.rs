@@ -60,6 +60,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Request limits.
     pub limits: Limits,
+    /// Turns true when the server starts shutting down.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             store,
             metrics: Arc::new(Metrics::default()),
             limits,
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 }
@@ -89,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/{id}", get(query::get_event))
         .route("/v1/export/ocsf", get(query::export_ocsf))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -100,6 +104,13 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Live streams never end by themselves; tell them to, or graceful
+        // shutdown would wait for them forever.
+        stopping.send_replace(true);
+    };
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
@@ -108,10 +119,30 @@ pub async fn serve(
     .await
 }
 
+/// Query parameters whose parse errors answer as every other error does:
+/// 400 with a JSON body naming the parameter.
+#[derive(Debug)]
+pub(crate) struct Params<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(params)| Params(params))
+            .map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+    }
+}
+
 async fn healthz(State(state): State<AppState>) -> Response {
     let stats = state.store.stats();
     axum::Json(serde_json::json!({"status": "ok", "queued_events": stats.queued_events}))
         .into_response()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 async fn not_found() -> ApiError {

@@ -8,7 +8,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -21,9 +21,9 @@ use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
+use crate::{AppState, Params};
 
 /// The filters of an event listing, as query parameters.
 #[derive(Debug, Default, Deserialize)]
@@ -138,7 +138,7 @@ pub fn parse_time(field: &str, text: &str, now: DateTime<Utc>) -> Result<DateTim
 pub(crate) async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<EventParams>,
+    Params(params): Params<EventParams>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     let query = params.to_query(Utc::now())?;
@@ -183,7 +183,7 @@ pub(crate) async fn get_event(
 pub(crate) async fn export_ocsf(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<EventParams>,
+    Params(params): Params<EventParams>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     let query = params.to_query(Utc::now())?;
@@ -233,7 +233,7 @@ pub struct StreamParams {
 pub(crate) async fn stream_events(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<StreamParams>,
+    Params(params): Params<StreamParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     caller.require(Role::Viewer)?;
     let filter = EventParams {
@@ -246,6 +246,7 @@ pub(crate) async fn stream_events(
     }
     .to_query(Utc::now())?;
     let committed = BroadcastStream::new(state.store.subscribe());
+    let mut stopping = state.stopping.subscribe();
     // Only committed, durable events reach the stream. A subscriber too slow
     // to keep up is told how many events it missed rather than silently
     // skipping them.
@@ -269,7 +270,11 @@ pub(crate) async fn stream_events(
                     .data(missed.to_string()))]
             }
         })
-        .flat_map(futures_util::stream::iter);
+        .flat_map(futures_util::stream::iter)
+        .take_until(async move {
+            // An error means the server is gone, which also ends the stream.
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 

@@ -45,6 +45,12 @@ pub const MAX_ATTRIBUTES: usize = 256;
 
 /// Decodes and validates one event from JSON bytes.
 pub fn decode(bytes: &[u8]) -> Result<NewEvent, DecodeError> {
+    // serde also reads a struct from a JSON array of its fields in order;
+    // an event is only ever an object.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') {
+        return Err(not_an_object());
+    }
     // Most events are valid: decode them without tracking paths, and go back
     // over the few that fail to say where.
     if let Ok(event) = serde_json::from_slice::<NewEvent>(bytes) {
@@ -74,9 +80,16 @@ pub fn decode(bytes: &[u8]) -> Result<NewEvent, DecodeError> {
 
 /// Decodes and validates one event from an already parsed JSON value.
 pub fn decode_value(value: serde_json::Value) -> Result<NewEvent, DecodeError> {
+    if !value.is_object() {
+        return Err(not_an_object());
+    }
     let event: NewEvent = serde_path_to_error::deserialize(value).map_err(shape_error)?;
     validate(&event)?;
     Ok(event)
+}
+
+fn not_an_object() -> DecodeError {
+    DecodeError::at("", "an event is a JSON object")
 }
 
 fn shape_error(error: serde_path_to_error::Error<serde_json::Error>) -> DecodeError {
@@ -85,7 +98,9 @@ fn shape_error(error: serde_path_to_error::Error<serde_json::Error>) -> DecodeEr
     let path = if path == "." { String::new() } else { path };
     match inner.classify() {
         serde_json::error::Category::Data => DecodeError::at(path, strip_position(&inner)),
-        _ => DecodeError::at(path, syntax_message(&inner)),
+        // A syntax error is not a field's fault; its line and column say
+        // where it is.
+        _ => DecodeError::at("", syntax_message(&inner)),
     }
 }
 
@@ -509,10 +524,25 @@ mod tests {
     }
 
     #[test]
+    fn only_objects_are_events() {
+        for body in ["[\"tool_call\"]", "3", "\"event\"", "null"] {
+            let error = decode(body.as_bytes()).unwrap_err();
+            assert_eq!(
+                (error.path.as_str(), error.message.as_str()),
+                ("", "an event is a JSON object"),
+                "{body}"
+            );
+            let error = decode_value(serde_json::from_str(body).unwrap()).unwrap_err();
+            assert_eq!(error.message, "an event is a JSON object", "{body}");
+        }
+    }
+
+    #[test]
     fn syntax_errors_say_where() {
         let error = decode(b"{\"kind\": \"tool_call\",\n \"action\": }").unwrap_err();
         assert!(error.message.contains("invalid JSON"), "{error}");
         assert!(error.message.contains("line 2"), "{error}");
+        assert_eq!(error.path, "", "a syntax error is not a field's fault");
         let error = decode(b"{\"kind\": \"tool_call\"").unwrap_err();
         assert!(error.message.contains("truncated JSON"), "{error}");
         let error = decode(format!("{VALID} {{}}").as_bytes()).unwrap_err();
