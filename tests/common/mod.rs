@@ -2,10 +2,15 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// How long a client command may run before a test gives up on it.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running `custody serve`.
 pub struct Server {
@@ -20,39 +25,51 @@ impl Server {
     /// waits until it answers.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_custody"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        let child = custody()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
             .arg(data_dir)
             .args(extra)
-            .env("CUSTODY_LOG", "warn")
-            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting custody serve");
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if probe::get_ok(&format!("{url}/healthz")) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "custody serve did not answer on {url} within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let token = std::fs::read_to_string(data_dir.join("admin.token")).expect("reading admin.token").trim().to_owned();
-        Server { child, url, data_dir: data_dir.to_owned(), token }
+        Server::attach(child, &format!("http://127.0.0.1:{port}"), data_dir)
     }
 
-    /// Runs the `custody` binary as a client of this server.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_custody"))
-            .args(args)
-            .env("CUSTODY_SERVER", &self.url)
-            .env("CUSTODY_TOKEN", &self.token)
-            .env("CUSTODY_DATA_DIR", &self.data_dir)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running custody")
+    /// Takes charge of a `custody serve` spawned by the caller: waits until
+    /// it answers on `url`, then reads the admin token from `data_dir`. The
+    /// server is killed when the result is dropped, or if it never answers.
+    pub fn attach(child: Child, url: &str, data_dir: &Path) -> Server {
+        let mut server = Server {
+            child,
+            url: url.to_owned(),
+            data_dir: data_dir.to_owned(),
+            token: String::new(),
+        };
+        wait_until_up(&mut server.child, url);
+        server.token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .expect("reading admin.token")
+            .trim()
+            .to_owned();
+        server
+    }
+
+    /// Runs the `custody` binary as a client of this server, with its admin
+    /// token.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        output_within(
+            custody()
+                .args(args)
+                .env("CUSTODY_SERVER", &self.url)
+                .env("CUSTODY_TOKEN", &self.token)
+                .env("CUSTODY_DATA_DIR", &self.data_dir),
+            COMMAND_TIMEOUT,
+        )
     }
 
     /// Kills the server with SIGKILL, as a crash would.
@@ -69,9 +86,93 @@ impl Drop for Server {
     }
 }
 
+/// The `custody` binary, with none of the `CUSTODY_*` settings of the
+/// environment the tests run in, quiet logs and no stdin.
+pub fn custody() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_custody"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CUSTODY_") {
+            command.env_remove(name);
+        }
+    }
+    command.env("CUSTODY_LOG", "warn").stdin(Stdio::null());
+    command
+}
+
+/// Runs `command` to its end, capturing its output; kills it and fails the
+/// test if it runs longer than `timeout`.
+pub fn output_within(command: &mut Command, timeout: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the custody binary");
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let status = wait_within(&mut child, timeout);
+    Output {
+        status,
+        stdout: stdout.join().expect("reading stdout"),
+        stderr: stderr.join().expect("reading stderr"),
+    }
+}
+
+/// Reads everything from `from` on a thread of its own.
+pub fn drain(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = from.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+/// Waits for `child` to exit; kills it and fails the test after `timeout`.
+pub fn wait_within(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child process") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a custody process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `custody serve` answers `/healthz` on `url`; fails the test
+/// if it exits first or does not answer within 30 s.
+pub fn wait_until_up(child: &mut Child, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if answers(url) {
+            return;
+        }
+        if let Some(status) = child.try_wait().expect("waiting for custody serve") {
+            panic!("custody serve exited with {status} before answering on {url}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "custody serve did not answer on {url} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether a server answers `GET /healthz` on `url` with 200.
+pub fn answers(url: &str) -> bool {
+    probe::get_ok(&format!("{url}/healthz"))
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A realistic tool-call event with a client-chosen id, as one NDJSON line.
@@ -98,15 +199,25 @@ pub fn tool_call(id: &str, run: &str, n: usize) -> String {
 }
 
 fn chrono_like_now(n: usize) -> String {
-    format!("2026-11-25T10:{:02}:{:02}.{:06}Z", (n / 60) % 60, n % 60, n % 1_000_000)
+    format!(
+        "2026-11-25T10:{:02}:{:02}.{:06}Z",
+        (n / 60) % 60,
+        n % 60,
+        n % 1_000_000
+    )
 }
 
 mod probe {
     /// Whether a GET of `url` answers 200, without an async runtime.
     pub fn get_ok(url: &str) -> bool {
-        let Some(rest) = url.strip_prefix("http://") else { return false };
+        let Some(rest) = url.strip_prefix("http://") else {
+            return false;
+        };
         let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let Ok(mut stream) = std::net::TcpStream::connect(host) else { return false };
+        let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
         use std::io::{Read, Write};
         let request = format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         if stream.write_all(request.as_bytes()).is_err() {

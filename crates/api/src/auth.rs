@@ -115,24 +115,34 @@ pub fn issue_token(
     role: Role,
     name: Option<String>,
 ) -> Result<IssuedToken, ApiError> {
+    let secret = new_secret();
+    let record = register_token(store, role, name, &secret)?;
+    Ok(IssuedToken { record, secret })
+}
+
+/// A new token secret: `cst_` and 32 random bytes in base64url. Nothing
+/// accepts it until [`register_token`] stores it.
+pub fn new_secret() -> String {
     let mut secret_bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut secret_bytes);
-    let secret = format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret_bytes));
+    format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(secret_bytes))
+}
+
+/// Stores the hash of `secret` as a token with `role`.
+pub fn register_token(
+    store: &Store,
+    role: Role,
+    name: Option<String>,
+    secret: &str,
+) -> Result<TokenRecord, ApiError> {
     let mut id_bytes = [0u8; 6];
     rand::rng().fill_bytes(&mut id_bytes);
-    let id = format!("tok_{}", hex(&id_bytes));
-    store.insert_token(&NewToken {
-        id: id.clone(),
+    Ok(store.insert_token(&NewToken {
+        id: format!("tok_{}", hex(&id_bytes)),
         name,
         role: role.as_str().to_owned(),
-        hash: hash(&secret),
-    })?;
-    let record = store
-        .list_tokens()?
-        .into_iter()
-        .find(|token| token.id == id)
-        .ok_or_else(|| ApiError::Internal(format!("token {id} vanished after it was stored")))?;
-    Ok(IssuedToken { record, secret })
+        hash: hash(secret),
+    })?)
 }
 
 /// Resolves an `Authorization` header value to the caller, or says why not.

@@ -25,7 +25,9 @@ use custody_engine::Engine;
 use custody_store::Store;
 use tokio::net::TcpListener;
 
-pub use auth::{Caller, IssuedToken, Role, TOKEN_PREFIX, authenticate, issue_token};
+pub use auth::{
+    Caller, IssuedToken, Role, TOKEN_PREFIX, authenticate, issue_token, new_secret, register_token,
+};
 pub use collect::{BatchAnswer, ItemError};
 pub use error::ApiError;
 pub use metrics::Metrics;

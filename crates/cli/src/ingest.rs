@@ -133,7 +133,7 @@ fn walk(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Progress {
     path: PathBuf,
-    /// SHA-256 of the file's first 64 KiB: the same file, even if grown.
+    /// SHA-256 of the file's first `min(size, 64 KiB)` bytes.
     head: String,
     /// Size when last recorded.
     size: u64,
@@ -157,11 +157,13 @@ fn save_progress(path: &Path, progress: &Progress) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn head_digest(file: &Path) -> anyhow::Result<String> {
+/// SHA-256 of the file's first `min(size, 64 KiB)` bytes. A file that only
+/// grew since `size` was recorded has the same digest over those bytes.
+fn head_digest(file: &Path, size: u64) -> anyhow::Result<String> {
     let mut head = Vec::with_capacity(64 << 10);
     std::fs::File::open(file)
         .with_context(|| format!("opening `{}`", file.display()))?
-        .take(64 << 10)
+        .take(size.min(64 << 10))
         .read_to_end(&mut head)
         .with_context(|| format!("reading `{}`", file.display()))?;
     Ok(Sha256::digest(&head)
@@ -188,7 +190,7 @@ async fn ingest_file(
     let canonical =
         std::fs::canonicalize(file).with_context(|| format!("resolving `{}`", file.display()))?;
     let size = std::fs::metadata(file)?.len();
-    let head = head_digest(file)?;
+    let head = head_digest(file, size)?;
     let state_path = progress_path(state_dir, &canonical);
     let earlier: Option<Progress> = std::fs::read(&state_path)
         .ok()
@@ -200,7 +202,12 @@ async fn ingest_file(
         done_through: 0,
         complete: false,
     };
-    if let Some(earlier) = earlier.filter(|p| !args.restart && p.head == head && p.size <= size) {
+    // The same file, perhaps grown: its first bytes, as many as were there
+    // last time (up to 64 KiB), are unchanged.
+    let same_file = |p: &Progress| {
+        p.size <= size && head_digest(file, p.size).is_ok_and(|digest| digest == p.head)
+    };
+    if let Some(earlier) = earlier.filter(|p| !args.restart && same_file(p)) {
         if earlier.complete && earlier.size == size {
             bar.suspend(|| {
                 eprintln!(
@@ -558,10 +565,12 @@ fn describe_read_error(error: &std::io::Error) -> String {
 }
 
 /// Splits multi-line JSON into items: the elements of a top-level array, or
-/// a sequence of objects. Items are numbered from 1; a syntax error ends the
-/// sequence with an error saying where.
+/// a sequence of objects. Each item is numbered by the line it starts on, so
+/// errors point into the file; a syntax error ends the sequence with an error
+/// saying where.
 fn split_values(text: &[u8]) -> Vec<(usize, Result<Vec<u8>, String>)> {
     use serde_json::value::RawValue;
+    let mut lines = LineCounter::new(text);
     let trimmed = text
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -570,26 +579,63 @@ fn split_values(text: &[u8]) -> Vec<(usize, Result<Vec<u8>, String>)> {
         return match serde_json::from_slice::<Vec<&RawValue>>(text) {
             Ok(elements) => elements
                 .into_iter()
-                .enumerate()
-                .map(|(i, raw)| (i + 1, Ok(raw.get().as_bytes().to_vec())))
+                .map(|raw| {
+                    // The element borrows from `text`: its address says where
+                    // it starts.
+                    let offset =
+                        (raw.get().as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+                    (lines.line_at(offset), Ok(raw.get().as_bytes().to_vec()))
+                })
                 .collect(),
             Err(error) => vec![(0, Err(format!("not a valid JSON array: {error}")))],
         };
     }
     let mut items = Vec::new();
-    for (i, value) in serde_json::Deserializer::from_slice(text)
-        .into_iter::<&RawValue>()
-        .enumerate()
-    {
+    let mut values = serde_json::Deserializer::from_slice(text).into_iter::<&RawValue>();
+    loop {
+        let start = values.byte_offset();
+        let Some(value) = values.next() else { break };
+        let start = start
+            + text
+                .get(start..)
+                .and_then(|rest| rest.iter().position(|b| !b.is_ascii_whitespace()))
+                .unwrap_or(0);
         match value {
-            Ok(raw) => items.push((i + 1, Ok(raw.get().as_bytes().to_vec()))),
+            Ok(raw) => items.push((lines.line_at(start), Ok(raw.get().as_bytes().to_vec()))),
             Err(error) => {
-                items.push((i + 1, Err(format!("invalid JSON: {error}"))));
+                items.push((lines.line_at(start), Err(format!("invalid JSON: {error}"))));
                 break;
             }
         }
     }
     items
+}
+
+/// Turns increasing byte offsets into line numbers from 1, counting each
+/// newline once.
+struct LineCounter<'a> {
+    text: &'a [u8],
+    offset: usize,
+    line: usize,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(text: &'a [u8]) -> Self {
+        LineCounter {
+            text,
+            offset: 0,
+            line: 1,
+        }
+    }
+
+    fn line_at(&mut self, offset: usize) -> usize {
+        if offset > self.offset {
+            let skipped = self.text.get(self.offset..offset).unwrap_or_default();
+            self.line += skipped.iter().filter(|b| **b == b'\n').count();
+            self.offset = offset;
+        }
+        self.line
+    }
 }
 
 #[cfg(test)]
@@ -630,11 +676,11 @@ mod tests {
         );
         check(
             b"[\n {\"a\":1},\n {\"b\":2}\n]\n",
-            &["1: {\"a\":1}", "2: {\"b\":2}"],
+            &["2: {\"a\":1}", "3: {\"b\":2}"],
         );
         check(
             b"{\n  \"a\": 1\n}\n{\n  \"b\": 2\n}\n",
-            &["1: {\n  \"a\": 1\n}", "2: {\n  \"b\": 2\n}"],
+            &["1: {\n  \"a\": 1\n}", "4: {\n  \"b\": 2\n}"],
         );
         check(
             b"{\n  \"a\": 1\n}\n{\n  \"b\": \n",

@@ -18,13 +18,15 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// Runs the server until SIGINT or SIGTERM, then drains: requests in flight
 /// finish, queued events are committed, and only then does it exit.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Bind first: a busy port should stop the server before it changes
+    // anything in the data directory.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
     let store = Store::open(&config.data_dir, config.store.clone())
         .with_context(|| format!("opening the store in `{}`", config.data_dir.display()))?;
     first_start(&store, &config.data_dir)?;
     let engine = Arc::new(Engine::builder(Arc::new(store.clone())).build());
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.listen))?;
     tracing::info!(
         listen = %listener.local_addr()?,
         data_dir = %config.data_dir.display(),
@@ -49,15 +51,27 @@ fn first_start(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
     if !store.list_tokens()?.is_empty() {
         return Ok(());
     }
-    let issued = custody_api::issue_token(store, Role::Admin, Some("first start".into()))?;
+    // The file is written before the token is stored, so a failure leaves
+    // no admin token whose secret nobody holds. A file left from an earlier
+    // store holds a token this store does not know: it is replaced.
     let path = data_dir.join(ADMIN_TOKEN_FILE);
-    write_private(&path, &issued.secret)?;
+    if path.exists() {
+        tracing::warn!(path = %path.display(), "replacing an admin token file the store has no token for");
+        std::fs::remove_file(&path).with_context(|| format!("removing `{}`", path.display()))?;
+    }
+    let secret = custody_api::new_secret();
+    write_private(&path, &secret)?;
+    let record =
+        custody_api::register_token(store, Role::Admin, Some("first start".into()), &secret)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            })?;
     println!(
         "created admin token {} (shown once, also in {}):",
-        issued.record.id,
+        record.id,
         path.display()
     );
-    println!("{}", issued.secret);
+    println!("{secret}");
     Ok(())
 }
 
