@@ -172,11 +172,23 @@ fn head_digest(file: &Path, size: u64) -> anyhow::Result<String> {
         .collect())
 }
 
-/// One batch on its way: its last line and the lines of its items.
+/// One batch on its way: the lines of its items, its body (kept to send it
+/// again) and the request.
 struct Pending {
-    last_line: usize,
     lines: Vec<usize>,
+    body: Vec<u8>,
     request: JoinHandle<anyhow::Result<Result<serde_json::Value, Refusal>>>,
+}
+
+/// The sending of one file: batches in flight and what is recorded as done.
+struct Upload<'a> {
+    client: &'a Client,
+    file: &'a Path,
+    state_path: PathBuf,
+    progress: Progress,
+    pending: VecDeque<Pending>,
+    bar: &'a ProgressBar,
+    totals: &'a mut Totals,
 }
 
 async fn ingest_file(
@@ -190,14 +202,13 @@ async fn ingest_file(
     let canonical =
         std::fs::canonicalize(file).with_context(|| format!("resolving `{}`", file.display()))?;
     let size = std::fs::metadata(file)?.len();
-    let head = head_digest(file, size)?;
     let state_path = progress_path(state_dir, &canonical);
     let earlier: Option<Progress> = std::fs::read(&state_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let mut progress = Progress {
         path: canonical.clone(),
-        head: head.clone(),
+        head: head_digest(file, size)?,
         size,
         done_through: 0,
         complete: false,
@@ -229,7 +240,15 @@ async fn ingest_file(
         }
     }
 
-    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut upload = Upload {
+        client,
+        file,
+        state_path,
+        progress,
+        pending: VecDeque::new(),
+        bar,
+        totals,
+    };
     let mut batch: Vec<u8> = Vec::new();
     let mut lines: Vec<usize> = Vec::new();
     let batch_size = args.batch as usize;
@@ -238,7 +257,7 @@ async fn ingest_file(
         let (line, bytes) = match item {
             Ok(item) => item,
             Err(error) => {
-                totals.rejected += 1;
+                upload.totals.rejected += 1;
                 bar.suspend(|| eprintln!("{}: {error}", file.display()));
                 if items.stopped() {
                     break;
@@ -246,8 +265,8 @@ async fn ingest_file(
                 continue;
             }
         };
-        if line <= progress.done_through {
-            totals.skipped += 1;
+        if line <= upload.progress.done_through {
+            upload.totals.skipped += 1;
             continue;
         }
         match prepare(&canonical, line, &bytes) {
@@ -257,49 +276,26 @@ async fn ingest_file(
                 lines.push(line);
             }
             Err(error) => {
-                totals.rejected += 1;
+                upload.totals.rejected += 1;
                 bar.suspend(|| eprintln!("{}:{line}: {error}", file.display()));
             }
         }
         if lines.len() >= batch_size {
-            send(
-                client,
-                &mut pending,
-                std::mem::take(&mut batch),
-                std::mem::take(&mut lines),
-            );
-            if pending.len() >= IN_FLIGHT {
-                settle(
-                    client,
-                    file,
-                    &state_path,
-                    &mut progress,
-                    &mut pending,
-                    bar,
-                    totals,
-                )
-                .await?;
+            upload.send(std::mem::take(&mut batch), std::mem::take(&mut lines));
+            if upload.pending.len() >= IN_FLIGHT {
+                upload.settle().await?;
             }
         }
     }
     if !lines.is_empty() {
-        send(client, &mut pending, batch, lines);
+        upload.send(batch, lines);
     }
-    while !pending.is_empty() {
-        settle(
-            client,
-            file,
-            &state_path,
-            &mut progress,
-            &mut pending,
-            bar,
-            totals,
-        )
-        .await?;
+    while !upload.pending.is_empty() {
+        upload.settle().await?;
     }
-    progress.complete = true;
-    progress.done_through = progress.done_through.max(items.last_line);
-    save_progress(&state_path, &progress)
+    upload.progress.complete = true;
+    upload.progress.done_through = upload.progress.done_through.max(items.last_line);
+    save_progress(&upload.state_path, &upload.progress)
 }
 
 /// Checks one item locally and gives it an id if it has none.
@@ -314,108 +310,75 @@ fn prepare(file: &Path, line: usize, bytes: &[u8]) -> Result<Vec<u8>, custody_ev
     Ok(serde_json::to_vec(&event).unwrap_or_default())
 }
 
-fn send(client: &Client, pending: &mut VecDeque<Pending>, body: Vec<u8>, lines: Vec<usize>) {
-    let client = client.clone();
-    let last_line = lines.last().copied().unwrap_or(0);
-    let request = tokio::spawn(async move { client.post_events(body).await });
-    pending.push_back(Pending {
-        last_line,
-        lines,
-        request,
-    });
-}
+impl Upload<'_> {
+    /// Starts sending a batch.
+    fn send(&mut self, body: Vec<u8>, lines: Vec<usize>) {
+        let request = self.request(body.clone());
+        self.pending.push_back(Pending {
+            lines,
+            body,
+            request,
+        });
+    }
 
-/// Waits for the oldest batch, retrying it while the server is busy or
-/// failing, then records its lines as done.
-async fn settle(
-    client: &Client,
-    file: &Path,
-    state_path: &Path,
-    progress: &mut Progress,
-    pending: &mut VecDeque<Pending>,
-    bar: &ProgressBar,
-    totals: &mut Totals,
-) -> anyhow::Result<()> {
-    let Some(Pending {
-        last_line,
-        lines,
-        mut request,
-    }) = pending.pop_front()
-    else {
-        return Ok(());
-    };
-    let mut failures = 0;
-    let answer = loop {
-        let outcome = (&mut request).await.context("a request task failed")?;
-        let retry_in = match outcome {
-            Ok(Ok(answer)) => break Ok(answer),
-            Ok(Err(refusal)) if refusal.status.as_u16() == 429 => {
-                Duration::from_secs(refusal.retry_after.unwrap_or(1))
-            }
-            Ok(Err(refusal)) if refusal.status.is_client_error() => break Err(refusal),
-            Ok(Err(refusal)) => {
-                failures += 1;
-                anyhow::ensure!(
-                    failures < MAX_FAILURES,
-                    "{}: stopping, progress is saved: {refusal}",
-                    file.display()
-                );
-                Duration::from_millis(250 << failures)
-            }
-            Err(error) => {
-                failures += 1;
-                anyhow::ensure!(
-                    failures < MAX_FAILURES,
-                    "{}: stopping, progress is saved: {error:#}",
-                    file.display()
-                );
-                Duration::from_millis(250 << failures)
-            }
+    fn request(
+        &self,
+        body: Vec<u8>,
+    ) -> JoinHandle<anyhow::Result<Result<serde_json::Value, Refusal>>> {
+        let client = self.client.clone();
+        tokio::spawn(async move { client.post_events(body).await })
+    }
+
+    /// Waits for the oldest batch, retrying it while the server is busy or
+    /// failing, then records its lines as done.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        let Some(Pending {
+            lines,
+            body,
+            mut request,
+        }) = self.pending.pop_front()
+        else {
+            return Ok(());
         };
-        tokio::time::sleep(retry_in).await;
-        // The request is rebuilt from the same lines: ids are fixed, so a
-        // batch the server did store before failing is not stored twice.
-        request = resend(client, file, &lines)?;
-    };
-    match answer {
-        Ok(answer) => {
-            let accepted = answer["accepted"].as_u64().unwrap_or(0);
-            totals.sent += accepted;
-            bar.inc(accepted);
-            report_rejects(file, &lines, &answer["errors"], bar, totals);
-        }
-        Err(refusal) => {
-            report_rejects(file, &lines, &refusal.body["rejected"], bar, totals);
-            if refusal.body.get("rejected").is_none() {
-                anyhow::bail!("{}: {refusal}", file.display());
+        let file = self.file.display();
+        let mut failures = 0;
+        let answer = loop {
+            let failure = match (&mut request).await.context("a request task failed")? {
+                Ok(Ok(answer)) => break Ok(answer),
+                Ok(Err(refusal)) if refusal.status.as_u16() == 429 => {
+                    tokio::time::sleep(Duration::from_secs(refusal.retry_after.unwrap_or(1))).await;
+                    None
+                }
+                Ok(Err(refusal)) if refusal.status.is_client_error() => break Err(refusal),
+                Ok(Err(refusal)) => Some(refusal.to_string()),
+                Err(error) => Some(format!("{error:#}")),
+            };
+            if let Some(failure) = failure {
+                failures += 1;
+                anyhow::ensure!(
+                    failures < MAX_FAILURES,
+                    "{file}: stopping, progress is saved: {failure}"
+                );
+                tokio::time::sleep(Duration::from_millis(250 << failures)).await;
             }
-        }
+            // Ids are fixed, so a batch the server did store before failing
+            // is not stored twice.
+            request = self.request(body.clone());
+        };
+        let errors = match &answer {
+            Ok(answer) => {
+                let accepted = answer["accepted"].as_u64().unwrap_or(0);
+                self.totals.sent += accepted;
+                self.bar.inc(accepted);
+                &answer["errors"]
+            }
+            Err(refusal) if refusal.body.get("rejected").is_some() => &refusal.body["rejected"],
+            Err(refusal) => anyhow::bail!("{file}: {refusal}"),
+        };
+        report_rejects(self.file, &lines, errors, self.bar, self.totals);
+        self.progress.done_through = lines.last().copied().unwrap_or(self.progress.done_through);
+        save_progress(&self.state_path, &self.progress)
     }
-    progress.done_through = last_line;
-    save_progress(state_path, progress)
-}
-
-/// Rebuilds a batch's request by reading its lines again.
-fn resend(
-    client: &Client,
-    file: &Path,
-    lines: &[usize],
-) -> anyhow::Result<JoinHandle<anyhow::Result<Result<serde_json::Value, Refusal>>>> {
-    let canonical = std::fs::canonicalize(file)?;
-    let wanted: std::collections::HashSet<usize> = lines.iter().copied().collect();
-    let mut body = Vec::new();
-    let mut items = Items::open(file)?;
-    while let Some(item) = items.next_item() {
-        if let Ok((line, bytes)) = item
-            && wanted.contains(&line)
-            && let Ok(event) = prepare(&canonical, line, &bytes)
-        {
-            body.extend_from_slice(&event);
-            body.push(b'\n');
-        }
-    }
-    let client = client.clone();
-    Ok(tokio::spawn(async move { client.post_events(body).await }))
 }
 
 fn report_rejects(
