@@ -137,6 +137,7 @@ fn http(
         }));
         let http = reqwest::Client::new();
         let next = Arc::new(AtomicUsize::new(0));
+        let cpu_before = thread_cpu();
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..clients {
@@ -181,6 +182,28 @@ fn http(
             latencies.extend(task.await.expect("client task"));
         }
         let elapsed = started.elapsed();
+        let cpu = thread_cpu();
+        let mut spent: Vec<(String, f64)> = cpu
+            .iter()
+            .map(|(name, seconds)| {
+                (
+                    name.clone(),
+                    seconds - cpu_before.get(name).copied().unwrap_or(0.0),
+                )
+            })
+            .filter(|(_, seconds)| *seconds > 0.01)
+            .collect();
+        spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let spent: Vec<String> = spent
+            .iter()
+            .map(|(name, seconds)| {
+                format!("{name} {:.0}%", 100.0 * seconds / elapsed.as_secs_f64())
+            })
+            .collect();
+        println!(
+            "cpu       during HTTP ingest, of one core: {}",
+            spent.join(", ")
+        );
         let _ = stop.send(());
         let _ = server.await;
         (elapsed, latencies)
@@ -212,6 +235,35 @@ fn http(
         at(0.99),
         latencies.last().copied().unwrap_or_default(),
     )
+}
+
+/// CPU seconds (user and system) by thread name, summed over threads of one
+/// name, from `/proc/self/task` (empty where there is none).
+fn thread_cpu() -> std::collections::HashMap<String, f64> {
+    let mut cpu = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return cpu;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // The name is in parentheses and may hold spaces; fields follow it.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_owned();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
+        *cpu.entry(name).or_insert(0.0) += (ticks(11) + ticks(12)) / 100.0;
+    }
+    cpu
 }
 
 /// A realistic event of 0.5 to 1 KiB: a mix of kinds from many agents, runs
@@ -273,7 +325,7 @@ fn realistic_event(i: usize) -> String {
         "actor": {
             "root": {"type": "human", "id": human},
             "agents": [{"type": "agent", "id": "release-orchestrator", "run_id": format!("orch-{}", i % 100)}],
-            "current": {"type": "agent", "id": agent, "version": "1.4.2", "run_id": run},
+            "current": {"type": "agent", "id": agent, "run_id": run},
             "credential": {"type": "custody_token", "id": format!("jti-{:08x}", i / 50), "issuer": "https://custody.example.com"}
         },
         "target": target,
