@@ -472,6 +472,19 @@ fn a_full_queue_refuses_and_drops_nothing() {
         labels,
         ["a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3", "c0", "c1"]
     );
+
+    // An empty queue takes a batch larger than its capacity: otherwise that
+    // batch would be refused forever.
+    store.pause_writer(true);
+    let huge = store.record(batch("huge", 11)).unwrap();
+    assert_eq!(store.stats().queued_events, 11);
+    assert!(matches!(
+        store.record(batch("after", 1)).unwrap_err(),
+        RecordError::QueueFull { queued: 11, .. }
+    ));
+    store.pause_writer(false);
+    huge.blocking_durable().unwrap();
+    assert_eq!(store.count().unwrap(), 21);
 }
 
 #[test]

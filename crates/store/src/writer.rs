@@ -181,10 +181,13 @@ impl Writer {
         self.shared.ready.notify_all();
     }
 
+    /// Refuses a batch that would take the queue past its capacity. An empty
+    /// queue takes any batch, so one larger than the capacity is not refused
+    /// forever.
     fn check_room(&self, size: u64) -> Result<(), RecordError> {
         let queued = self.shared.queued.load(Ordering::SeqCst);
         let capacity = self.capacity as u64;
-        if queued + size > capacity {
+        if queued > 0 && queued + size > capacity {
             return Err(RecordError::QueueFull {
                 queued: usize::try_from(queued).unwrap_or(usize::MAX),
                 capacity: self.capacity,
