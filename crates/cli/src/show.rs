@@ -187,19 +187,23 @@ fn print_record(record: &serde_json::Value, json: bool) {
             .unwrap_or("")
             .to_owned()
     };
-    let mut chain: Vec<String> = Vec::new();
-    if let Some(root) = event.pointer("/actor/root/id").and_then(|v| v.as_str()) {
-        chain.push(root.to_owned());
-    }
-    for agent in event
-        .pointer("/actor/agents")
-        .and_then(|v| v.as_array())
+    // Each link by its display name when it has one; the chain is clipped
+    // in the middle so both the root and the actor that acted stay visible.
+    let link = |principal: &serde_json::Value| {
+        principal["name"]
+            .as_str()
+            .or_else(|| principal["id"].as_str())
+            .unwrap_or("?")
+            .to_owned()
+    };
+    let actor = &event["actor"];
+    let chain: Vec<String> = [&actor["root"]]
         .into_iter()
-        .flatten()
-    {
-        chain.push(agent["id"].as_str().unwrap_or("?").to_owned());
-    }
-    chain.push(text("/actor/current/id"));
+        .filter(|root| root.is_object())
+        .chain(actor["agents"].as_array().into_iter().flatten())
+        .chain([&actor["current"]])
+        .map(link)
+        .collect();
     let target = [
         "/target/resource",
         "/target/tool",
@@ -217,7 +221,7 @@ fn print_record(record: &serde_json::Value, json: bool) {
         clip(&observed, 24),
         text("/kind"),
         clip(&text("/action"), 22),
-        clip(&chain.join(" > "), 48),
+        clip_middle(&chain.join(" > "), 48),
         clip(&target, 32),
         text("/outcome/status"),
         record
@@ -227,6 +231,19 @@ fn print_record(record: &serde_json::Value, json: bool) {
     );
 }
 
+/// Shortens `text` to `width` characters by cutting out its middle.
+fn clip_middle(text: &str, width: usize) -> String {
+    let length = text.chars().count();
+    if length <= width {
+        return text.to_owned();
+    }
+    let head = width.saturating_sub(1) / 2;
+    let tail = width.saturating_sub(1) - head;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(length - tail).collect();
+    format!("{start}…{end}")
+}
+
 /// Shortens `text` to `width` characters, marking the cut.
 fn clip(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
@@ -234,5 +251,21 @@ fn clip(text: &str, width: usize) -> String {
     } else {
         let kept: String = text.chars().take(width.saturating_sub(1)).collect();
         format!("{kept}…")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_text_is_clipped_keeping_both_ends() {
+        assert_eq!(clip_middle("alice > bot", 20), "alice > bot");
+        assert_eq!(
+            clip_middle("alice@example.com > release-bot > dependency-auditor", 21),
+            "alice@exam…cy-auditor"
+        );
+        assert_eq!(clip("arn:aws:s3:::bucket/key", 10), "arn:aws:s…");
+        assert_eq!(clip_middle("", 5), "");
     }
 }
