@@ -111,6 +111,10 @@ fn http(
         dir.path(),
         StoreOptions {
             durability,
+            max_group_events: std::env::var("CUSTODY_BENCH_GROUP")
+                .ok()
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(StoreOptions::default().max_group_events),
             ..StoreOptions::default()
         },
     )
