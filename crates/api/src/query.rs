@@ -214,37 +214,28 @@ pub(crate) async fn export_ocsf(
     .into_response())
 }
 
-/// The filters the live stream applies, a subset of a listing's.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StreamParams {
-    /// Kinds, comma-separated.
-    pub kind: Option<String>,
-    /// The current actor's id.
-    pub actor: Option<String>,
-    /// The id at the root of the chain.
-    pub root: Option<String>,
-    /// The run id.
-    pub run: Option<String>,
-    /// A target key.
-    pub target: Option<String>,
-}
-
 pub(crate) async fn stream_events(
     State(state): State<AppState>,
     caller: Caller,
-    Params(params): Params<StreamParams>,
+    Params(params): Params<EventParams>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     caller.require(Role::Viewer)?;
-    let filter = EventParams {
-        kind: params.kind,
-        actor: params.actor,
-        root: params.root,
-        run: params.run,
-        target: params.target,
-        ..EventParams::default()
+    // The stream takes a listing's filters, but nothing that pages or orders:
+    // it carries events as they are stored.
+    for (name, given) in [
+        ("since", params.since.is_some()),
+        ("until", params.until.is_some()),
+        ("limit", params.limit.is_some()),
+        ("order", params.order.is_some()),
+        ("cursor", params.cursor.is_some()),
+    ] {
+        if given {
+            return Err(ApiError::BadRequest(format!(
+                "{name}: the live stream takes only kind, actor, root, run and target"
+            )));
+        }
     }
-    .to_query(Utc::now())?;
+    let filter = params.to_query(Utc::now())?;
     let committed = BroadcastStream::new(state.store.subscribe());
     let mut stopping = state.stopping.subscribe();
     // Only committed, durable events reach the stream. A subscriber too slow
