@@ -667,6 +667,38 @@ fn ingest_sends_only_lines_appended_since_the_last_run() {
 }
 
 #[test]
+fn ingest_cuts_batches_of_large_events_to_fit_the_servers_body_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // The server takes bodies of up to 10 MB; 300 events of about 40 KB
+    // would make one 12 MB batch of the default 1,000 events.
+    let server = Server::start(&dir.path().join("data"), &["--max-body-bytes", "10000000"]);
+    let padding = "x".repeat(40_000);
+    let events: Vec<Value> = (0..300)
+        .map(|n| {
+            let mut event = bulk("large", n);
+            event["raw"] = json!({ "padding": padding });
+            event
+        })
+        .collect();
+    let file = dir.path().join("large.ndjson");
+    std::fs::write(&file, ndjson(&events)).unwrap();
+    let run = Run::from(server.cli(&[
+        "ingest",
+        "--state-dir",
+        dir.path().join("state").to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]))
+    .success();
+    assert!(
+        run.stderr
+            .ends_with("sent 300 events from 1 files; 0 refused; 0 skipped as already sent\n"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(stored(&server).len(), 300);
+}
+
+#[test]
 fn ingest_reads_arrays_pretty_objects_gzip_and_directories() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);

@@ -45,6 +45,10 @@ pub struct IngestArgs {
     state_dir: Option<PathBuf>,
 }
 
+/// Largest request body `ingest` builds, half the server's default limit, so
+/// that batches of large events are cut short rather than refused.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
 /// Requests in flight at once; their acknowledgements are processed in order
 /// so progress only ever records a prefix of the file as done.
 const IN_FLIGHT: usize = 4;
@@ -280,7 +284,7 @@ async fn ingest_file(
                 bar.suspend(|| eprintln!("{}:{line}: {error}", file.display()));
             }
         }
-        if lines.len() >= batch_size {
+        if lines.len() >= batch_size || batch.len() >= MAX_BATCH_BYTES {
             upload.send(std::mem::take(&mut batch), std::mem::take(&mut lines));
             if upload.pending.len() >= IN_FLIGHT {
                 upload.settle().await?;
