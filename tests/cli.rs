@@ -196,6 +196,37 @@ fn serve_listens_on_127_0_0_1_7070_by_default() {
 }
 
 #[test]
+fn a_second_server_on_the_same_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = Server::start(&data, &[]);
+    let port = free_port().to_string();
+    let second = run(custody()
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data));
+    assert_eq!(second.code, Some(1), "{}", second.stderr);
+    assert!(
+        second.stderr.contains(&format!(
+            "another `custody serve` is using `{}`",
+            data.display()
+        )),
+        "{}",
+        second.stderr
+    );
+    // The first server is untouched, and once it is gone the directory is
+    // free again.
+    assert_eq!(stored(&first).len(), 0);
+    first.kill();
+    let again = Server::start(&data, &[]);
+    assert_eq!(stored(&again).len(), 0);
+}
+
+#[test]
 fn bad_config_files_stop_serve_with_the_file_and_the_field() {
     // (file content, what the error must name besides the file)
     let cases: &[(&str, &[&str])] = &[

@@ -23,6 +23,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
+    let _lock = lock_data_dir(&config.data_dir)?;
     let store = Store::open(&config.data_dir, config.store.clone())
         .with_context(|| format!("opening the store in `{}`", config.data_dir.display()))?;
     first_start(&store, &config.data_dir)?;
@@ -42,6 +43,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await?
         .context("closing the store")?;
     Ok(())
+}
+
+/// Takes the data directory for this server alone: two servers writing one
+/// store would each believe they own its queue and its first-start token.
+/// The lock lasts as long as the returned file is open, and the operating
+/// system releases it if the process dies.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating `{}`", data_dir.display()))?;
+    let path = data_dir.join("serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening `{}`", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!("another `custody serve` is using `{}`", data_dir.display())
+        }
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("locking `{}`", path.display()))
+        }
+    }
 }
 
 /// On first start, with no token in the store, makes an admin token so the
