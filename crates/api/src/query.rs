@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use custody_event::{EventId, EventKind, RuntimeEvent};
-use custody_store::{Cursor, EventQuery, Order, StoredEvent};
+use custody_store::{Cursor, EventQuery, Order, Store, StoredEvent};
 use futures_util::Stream;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
@@ -135,6 +135,19 @@ pub fn parse_time(field: &str, text: &str, now: DateTime<Utc>) -> Result<DateTim
     now.checked_sub_signed(age).ok_or_else(bad)
 }
 
+/// Runs a store read on a blocking thread: reads wait on SQLite and must not
+/// hold up the async workers.
+async fn read<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Store) -> Result<T, custody_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|error| ApiError::Internal(format!("query task failed: {error}")))?
+        .map_err(ApiError::from)
+}
+
 pub(crate) async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -142,10 +155,7 @@ pub(crate) async fn list_events(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     let query = params.to_query(Utc::now())?;
-    let store = state.store.clone();
-    let page = tokio::task::spawn_blocking(move || store.query(&query))
-        .await
-        .map_err(|error| ApiError::Internal(format!("query task failed: {error}")))??;
+    let page = read(&state, move |store| store.query(&query)).await?;
     let mut body =
         String::with_capacity(page.events.iter().map(|e| e.body.len() + 64).sum::<usize>() + 64);
     body.push_str("{\"events\":[");
@@ -170,10 +180,8 @@ pub(crate) async fn get_event(
     let id: EventId = id
         .parse()
         .map_err(|error| ApiError::BadRequest(format!("event id \"{id}\": {error}")))?;
-    let store = state.store.clone();
-    let stored = tokio::task::spawn_blocking(move || store.get(id))
-        .await
-        .map_err(|error| ApiError::Internal(format!("query task failed: {error}")))??
+    let stored = read(&state, move |store| store.get(id))
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no event has id {id}")))?;
     let mut body = String::with_capacity(stored.body.len() + 64);
     push_record(&mut body, &stored);
@@ -187,10 +195,7 @@ pub(crate) async fn export_ocsf(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     let query = params.to_query(Utc::now())?;
-    let store = state.store.clone();
-    let page = tokio::task::spawn_blocking(move || store.query(&query))
-        .await
-        .map_err(|error| ApiError::Internal(format!("query task failed: {error}")))??;
+    let page = read(&state, move |store| store.query(&query)).await?;
     let events = page
         .events
         .iter()
