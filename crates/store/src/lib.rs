@@ -31,6 +31,7 @@
 )]
 
 mod error;
+mod postings;
 mod query;
 pub mod raw;
 mod schema;

@@ -9,6 +9,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use crate::StoreError;
+use crate::postings::{Entry, Field, List, Pending};
 
 /// The most events one page may hold.
 pub const MAX_LIMIT: usize = 1000;
@@ -150,31 +151,38 @@ impl StoredEvent {
     }
 }
 
-/// Runs a query on a read connection.
-pub(crate) fn query(conn: &Connection, q: &EventQuery) -> Result<EventPage, StoreError> {
+/// Runs a query on a read connection, over the postings table and the
+/// postings still in memory.
+pub(crate) fn query(
+    conn: &Connection,
+    pending: &Pending,
+    q: &EventQuery,
+) -> Result<EventPage, StoreError> {
     let limit = q.limit.clamp(1, MAX_LIMIT);
-    let Some((sql, values)) = sql(conn, q, limit).map_err(StoreError::sqlite("querying events"))?
-    else {
+    let failed = StoreError::sqlite("querying events");
+    let Some(plan) = plan(conn, q, limit).map_err(StoreError::sqlite("querying events"))? else {
         // A filter names an identifier no event ever had.
         return Ok(EventPage {
             events: Vec::new(),
             next: None,
         });
     };
-    let mut statement = conn
-        .prepare_cached(&sql)
-        .map_err(StoreError::sqlite("querying events"))?;
-    let rows = statement
-        .query_map(params_from_iter(values), |row| {
-            let event = StoredEvent {
-                seq: row.get(0)?,
-                body: row.get(1)?,
-                decision: row.get(2)?,
-            };
-            Ok((event, row.get::<_, i64>(3)?))
-        })
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(StoreError::sqlite("querying events"))?;
+    // Memory first, then the snapshot: a posting leaves memory only once the
+    // table has it (see `postings.rs`).
+    let in_memory = plan
+        .list
+        .map(|list| pending.entries(list, |entry| plan.admits(*entry)));
+    let rows = (|| {
+        let tx = conn.unchecked_transaction()?;
+        let mut rows = rows(&tx, &plan.sql, &plan.values)?;
+        if let Some(entries) = in_memory {
+            let fetched = fetch(&tx, &plan, entries, limit + 1)?;
+            rows = merge(rows, fetched, plan.order, limit + 1);
+        }
+        tx.commit()?;
+        Ok(rows)
+    })()
+    .map_err(failed)?;
     // One row past the limit was asked for: its presence says whether a next
     // page exists without a second query.
     let more = rows.len() > limit;
@@ -191,6 +199,81 @@ pub(crate) fn query(conn: &Connection, q: &EventQuery) -> Result<EventPage, Stor
         events,
         next: next.filter(|_| more),
     })
+}
+
+/// An event and its observation time, in a page's order.
+type Row = (StoredEvent, i64);
+
+fn rows(conn: &Connection, sql: &str, values: &[Value]) -> rusqlite::Result<Vec<Row>> {
+    conn.prepare_cached(sql)?
+        .query_map(params_from_iter(values), |row| {
+            let event = StoredEvent {
+                seq: row.get(0)?,
+                body: row.get(1)?,
+                decision: row.get(2)?,
+            };
+            Ok((event, row.get::<_, i64>(3)?))
+        })?
+        .collect()
+}
+
+/// Reads the events of in-memory postings, in the page's order, keeping
+/// those the other filters pass, until `want` are found.
+fn fetch(
+    conn: &Connection,
+    plan: &Plan,
+    entries: Vec<Entry>,
+    want: usize,
+) -> rusqlite::Result<Vec<Row>> {
+    /// Events read per statement.
+    const CHUNK: usize = 256;
+    let mut sql = String::from(
+        "SELECT e.seq, e.body, e.decision, e.observed_at FROM events e
+         WHERE e.seq IN (SELECT value FROM json_each(?))",
+    );
+    for condition in &plan.filters {
+        sql.push_str(" AND ");
+        sql.push_str(condition);
+    }
+    let ordered: Vec<Entry> = match plan.order {
+        Order::Oldest => entries,
+        Order::Newest => entries.into_iter().rev().collect(),
+    };
+    let mut found = Vec::new();
+    for chunk in ordered.chunks(CHUNK) {
+        let seqs: Vec<i64> = chunk.iter().map(|&(_, seq)| seq).collect();
+        let mut values = vec![Value::Text(
+            serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into()),
+        )];
+        values.extend(plan.filter_values.iter().cloned());
+        let mut by_seq: std::collections::HashMap<i64, Row> = rows(conn, &sql, &values)?
+            .into_iter()
+            .map(|row| (row.0.seq, row))
+            .collect();
+        for (_, seq) in chunk {
+            if let Some(row) = by_seq.remove(seq) {
+                found.push(row);
+                if found.len() >= want {
+                    return Ok(found);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Merges two pages in `order`, keeping an event seen in both once, up to
+/// `want` rows.
+fn merge(a: Vec<Row>, b: Vec<Row>, order: Order, want: usize) -> Vec<Row> {
+    let key = |row: &Row| (row.1, row.0.seq);
+    let mut merged: Vec<Row> = a.into_iter().chain(b).collect();
+    merged.sort_by(|x, y| match order {
+        Order::Oldest => key(x).cmp(&key(y)),
+        Order::Newest => key(y).cmp(&key(x)),
+    });
+    merged.dedup_by_key(|row| row.0.seq);
+    merged.truncate(want);
+    merged
 }
 
 /// The interned id of an identifier, if any event ever named it.
@@ -220,67 +303,115 @@ pub(crate) fn count(conn: &Connection, sql: &str) -> rusqlite::Result<u64> {
     Ok(u64::try_from(count).unwrap_or_default())
 }
 
-/// The SQL and parameters of a query, fetching `limit + 1` rows.
+/// How a query runs: the SQL over the tables, and how to filter the
+/// postings still in memory.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// The table query, fetching `limit + 1` rows in the page's order.
+    pub(crate) sql: String,
+    pub(crate) values: Vec<Value>,
+    /// The posting list that drives the query, if a filter names one.
+    list: Option<List>,
+    /// The conditions on `events e` besides the driving list, and their
+    /// parameters: what an in-memory posting's event must also pass.
+    filters: Vec<String>,
+    filter_values: Vec<Value>,
+    since: Option<i64>,
+    until: Option<i64>,
+    cursor: Option<Cursor>,
+    order: Order,
+}
+
+impl Plan {
+    /// Whether a posting's `(observed_at, seq)` lies in the page's range.
+    fn admits(&self, (observed_at, seq): Entry) -> bool {
+        self.since.is_none_or(|since| observed_at >= since)
+            && self.until.is_none_or(|until| observed_at < until)
+            && self.cursor.is_none_or(|cursor| {
+                let past = (observed_at, seq);
+                let at = (cursor.observed_at, cursor.seq);
+                match self.order {
+                    Order::Newest => past < at,
+                    Order::Oldest => past > at,
+                }
+            })
+    }
+}
+
+/// Plans a query fetching `limit + 1` rows.
 ///
-/// A target filter drives the query from `event_targets`, whose primary key
-/// is already in `(target, observed_at, seq)` order; every other filter has
-/// an index on `(column, observed_at)`, which ends in `seq` because `seq` is
-/// the rowid. Either way the order comes from the index, without a sort.
+/// A target, run, actor or root filter (the first given, in that order)
+/// drives the query from its posting list, whose primary key is already in
+/// `(observed_at, seq)` order, and the other filters check the event's
+/// columns. Without one, the time index, or the kind index, which end in
+/// `seq` because `seq` is the rowid, give the order. Either way no sort.
 ///
 /// Identifiers are looked up in `keys` first; `None` when one is unknown, as
 /// then nothing can match.
-pub(crate) fn sql(
+pub(crate) fn plan(
     conn: &Connection,
     q: &EventQuery,
     limit: usize,
-) -> rusqlite::Result<Option<(String, Vec<Value>)>> {
+) -> rusqlite::Result<Option<Plan>> {
+    let named = [
+        (Field::Target, &q.target, None),
+        (Field::Run, &q.run, Some("e.run_id")),
+        (Field::Actor, &q.actor, Some("e.actor")),
+        (Field::Root, &q.root, Some("e.chain_root")),
+    ];
+    let mut list: Option<List> = None;
+    let mut filters: Vec<String> = Vec::new();
+    let mut filter_values: Vec<Value> = Vec::new();
+    for (field, value, column) in named {
+        let Some(value) = value else { continue };
+        let Some(key) = key_id(conn, value)? else {
+            return Ok(None);
+        };
+        match (list, column) {
+            (None, _) => list = Some((field as i64, key)),
+            (Some(_), Some(column)) => {
+                filters.push(format!("{column} = ?"));
+                filter_values.push(Value::Integer(key));
+            }
+            // Only a target has no column, and it is always the first.
+            (Some(_), None) => {}
+        }
+    }
+    if !q.kinds.is_empty() {
+        let marks = vec!["?"; q.kinds.len()].join(", ");
+        filters.push(format!("e.kind IN ({marks})"));
+        filter_values.extend(
+            q.kinds
+                .iter()
+                .map(|kind| Value::Integer(crate::schema::kind_code(*kind))),
+        );
+    }
+
     let mut sql = String::from("SELECT e.seq, e.body, e.decision, ");
-    let mut conditions: Vec<String> = Vec::new();
+    let mut conditions = filters.clone();
     let mut values: Vec<Value> = Vec::new();
-    let (time, seq) = match &q.target {
-        Some(target) => {
-            let Some(target) = key_id(conn, target)? else {
-                return Ok(None);
-            };
-            sql.push_str("t.observed_at FROM event_targets t JOIN events e ON e.seq = t.seq");
-            conditions.push("t.target = ?".into());
-            values.push(Value::Integer(target));
-            ("t.observed_at", "t.seq")
+    let (time, seq) = match list {
+        Some((field, key)) => {
+            sql.push_str("p.observed_at FROM postings p JOIN events e ON e.seq = p.seq");
+            conditions.insert(0, "p.field = ? AND p.key = ?".into());
+            values.extend([Value::Integer(field), Value::Integer(key)]);
+            ("p.observed_at", "p.seq")
         }
         None => {
             sql.push_str("e.observed_at FROM events e");
             ("e.observed_at", "e.seq")
         }
     };
-    for (column, value) in [
-        ("e.actor", &q.actor),
-        ("e.chain_root", &q.root),
-        ("e.run_id", &q.run),
-    ] {
-        if let Some(value) = value {
-            let Some(key) = key_id(conn, value)? else {
-                return Ok(None);
-            };
-            conditions.push(format!("{column} = ?"));
-            values.push(Value::Integer(key));
-        }
-    }
-    if !q.kinds.is_empty() {
-        let marks = vec!["?"; q.kinds.len()].join(", ");
-        conditions.push(format!("e.kind IN ({marks})"));
-        values.extend(
-            q.kinds
-                .iter()
-                .map(|kind| Value::Integer(crate::schema::kind_code(*kind))),
-        );
-    }
-    if let Some(since) = q.since {
+    values.extend(filter_values.iter().cloned());
+    let since = q.since.map(|since| since.timestamp_micros());
+    let until = q.until.map(|until| until.timestamp_micros());
+    if let Some(since) = since {
         conditions.push(format!("{time} >= ?"));
-        values.push(Value::Integer(since.timestamp_micros()));
+        values.push(Value::Integer(since));
     }
-    if let Some(until) = q.until {
+    if let Some(until) = until {
         conditions.push(format!("{time} < ?"));
-        values.push(Value::Integer(until.timestamp_micros()));
+        values.push(Value::Integer(until));
     }
     let (direction, past) = match q.order {
         Order::Newest => ("DESC", "<"),
@@ -306,7 +437,17 @@ pub(crate) fn sql(
         " ORDER BY {time} {direction}, {seq} {direction} LIMIT ?"
     ));
     values.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
-    Ok(Some((sql, values)))
+    Ok(Some(Plan {
+        sql,
+        values,
+        list,
+        filters,
+        filter_values,
+        since,
+        until,
+        cursor: q.cursor,
+        order: q.order,
+    }))
 }
 
 #[cfg(test)]

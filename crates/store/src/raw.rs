@@ -3,22 +3,25 @@
 //!
 //! The store itself goes through the same two steps: [`PreparedEvent::new`]
 //! runs on the caller's thread inside [`Record::record`], and the writer
-//! thread calls the same transaction code as [`insert`]. A benchmark that
+//! thread calls the same transaction code as [`Raw::insert`], postings
+//! index included. A benchmark that
 //! compares this module with the full ingestion path therefore measures the
 //! path's overhead, not a different way of writing.
 //!
 //! [`Record::record`]: custody_engine::Record::record
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use custody_engine::{Decision, Evaluated};
 use custody_event::RuntimeEvent;
-use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 use crate::StoreError;
-use crate::store::Durability;
+use crate::postings::{Field, Pending, Posting, Postings};
+use crate::store::StoreOptions;
 
 /// An event serialized and split into the columns it is stored under.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,12 +60,10 @@ impl PreparedEvent {
         } else {
             Some(serde_json::to_string(&decision).map_err(serialize_error)?)
         };
-        let mut targets: Vec<String> = Vec::new();
-        for key in event.target.keys() {
-            if !targets.iter().any(|target| target == key) {
-                targets.push(key.to_owned());
-            }
-        }
+        let targets: Vec<String> = crate::postings::distinct_targets(&event)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         let RuntimeEvent {
             id,
             kind,
@@ -87,22 +88,75 @@ impl PreparedEvent {
     }
 }
 
-/// Opens (creating and migrating if needed) the database at `path` with the
-/// store's settings, for use with [`insert`].
-pub fn open(path: &Path, durability: Durability) -> Result<Connection, StoreError> {
-    crate::schema::open(path, durability)
+/// A database opened for direct inserts, with the writer's state: the
+/// interned identifiers and the postings index.
+pub struct Raw {
+    conn: Connection,
+    index: Index,
 }
 
-/// Inserts `events` in one transaction and returns how many were new (an
-/// event whose id is already stored is skipped). `keys` remembers interned
-/// identifiers from one call to the next, as the writer thread's does.
-pub fn insert(
-    conn: &mut Connection,
-    keys: &mut Keys,
-    events: &[PreparedEvent],
-) -> Result<usize, StoreError> {
-    let seqs = insert_group(conn, keys, events).map_err(StoreError::sqlite("inserting events"))?;
-    Ok(seqs.iter().flatten().count())
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Raw")
+            .field("path", &self.conn.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens (creating and migrating if needed) the database at `path` with the
+/// store's settings, for direct inserts; of `options`, only `durability` and
+/// `max_pending_postings` apply.
+pub fn open(path: &Path, options: &StoreOptions) -> Result<Raw, StoreError> {
+    let mut conn = crate::schema::open(path, options.durability)?;
+    let index = Index::recover(&mut conn, Arc::default(), options.max_pending_postings)?;
+    Ok(Raw { conn, index })
+}
+
+impl Raw {
+    /// Inserts `events` in one transaction and returns how many were new (an
+    /// event whose id is already stored is skipped).
+    pub fn insert(&mut self, events: &[PreparedEvent]) -> Result<usize, StoreError> {
+        let seqs = insert_group(&mut self.conn, &mut self.index, events)
+            .map_err(StoreError::sqlite("inserting events"))?;
+        Ok(seqs.iter().flatten().count())
+    }
+
+    /// Writes what the postings index holds in memory to the table, as the
+    /// store does when it closes.
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        self.index
+            .postings
+            .flush(&mut self.conn)
+            .map_err(StoreError::sqlite("writing postings"))
+    }
+}
+
+/// The writer's memory of the database: interned identifiers and the
+/// postings index.
+#[derive(Debug)]
+pub(crate) struct Index {
+    keys: Keys,
+    pub(crate) postings: Postings,
+}
+
+impl Index {
+    /// Rebuilds what a crash left out of the postings table and starts
+    /// afresh with `pending` as the shared in-memory postings.
+    pub(crate) fn recover(
+        conn: &mut Connection,
+        pending: Arc<Pending>,
+        freeze_at: usize,
+    ) -> Result<Index, StoreError> {
+        let mut keys = Keys::default();
+        // What recovery interns commits with it; a failed recovery fails the
+        // open, and the cache goes with it.
+        let mut added = Vec::new();
+        let postings = Postings::recover(conn, pending, freeze_at, |tx, value| {
+            keys.intern(tx, value, &mut added)
+        })
+        .map_err(StoreError::sqlite("rebuilding the postings index"))?;
+        Ok(Index { keys, postings })
+    }
 }
 
 /// The interned identifiers the writer has seen: identifier -> `keys.id`.
@@ -110,7 +164,7 @@ pub fn insert(
 /// Bounded: past `MAX_CACHED_KEYS` entries it starts afresh, and misses are
 /// looked up in the `keys` table.
 #[derive(Debug, Default)]
-pub struct Keys {
+struct Keys {
     cached: HashMap<String, i64>,
 }
 
@@ -157,40 +211,51 @@ impl Keys {
     }
 }
 
-/// Inserts `events` in one immediate transaction and returns, for each, its
-/// sequence number, or `None` when its id was already stored. On error the
+/// Inserts `events` in one immediate transaction, with the next chunk of the
+/// postings index's frozen run, and returns, for each event, its sequence
+/// number, or `None` when its id was already stored. On error the
 /// transaction is rolled back when it drops: nothing of the group remains,
-/// and identifiers it interned are forgotten.
+/// identifiers it interned are forgotten, and no posting is published.
 pub(crate) fn insert_group<'a>(
     conn: &mut Connection,
-    keys: &mut Keys,
+    index: &mut Index,
     events: impl IntoIterator<Item = &'a PreparedEvent>,
 ) -> rusqlite::Result<Vec<Option<i64>>> {
     let mut added = Vec::new();
-    let result = insert_interned(conn, keys, events, &mut added);
-    if result.is_err() {
-        keys.forget(&added);
+    let result = insert_interned(conn, index, events, &mut added);
+    match result {
+        Ok((seqs, fresh, written)) => {
+            let last = seqs.iter().flatten().max().copied().unwrap_or(0);
+            index.postings.committed(fresh, written, last);
+            Ok(seqs)
+        }
+        Err(error) => {
+            index.keys.forget(&added);
+            Err(error)
+        }
     }
-    result
 }
+
+/// The group's sequence numbers, its new postings, and where the frozen run
+/// is written up to.
+type Inserted = (Vec<Option<i64>>, Vec<Posting>, usize);
 
 fn insert_interned<'a>(
     conn: &mut Connection,
-    keys: &mut Keys,
+    index: &mut Index,
     events: impl IntoIterator<Item = &'a PreparedEvent>,
     added: &mut Vec<String>,
-) -> rusqlite::Result<Vec<Option<i64>>> {
+) -> rusqlite::Result<Inserted> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let keys = &mut index.keys;
     let mut seqs = Vec::new();
+    let mut fresh: Vec<Posting> = Vec::new();
     {
         let mut insert_event = tx.prepare_cached(
             "INSERT INTO events
                  (id, observed_at, received_at, kind, actor, chain_root, run_id, verdict, body, decision)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (id) DO NOTHING",
-        )?;
-        let mut insert_target = tx.prepare_cached(
-            "INSERT INTO event_targets (target, observed_at, seq) VALUES (?1, ?2, ?3)",
         )?;
         for event in events {
             let actor = keys.intern(&tx, &event.actor, added)?;
@@ -218,14 +283,19 @@ fn insert_interned<'a>(
             ])?;
             let seq = (inserted == 1).then(|| tx.last_insert_rowid());
             if let Some(seq) = seq {
+                let at = event.observed_at;
+                fresh.push((Field::Actor as i64, actor, at, seq));
+                fresh.extend(root.map(|root| (Field::Root as i64, root, at, seq)));
+                fresh.extend(run.map(|run| (Field::Run as i64, run, at, seq)));
                 for target in &event.targets {
                     let target = keys.intern(&tx, target, added)?;
-                    insert_target.execute(params![target, event.observed_at, seq])?;
+                    fresh.push((Field::Target as i64, target, at, seq));
                 }
             }
             seqs.push(seq);
         }
     }
+    let written = index.postings.write_chunk(&tx, fresh.len())?;
     tx.commit()?;
-    Ok(seqs)
+    Ok((seqs, fresh, written))
 }

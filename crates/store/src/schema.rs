@@ -13,7 +13,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The migrations, in order: step `i` takes the database to version `i + 1`.
 /// Steps are only ever appended; a released step is never edited.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // Version 1. `seq` is the rowid, so every secondary index ends in it and
     // serves the `(observed_at, seq)` order of queries without a sort. Roots
     // and runs are absent from most events, hence partial indexes.
@@ -65,6 +65,34 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
     ) STRICT;",
+    // Version 2. The actor, root, run and target indexes become one postings
+    // table, written in sorted runs by the writer (see `postings.rs`): with
+    // high-cardinality identifiers, per-event inserts into those b-trees
+    // were most of the write volume. The columns stay, as filters and as
+    // the source for rebuilding postings after a crash. `meta` holds the
+    // last sequence number whose postings are all written.
+    "CREATE TABLE postings (
+        field       INTEGER NOT NULL,
+        key         INTEGER NOT NULL,
+        observed_at INTEGER NOT NULL,
+        seq         INTEGER NOT NULL,
+        PRIMARY KEY (field, key, observed_at, seq)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO postings SELECT 1, actor, observed_at, seq FROM events;
+    INSERT INTO postings SELECT 2, chain_root, observed_at, seq FROM events WHERE chain_root IS NOT NULL;
+    INSERT INTO postings SELECT 3, run_id, observed_at, seq FROM events WHERE run_id IS NOT NULL;
+    INSERT INTO postings SELECT 4, target, observed_at, seq FROM event_targets;
+    DROP TABLE event_targets;
+    DROP INDEX events_actor;
+    DROP INDEX events_root;
+    DROP INDEX events_run;
+
+    CREATE TABLE meta (
+        name  TEXT    PRIMARY KEY,
+        value INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO meta (name, value)
+        SELECT 'postings_through', coalesce(max(seq), 0) FROM events;",
 ];
 
 /// The number `events.kind` stores for each kind. Part of the schema:
@@ -228,7 +256,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(tables, ["event_targets", "events", "keys", "tokens"]);
+        assert_eq!(tables, ["events", "keys", "meta", "postings", "tokens"]);
         let mode: String = conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .unwrap();

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::StoreError;
 use crate::query::StoredEvent;
-use crate::raw::{Keys, PreparedEvent, insert_group};
+use crate::raw::{Index, PreparedEvent, insert_group};
 
 /// What the live tail carries: the new events of one commit, in commit order.
 pub type Committed = Arc<Vec<StoredEvent>>;
@@ -37,6 +37,9 @@ pub struct StoreStats {
     pub failed_commits: u64,
     /// Events in the last group written, committed or not.
     pub last_group_size: u64,
+    /// Postings of committed events held in memory, not yet written to the
+    /// postings table (rebuilt from the events after a crash).
+    pub pending_postings: u64,
 }
 
 /// The queue and the writer thread that drains it.
@@ -75,6 +78,7 @@ impl Writer {
     /// Starts the writer thread on `conn`.
     pub(crate) fn spawn(
         conn: Connection,
+        index: Index,
         capacity: usize,
         max_group: usize,
         live: broadcast::Sender<Committed>,
@@ -92,7 +96,7 @@ impl Writer {
             .name("custody-store-writer".into())
             .spawn({
                 let shared = shared.clone();
-                move || run(&shared, conn, max_group.max(1), &live)
+                move || run(&shared, conn, index, max_group.max(1), &live)
             })
             .map_err(StoreError::Spawn)?;
         Ok(Writer {
@@ -171,6 +175,7 @@ impl Writer {
             commits: shared.commits.load(Ordering::Relaxed),
             failed_commits: shared.failed_commits.load(Ordering::Relaxed),
             last_group_size: shared.last_group_size.load(Ordering::Relaxed),
+            pending_postings: 0,
         }
     }
 
@@ -249,14 +254,18 @@ impl Shared {
 fn run(
     shared: &Shared,
     mut conn: Connection,
+    mut index: Index,
     max_group: usize,
     live: &broadcast::Sender<Committed>,
 ) {
     let _exit = Exit(shared);
-    let mut keys = Keys::default();
     while let Some(group) = shared.next_group(max_group) {
-        write(shared, &mut conn, &mut keys, group, live);
+        write(shared, &mut conn, &mut index, group, live);
     }
+    // Closed and drained: write the postings still in memory so the next
+    // start has nothing to rebuild. Should this fail, that start rebuilds
+    // them from the events, which are all committed.
+    let _ = index.postings.flush(&mut conn);
 }
 
 /// Writes one group in one transaction, then settles its receipts and
@@ -264,12 +273,12 @@ fn run(
 fn write(
     shared: &Shared,
     conn: &mut Connection,
-    keys: &mut Keys,
+    index: &mut Index,
     group: Vec<Batch>,
     live: &broadcast::Sender<Committed>,
 ) {
     let size = group.iter().map(|batch| batch.events.len()).sum::<usize>() as u64;
-    let result = insert_group(conn, keys, group.iter().flat_map(|batch| &batch.events));
+    let result = insert_group(conn, index, group.iter().flat_map(|batch| &batch.events));
     shared.last_group_size.store(size, Ordering::Relaxed);
     shared.queued.fetch_sub(size, Ordering::SeqCst);
     let seqs = match result {
