@@ -165,7 +165,7 @@ impl Index {
 /// looked up in the `keys` table.
 #[derive(Debug, Default)]
 struct Keys {
-    cached: HashMap<String, i64>,
+    cached: HashMap<String, i64, foldhash::fast::RandomState>,
 }
 
 /// Most identifiers [`Keys`] holds in memory.
