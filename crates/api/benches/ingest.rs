@@ -87,8 +87,8 @@ fn baseline(lines: &[String], durability: Durability) -> f64 {
         max_pending_postings: pending_postings(),
         ..StoreOptions::default()
     };
-    let mut raw = raw::open(&dir.path().join("custody.db"), &options)
-        .expect("opening the baseline database");
+    let mut raw =
+        raw::open(&dir.path().join("custody.db"), &options).expect("opening the baseline database");
     let now = Utc::now();
     let preparing = Instant::now();
     let prepared: Vec<raw::PreparedEvent> = lines

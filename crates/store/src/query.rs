@@ -9,7 +9,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use crate::StoreError;
-use crate::postings::{Entry, Field, List, Pending};
+use crate::postings::{Entry, Field, List, Pending, Stream};
 
 /// The most events one page may hold.
 pub const MAX_LIMIT: usize = 1000;
@@ -167,21 +167,28 @@ pub(crate) fn query(
             next: None,
         });
     };
-    // Memory first, then the snapshot: a posting leaves memory only once the
-    // table has it (see `postings.rs`).
-    let in_memory = plan
-        .list
-        .map(|list| pending.entries(list, |entry| plan.admits(*entry)));
-    let rows = (|| {
-        let tx = conn.unchecked_transaction()?;
-        let mut rows = rows(&tx, &plan.sql, &plan.values)?;
-        if let Some(entries) = in_memory {
-            let fetched = fetch(&tx, &plan, entries, limit + 1)?;
-            rows = merge(rows, fetched, plan.order, limit + 1);
+    let rows = match plan.list {
+        None => rows(conn, &plan.sql, &plan.values),
+        Some(list) => {
+            // Memory first, then the snapshot: a posting leaves memory only
+            // once the table has it (see `postings.rs`).
+            let memory = pending.entries(list, |entry| plan.admits(entry));
+            (|| {
+                let tx = conn.unchecked_transaction()?;
+                let stream = Stream::new(
+                    &tx,
+                    list,
+                    memory,
+                    plan.order,
+                    |entry| plan.admits(entry),
+                    |first, last| plan.overlaps(first, last),
+                )?;
+                let rows = fetch(&tx, &plan, stream, limit + 1)?;
+                tx.commit()?;
+                Ok(rows)
+            })()
         }
-        tx.commit()?;
-        Ok(rows)
-    })()
+    }
     .map_err(failed)?;
     // One row past the limit was asked for: its presence says whether a next
     // page exists without a second query.
@@ -217,40 +224,44 @@ fn rows(conn: &Connection, sql: &str, values: &[Value]) -> rusqlite::Result<Vec<
         .collect()
 }
 
-/// Reads the events of in-memory postings, in the page's order, keeping
-/// those the other filters pass, until `want` are found.
-fn fetch(
+/// Reads the events of a posting list in the page's order, keeping those
+/// the other filters pass, until `want` are found.
+fn fetch<F: Fn(Entry) -> bool>(
     conn: &Connection,
     plan: &Plan,
-    entries: Vec<Entry>,
+    mut stream: Stream<'_, F>,
     want: usize,
 ) -> rusqlite::Result<Vec<Row>> {
-    /// Events read per statement.
-    const CHUNK: usize = 256;
-    let mut sql = String::from(
-        "SELECT e.seq, e.body, e.decision, e.observed_at FROM events e
-         WHERE e.seq IN (SELECT value FROM json_each(?))",
-    );
-    for condition in &plan.filters {
-        sql.push_str(" AND ");
-        sql.push_str(condition);
-    }
-    let ordered: Vec<Entry> = match plan.order {
-        Order::Oldest => entries,
-        Order::Newest => entries.into_iter().rev().collect(),
+    // Events read per statement: a page's worth when no other filter
+    // applies, more when some will be filtered out.
+    let chunk = if plan.filters.is_empty() {
+        want
+    } else {
+        want.max(256)
     };
     let mut found = Vec::new();
-    for chunk in ordered.chunks(CHUNK) {
-        let seqs: Vec<i64> = chunk.iter().map(|&(_, seq)| seq).collect();
-        let mut values = vec![Value::Text(
-            serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into()),
-        )];
-        values.extend(plan.filter_values.iter().cloned());
-        let mut by_seq: std::collections::HashMap<i64, Row> = rows(conn, &sql, &values)?
+    let mut seqs: Vec<i64> = Vec::with_capacity(chunk);
+    loop {
+        seqs.clear();
+        while seqs.len() < chunk {
+            match stream.next_entry()? {
+                Some((_, seq)) => seqs.push(seq),
+                None => break,
+            }
+        }
+        if seqs.is_empty() {
+            return Ok(found);
+        }
+        // A list of integers always serializes.
+        let listed = serde_json::to_string(&seqs).unwrap_or_else(|_| "[]".into());
+        let values: Vec<Value> = std::iter::once(Value::Text(listed))
+            .chain(plan.filter_values.iter().cloned())
+            .collect();
+        let mut by_seq: std::collections::HashMap<i64, Row> = rows(conn, &plan.fetch_sql, &values)?
             .into_iter()
             .map(|row| (row.0.seq, row))
             .collect();
-        for (_, seq) in chunk {
+        for seq in &seqs {
             if let Some(row) = by_seq.remove(seq) {
                 found.push(row);
                 if found.len() >= want {
@@ -258,22 +269,10 @@ fn fetch(
                 }
             }
         }
+        if seqs.len() < chunk {
+            return Ok(found);
+        }
     }
-    Ok(found)
-}
-
-/// Merges two pages in `order`, keeping an event seen in both once, up to
-/// `want` rows.
-fn merge(a: Vec<Row>, b: Vec<Row>, order: Order, want: usize) -> Vec<Row> {
-    let key = |row: &Row| (row.1, row.0.seq);
-    let mut merged: Vec<Row> = a.into_iter().chain(b).collect();
-    merged.sort_by(|x, y| match order {
-        Order::Oldest => key(x).cmp(&key(y)),
-        Order::Newest => key(y).cmp(&key(x)),
-    });
-    merged.dedup_by_key(|row| row.0.seq);
-    merged.truncate(want);
-    merged
 }
 
 /// The interned id of an identifier, if any event ever named it.
@@ -303,17 +302,20 @@ pub(crate) fn count(conn: &Connection, sql: &str) -> rusqlite::Result<u64> {
     Ok(u64::try_from(count).unwrap_or_default())
 }
 
-/// How a query runs: the SQL over the tables, and how to filter the
-/// postings still in memory.
+/// How a query runs: the SQL over the events when no posting list drives
+/// it, or the list and the SQL that reads and filters its events.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    /// The table query, fetching `limit + 1` rows in the page's order.
+    /// Without a list: the query, fetching `limit + 1` rows in the page's
+    /// order.
     pub(crate) sql: String,
     pub(crate) values: Vec<Value>,
     /// The posting list that drives the query, if a filter names one.
-    list: Option<List>,
-    /// The conditions on `events e` besides the driving list, and their
-    /// parameters: what an in-memory posting's event must also pass.
+    pub(crate) list: Option<List>,
+    /// With a list: reads the events whose sequence numbers the first
+    /// parameter lists (a JSON array), keeping those `filters` pass; the
+    /// remaining parameters are `filter_values`.
+    pub(crate) fetch_sql: String,
     filters: Vec<String>,
     filter_values: Vec<Value>,
     since: Option<i64>,
@@ -323,10 +325,15 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The parameters of `fetch_sql` after the first.
+    #[cfg(test)]
+    pub(crate) fn filter_values(&self) -> &[Value] {
+        &self.filter_values
+    }
+
     /// Whether a posting's `(observed_at, seq)` lies in the page's range.
     fn admits(&self, (observed_at, seq): Entry) -> bool {
-        self.since.is_none_or(|since| observed_at >= since)
-            && self.until.is_none_or(|until| observed_at < until)
+        self.overlaps(observed_at, observed_at)
             && self.cursor.is_none_or(|cursor| {
                 let past = (observed_at, seq);
                 let at = (cursor.observed_at, cursor.seq);
@@ -336,15 +343,25 @@ impl Plan {
                 }
             })
     }
+
+    /// Whether observation times `first..=last` meet the page's range.
+    fn overlaps(&self, first: i64, last: i64) -> bool {
+        self.since.is_none_or(|since| last >= since)
+            && self.until.is_none_or(|until| first < until)
+            && self.cursor.is_none_or(|cursor| match self.order {
+                Order::Newest => first <= cursor.observed_at,
+                Order::Oldest => last >= cursor.observed_at,
+            })
+    }
 }
 
 /// Plans a query fetching `limit + 1` rows.
 ///
 /// A target, run, actor or root filter (the first given, in that order)
-/// drives the query from its posting list, whose primary key is already in
-/// `(observed_at, seq)` order, and the other filters check the event's
-/// columns. Without one, the time index, or the kind index, which end in
-/// `seq` because `seq` is the rowid, give the order. Either way no sort.
+/// drives the query from its posting list (see `postings.rs`), and the
+/// other filters check the event's columns as its events are read by
+/// sequence number. Without one, the time index, or the kind index, which
+/// end in `seq` because `seq` is the rowid, give the order without a sort.
 ///
 /// Identifiers are looked up in `keys` first; `None` when one is unknown, as
 /// then nothing can match.
@@ -386,31 +403,28 @@ pub(crate) fn plan(
                 .map(|kind| Value::Integer(crate::schema::kind_code(*kind))),
         );
     }
+    // CROSS JOIN keeps the listed sequence numbers as the outer loop: each
+    // is one rowid lookup, and no index on a filtered column is scanned.
+    let mut fetch_sql = String::from(
+        "SELECT e.seq, e.body, e.decision, e.observed_at \
+         FROM json_each(?) AS j CROSS JOIN events e ON e.seq = j.value",
+    );
+    if !filters.is_empty() {
+        fetch_sql.push_str(" WHERE ");
+        fetch_sql.push_str(&filters.join(" AND "));
+    }
 
-    let mut sql = String::from("SELECT e.seq, e.body, e.decision, ");
+    let mut sql = String::from("SELECT e.seq, e.body, e.decision, e.observed_at FROM events e");
     let mut conditions = filters.clone();
-    let mut values: Vec<Value> = Vec::new();
-    let (time, seq) = match list {
-        Some((field, key)) => {
-            sql.push_str("p.observed_at FROM postings p JOIN events e ON e.seq = p.seq");
-            conditions.insert(0, "p.field = ? AND p.key = ?".into());
-            values.extend([Value::Integer(field), Value::Integer(key)]);
-            ("p.observed_at", "p.seq")
-        }
-        None => {
-            sql.push_str("e.observed_at FROM events e");
-            ("e.observed_at", "e.seq")
-        }
-    };
-    values.extend(filter_values.iter().cloned());
+    let mut values: Vec<Value> = filter_values.clone();
     let since = q.since.map(|since| since.timestamp_micros());
     let until = q.until.map(|until| until.timestamp_micros());
     if let Some(since) = since {
-        conditions.push(format!("{time} >= ?"));
+        conditions.push("e.observed_at >= ?".into());
         values.push(Value::Integer(since));
     }
     if let Some(until) = until {
-        conditions.push(format!("{time} < ?"));
+        conditions.push("e.observed_at < ?".into());
         values.push(Value::Integer(until));
     }
     let (direction, past) = match q.order {
@@ -421,7 +435,7 @@ pub(crate) fn plan(
         // `(time, seq) past (cursor)`, spelt so that the time bound alone is
         // an index range.
         conditions.push(format!(
-            "{time} {past}= ? AND ({time} {past} ? OR {seq} {past} ?)"
+            "e.observed_at {past}= ? AND (e.observed_at {past} ? OR e.seq {past} ?)"
         ));
         values.extend([
             Value::Integer(cursor.observed_at),
@@ -434,13 +448,14 @@ pub(crate) fn plan(
         sql.push_str(&conditions.join(" AND "));
     }
     sql.push_str(&format!(
-        " ORDER BY {time} {direction}, {seq} {direction} LIMIT ?"
+        " ORDER BY e.observed_at {direction}, e.seq {direction} LIMIT ?"
     ));
     values.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
     Ok(Some(Plan {
         sql,
         values,
         list,
+        fetch_sql,
         filters,
         filter_values,
         since,

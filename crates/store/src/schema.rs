@@ -66,22 +66,22 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         revoked_at INTEGER
     ) STRICT;",
     // Version 2. The actor, root, run and target indexes become one postings
-    // table, written in sorted runs by the writer (see `postings.rs`): with
-    // high-cardinality identifiers, per-event inserts into those b-trees
-    // were most of the write volume. The columns stay, as filters and as
-    // the source for rebuilding postings after a crash. `meta` holds the
-    // last sequence number whose postings are all written.
+    // table of segments, written in sorted runs by the writer (see
+    // `postings.rs`): with high-cardinality identifiers, per-event inserts
+    // into those b-trees were most of the write volume. The columns stay, as
+    // filters and as the source for rebuilding postings. `meta` holds the
+    // last sequence number whose postings are all written; at 0, the first
+    // open builds the postings of every event already stored.
     "CREATE TABLE postings (
-        field       INTEGER NOT NULL,
-        key         INTEGER NOT NULL,
-        observed_at INTEGER NOT NULL,
-        seq         INTEGER NOT NULL,
-        PRIMARY KEY (field, key, observed_at, seq)
-    ) STRICT, WITHOUT ROWID;
-    INSERT INTO postings SELECT 1, actor, observed_at, seq FROM events;
-    INSERT INTO postings SELECT 2, chain_root, observed_at, seq FROM events WHERE chain_root IS NOT NULL;
-    INSERT INTO postings SELECT 3, run_id, observed_at, seq FROM events WHERE run_id IS NOT NULL;
-    INSERT INTO postings SELECT 4, target, observed_at, seq FROM event_targets;
+        field    INTEGER NOT NULL,
+        key      INTEGER NOT NULL,
+        run      INTEGER NOT NULL,
+        first_at INTEGER NOT NULL,
+        last_at  INTEGER NOT NULL,
+        entries  BLOB    NOT NULL,
+        PRIMARY KEY (field, key, run)
+    ) STRICT;
+    CREATE INDEX postings_run ON postings (run);
     DROP TABLE event_targets;
     DROP INDEX events_actor;
     DROP INDEX events_root;
@@ -91,8 +91,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         name  TEXT    PRIMARY KEY,
         value INTEGER NOT NULL
     ) STRICT;
-    INSERT INTO meta (name, value)
-        SELECT 'postings_through', coalesce(max(seq), 0) FROM events;",
+    INSERT INTO meta (name, value) VALUES ('postings_through', 0);",
 ];
 
 /// The number `events.kind` stores for each kind. Part of the schema:

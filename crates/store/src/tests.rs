@@ -645,25 +645,36 @@ fn subscribers_receive_committed_events() {
     assert_eq!(second.as_slice(), &stored[2..]);
 }
 
+/// The plan SQLite makes for `sql`, its steps joined by "; ".
+fn explain(conn: &Connection, sql: &str, values: &[rusqlite::types::Value]) -> String {
+    let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let details = statement
+        .query_map(rusqlite::params_from_iter(values), |row| {
+            row.get::<_, String>(3)
+        })
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    details.join("; ")
+}
+
 #[test]
 fn every_filter_uses_its_index() {
     let (_dir, store) = open();
     record(&store, scenario());
+    let q = EventQuery::default;
+    let text = |s: &str| Some(s.to_owned());
+    let cursor = Some(Cursor {
+        observed_at: at(3).timestamp_micros(),
+        seq: 4,
+    });
+    // Without an identifier filter, an index on the events gives the order.
     let check = |q: EventQuery, expected: &str| {
         let plan = store
             .read(|conn| {
-                let crate::query::Plan { sql, values, .. } = crate::query::plan(conn, &q, 10)
-                    .unwrap()
-                    .expect("every key is known");
-                let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-                let details = statement
-                    .query_map(rusqlite::params_from_iter(values), |row| {
-                        row.get::<_, String>(3)
-                    })
-                    .unwrap()
-                    .collect::<Result<Vec<_>, _>>()
-                    .unwrap();
-                Ok(details.join("; "))
+                let plan = crate::query::plan(conn, &q, 10).unwrap().unwrap();
+                assert_eq!(plan.list, None, "{q:?}");
+                Ok(explain(conn, &plan.sql, &plan.values))
             })
             .unwrap();
         assert!(
@@ -673,12 +684,6 @@ fn every_filter_uses_its_index() {
         // The order comes from the index, not from sorting every match.
         assert!(!plan.contains("TEMP B-TREE"), "{q:?}\nplan: {plan}");
     };
-    let q = EventQuery::default;
-    let text = |s: &str| Some(s.to_owned());
-    let cursor = Some(Cursor {
-        observed_at: at(3).timestamp_micros(),
-        seq: 4,
-    });
     check(q(), "SCAN e USING INDEX events_time");
     check(
         EventQuery {
@@ -698,59 +703,67 @@ fn every_filter_uses_its_index() {
         },
         "SEARCH e USING INDEX events_kind (kind=?)",
     );
-    check(
-        EventQuery {
-            actor: text("coder"),
-            ..q()
-        },
-        "SEARCH p USING PRIMARY KEY (field=? AND key=?)",
-    );
-    check(
-        EventQuery {
-            actor: text("coder"),
-            cursor,
-            ..q()
-        },
-        "SEARCH p USING PRIMARY KEY (field=? AND key=? AND observed_at<?)",
-    );
-    check(
-        EventQuery {
-            root: text("alice@example.com"),
-            ..q()
-        },
-        "SEARCH p USING PRIMARY KEY (field=? AND key=?)",
-    );
-    check(
-        EventQuery {
-            run: text("run-1"),
-            ..q()
-        },
-        "SEARCH p USING PRIMARY KEY (field=? AND key=?)",
-    );
-    check(
-        EventQuery {
-            run: text("run-1"),
-            order: Order::Oldest,
-            since: Some(at(1)),
-            ..q()
-        },
-        "SEARCH p USING PRIMARY KEY (field=? AND key=? AND observed_at>?)",
-    );
-    check(
-        EventQuery {
-            target: text("filesystem"),
-            ..q()
-        },
-        "SEARCH p USING PRIMARY KEY (field=? AND key=?)",
-    );
-    check(
-        EventQuery {
-            target: text("filesystem"),
-            cursor,
-            ..q()
-        },
-        "SEARCH p USING PRIMARY KEY (field=? AND key=? AND observed_at<?)",
-    );
+    // With one, its posting list drives, and its events are read by seq.
+    for (q, list) in [
+        (
+            EventQuery {
+                actor: text("coder"),
+                cursor,
+                ..q()
+            },
+            crate::postings::Field::Actor,
+        ),
+        (
+            EventQuery {
+                root: text("alice@example.com"),
+                actor: text("coder"),
+                ..q()
+            },
+            crate::postings::Field::Actor,
+        ),
+        (
+            EventQuery {
+                run: text("run-1"),
+                actor: text("coder"),
+                kinds: vec![EventKind::ToolCall],
+                ..q()
+            },
+            crate::postings::Field::Run,
+        ),
+        (
+            EventQuery {
+                target: text("filesystem"),
+                run: text("run-1"),
+                ..q()
+            },
+            crate::postings::Field::Target,
+        ),
+    ] {
+        store
+            .read(|conn| {
+                let plan = crate::query::plan(conn, &q, 10).unwrap().unwrap();
+                assert_eq!(plan.list.map(|list| list.0), Some(list as i64), "{q:?}");
+                let segments = explain(
+                    conn,
+                    crate::postings::SEGMENTS_SQL,
+                    &[list as i64, 1].map(rusqlite::types::Value::Integer),
+                );
+                assert_eq!(
+                    segments,
+                    "SEARCH postings USING INDEX sqlite_autoindex_postings_1 (field=? AND key=?)"
+                );
+                let mut values = vec![rusqlite::types::Value::Text("[1, 2]".into())];
+                values.extend(plan.filter_values().iter().cloned());
+                let fetch = explain(conn, &plan.fetch_sql, &values);
+                assert!(
+                    fetch.starts_with("SCAN j VIRTUAL TABLE")
+                        && fetch.ends_with("; SEARCH e USING INTEGER PRIMARY KEY (rowid=?)"),
+                    "{q:?}\nplan: {fetch}"
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
 }
 
 #[test]
@@ -981,7 +994,11 @@ fn queries_agree_wherever_the_postings_are() {
             let (gs, events): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             record(&store, events);
             recorded.extend(gs);
-            compare(&store, &recorded, &format!("{max_pending_postings} after {next}"));
+            compare(
+                &store,
+                &recorded,
+                &format!("{max_pending_postings} after {next}"),
+            );
         }
         assert!(
             store.stats().pending_postings > 0 || max_pending_postings == 1,
@@ -990,7 +1007,11 @@ fn queries_agree_wherever_the_postings_are() {
         store.close().unwrap();
         let store = Store::open(dir.path(), options).unwrap();
         assert_eq!(store.stats().pending_postings, 0, "closing wrote them all");
-        compare(&store, &recorded, &format!("{max_pending_postings} reopened"));
+        compare(
+            &store,
+            &recorded,
+            &format!("{max_pending_postings} reopened"),
+        );
     }
 }
 
@@ -1031,7 +1052,10 @@ fn postings_lost_in_a_crash_are_rebuilt_on_open() {
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .unwrap();
-    assert!(through < 40, "the crash left postings unwritten ({through})");
+    assert!(
+        through < 40,
+        "the crash left postings unwritten ({through})"
+    );
     assert!(in_table > 0);
 
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
@@ -1071,11 +1095,7 @@ fn a_version_1_database_migrates_with_its_postings() {
     for (seq, (g, e)) in gs.iter().zip(&events).enumerate() {
         let seq = seq as i64 + 1;
         let observed = e.event.observed_at.timestamp_micros();
-        let (actor, root, run) = (
-            key(g.actor),
-            g.root.map(&mut key),
-            g.run.map(&mut key),
-        );
+        let (actor, root, run) = (key(g.actor), g.root.map(&mut key), g.run.map(&mut key));
         conn.execute(
             "INSERT INTO events (seq, id, observed_at, received_at, kind, actor, chain_root,
                                  run_id, verdict, body)
