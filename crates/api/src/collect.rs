@@ -221,12 +221,17 @@ fn split<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<Vec<Item<'a>>, ApiEr
     if media_type.as_deref() == Some("application/json") {
         return Ok(vec![Item::Whole(body)]);
     }
-    Ok(body
-        .split(|b| *b == b'\n')
-        .enumerate()
-        .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
-        .map(|(number, line)| Item::Line(line, number + 1))
-        .collect())
+    let mut items = Vec::new();
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    for (number, end) in ends.enumerate() {
+        let line = body.get(start..end).unwrap_or_default();
+        start = end + 1;
+        if line.iter().any(|b| !b.is_ascii_whitespace()) {
+            items.push(Item::Line(line, number + 1));
+        }
+    }
+    Ok(items)
 }
 
 #[cfg(test)]

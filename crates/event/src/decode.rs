@@ -548,4 +548,28 @@ mod tests {
         let error = decode(format!("{VALID} {{}}").as_bytes()).unwrap_err();
         assert!(error.message.contains("trailing characters"), "{error}");
     }
+
+    #[test]
+    fn raw_records_are_kept_verbatim_on_every_path() {
+        let mut event: serde_json::Value = serde_json::from_str(VALID).unwrap();
+        event.as_object_mut().unwrap().remove("raw");
+        let text = event.to_string();
+        let raw = r#"{"z": 1,  "a": [true, null, 2.50]}"#;
+        let with_raw = format!(r#"{}, "raw": {raw}}}"#, &text[..text.len() - 1]);
+        let decoded = decode(with_raw.as_bytes()).unwrap();
+        assert_eq!(decoded.raw.as_ref().map(|r| r.get()), Some(raw));
+        // The path-tracking pass reads a raw record too, and still names the
+        // field at fault behind it.
+        let bad = with_raw.replace(r#""kind":"tool_call""#, r#""kind":"tool-call""#);
+        assert_ne!(bad, with_raw);
+        let error = decode(bad.as_bytes()).unwrap_err();
+        assert_eq!(error.path, "kind", "{error}");
+        // From a parsed value, the record is its compact form.
+        let value: serde_json::Value = serde_json::from_str(&with_raw).unwrap();
+        let decoded = decode_value(value).unwrap();
+        assert_eq!(
+            decoded.raw.as_ref().map(|r| r.get()),
+            Some(r#"{"a":[true,null,2.5],"z":1}"#)
+        );
+    }
 }

@@ -13,6 +13,56 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
+/// A source's record kept verbatim: the JSON text exactly as it arrived
+/// (whitespace within it included), never parsed into a tree and printed
+/// back, which would reorder keys and cost a parse and a print per event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawRecord(Box<serde_json::value::RawValue>);
+
+impl RawRecord {
+    /// The record's JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The record parsed.
+    pub fn to_value(&self) -> serde_json::Value {
+        // It was valid JSON when it was read, so it parses.
+        serde_json::from_str(self.get()).unwrap_or_default()
+    }
+
+    /// A record of this JSON value, in its compact form.
+    pub fn from_value(value: &serde_json::Value) -> RawRecord {
+        // A `Value` always prints as valid JSON.
+        RawRecord(serde_json::value::to_raw_value(value).unwrap_or_else(|_| {
+            serde_json::value::RawValue::NULL.to_owned()
+        }))
+    }
+}
+
+impl PartialEq for RawRecord {
+    /// The same JSON value, however spaced.
+    fn eq(&self, other: &RawRecord) -> bool {
+        self.get() == other.get() || self.to_value() == other.to_value()
+    }
+}
+
+impl JsonSchema for RawRecord {
+    fn schema_name() -> Cow<'static, str> {
+        "RawRecord".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // Any JSON value.
+        json_schema!(true)
+    }
+}
+
 /// The version of the event schema this crate reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -62,7 +112,7 @@ pub struct RuntimeEvent {
     pub attributes: BTreeMap<String, serde_json::Value>,
     /// The record exactly as the source produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw: Option<serde_json::Value>,
+    pub raw: Option<RawRecord>,
 }
 
 /// An event as a client submits it: the fields Custody fills in on receipt
@@ -115,7 +165,7 @@ pub struct NewEvent {
     pub attributes: BTreeMap<String, serde_json::Value>,
     /// The record exactly as the source produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw: Option<serde_json::Value>,
+    pub raw: Option<RawRecord>,
 }
 
 impl NewEvent {

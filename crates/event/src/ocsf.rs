@@ -154,7 +154,7 @@ pub fn to_ocsf(event: &RuntimeEvent) -> Value {
     }
 
     if let Some(raw) = &event.raw {
-        out.insert("raw_data".into(), raw.to_string().into());
+        out.insert("raw_data".into(), raw.get().into());
     }
     out.insert("unmapped".into(), json!({ "custody": custody(event) }));
     Value::Object(out)

@@ -77,7 +77,9 @@ fn runtime_event() -> impl Strategy<Value = RuntimeEvent> {
     let tail = (
         btree_map(attribute_name(), json_value(), 0..6),
         option::of(
-            json_value().prop_filter("a null raw record is no raw record", |raw| !raw.is_null()),
+            json_value()
+                .prop_filter("a null raw record is no raw record", |raw| !raw.is_null())
+                .prop_map(|raw| custody_event::RawRecord::from_value(&raw)),
         ),
     );
     (head, body, tail).prop_map(
