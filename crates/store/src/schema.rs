@@ -165,10 +165,10 @@ pub(crate) fn connect(path: &Path, durability: Durability) -> Result<Connection,
     // 128 MiB keeps the hot leaves of every index in memory.
     conn.pragma_update(None, "cache_size", -128 * 1024)
         .map_err(open_error)?;
-    // Checkpoint every 64 MiB of log (4096 pages of 16 KiB) rather than every
-    // 1000 pages: a hot index
-    // page rewritten by many groups is copied to the database once per
-    // checkpoint, so fewer checkpoints mean fewer copies.
+    // The store's checkpointer thread copies the log into the database in the
+    // background (see `writer.rs`). This is the backstop: a connection that
+    // commits past 256 MiB of log (16384 pages of 16 KiB) checkpoints what is
+    // left itself, after which the log starts over from its beginning.
     conn.pragma_update(None, "wal_autocheckpoint", 4 * 1024)
         .map_err(open_error)?;
     conn.pragma_update(None, "temp_store", "memory")

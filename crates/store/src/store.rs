@@ -104,8 +104,10 @@ impl Store {
         let pending = Arc::new(Pending::default());
         let index = Index::recover(&mut conn, pending.clone(), options.max_pending_postings)?;
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        let checkpoints = schema::connect(&path, options.durability)?;
         let writer = Writer::spawn(
             conn,
+            checkpoints,
             index,
             options.queue_capacity,
             options.max_group_events,

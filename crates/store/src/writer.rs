@@ -42,12 +42,18 @@ pub struct StoreStats {
     pub pending_postings: u64,
 }
 
-/// The queue and the writer thread that drains it.
+/// The queue and the writer thread that drains it, and the checkpointer
+/// thread beside it.
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     capacity: usize,
     thread: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// How long the checkpointer waits after a checkpoint before the next, so
+/// that a busy writer's commits are copied a few megabytes at a time.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What the callers and the writer thread share.
 struct Shared {
@@ -76,13 +82,23 @@ struct Batch {
 
 impl Writer {
     /// Starts the writer thread on `conn`.
+    ///
+    /// The checkpointer, on `checkpoints`, copies committed log pages into the
+    /// database whenever the writer has committed, without blocking it
+    /// (a passive checkpoint), so that work is off the writer's path.
     pub(crate) fn spawn(
         conn: Connection,
+        checkpoints: Connection,
         index: Index,
         capacity: usize,
         max_group: usize,
         live: broadcast::Sender<Committed>,
     ) -> Result<Writer, StoreError> {
+        let (committed, commits) = std::sync::mpsc::sync_channel::<()>(1);
+        let checkpointer = std::thread::Builder::new()
+            .name("custody-store-checkpoint".into())
+            .spawn(move || checkpoint(&checkpoints, &commits))
+            .map_err(StoreError::Spawn)?;
         let shared = Arc::new(Shared {
             queue: Mutex::default(),
             ready: Condvar::new(),
@@ -96,13 +112,14 @@ impl Writer {
             .name("custody-store-writer".into())
             .spawn({
                 let shared = shared.clone();
-                move || run(&shared, conn, index, max_group.max(1), &live)
+                move || run(&shared, conn, index, max_group.max(1), &live, &committed)
             })
             .map_err(StoreError::Spawn)?;
         Ok(Writer {
             shared,
             capacity,
             thread: Mutex::new(Some(thread)),
+            checkpointer: Mutex::new(Some(checkpointer)),
         })
     }
 
@@ -160,7 +177,17 @@ impl Writer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        match thread.map(JoinHandle::join) {
+        let joined = thread.map(JoinHandle::join);
+        // The writer's end ends the checkpointer's channel, and so it.
+        let checkpointer = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(checkpointer) = checkpointer {
+            let _ = checkpointer.join();
+        }
+        match joined {
             // A panicked writer has already failed its receipts (see `Exit`).
             Some(Err(_)) => Err(StoreError::WriterPanicked),
             _ => Ok(()),
@@ -257,10 +284,13 @@ fn run(
     mut index: Index,
     max_group: usize,
     live: &broadcast::Sender<Committed>,
+    committed: &std::sync::mpsc::SyncSender<()>,
 ) {
     let _exit = Exit(shared);
     while let Some(group) = shared.next_group(max_group) {
         write(shared, &mut conn, &mut index, group, live);
+        // Full means a signal is already waiting; it covers this commit too.
+        let _ = committed.try_send(());
     }
     // Closed and drained: write the postings still in memory so the next
     // start has nothing to rebuild. Should this fail, that start rebuilds
@@ -339,5 +369,16 @@ impl Drop for Exit<'_> {
             .map(|batch| batch.events.len())
             .sum();
         self.0.queued.fetch_sub(dropped as u64, Ordering::SeqCst);
+    }
+}
+
+/// The checkpointer thread's loop: after each signal of new commits, a
+/// passive checkpoint, then a pause to let more commits gather. It ends when
+/// the writer thread does. A failed checkpoint is left for the next one, or
+/// for the writer's own backstop (`wal_autocheckpoint`).
+fn checkpoint(conn: &Connection, commits: &std::sync::mpsc::Receiver<()>) {
+    while commits.recv().is_ok() {
+        let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        std::thread::sleep(CHECKPOINT_INTERVAL);
     }
 }
