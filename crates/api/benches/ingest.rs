@@ -149,8 +149,14 @@ fn http(
         .expect("token")
         .secret;
     let engine = Arc::new(Engine::builder(Arc::new(store.clone())).build());
-    let bodies: Arc<Vec<String>> =
-        Arc::new(lines.chunks(BATCH).map(|chunk| chunk.join("\n")).collect());
+    // Bytes, so a client's copy of a body costs a reference count, as a
+    // client in a process of its own would not copy at all.
+    let bodies: Arc<Vec<axum::body::Bytes>> = Arc::new(
+        lines
+            .chunks(BATCH)
+            .map(|chunk| axum::body::Bytes::from(chunk.join("\n")))
+            .collect(),
+    );
 
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

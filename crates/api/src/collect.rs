@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use custody_event::{DecodeError, NewEvent};
+use custody_event::{DecodeError, EventId, NewEvent};
 use flate2::read::MultiGzDecoder;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -30,7 +30,7 @@ pub struct BatchAnswer {
     /// How many items were refused.
     pub rejected: usize,
     /// One entry per item, in order: the event id, or null if refused.
-    pub ids: Vec<Option<String>>,
+    pub ids: Vec<Option<EventId>>,
     /// Why each refused item was refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ItemError>,
@@ -127,7 +127,7 @@ pub(crate) async fn post_events(
     let mut ids = vec![None; total];
     for (position, id) in positions.into_iter().zip(ingested.ids) {
         if let Some(slot) = ids.get_mut(position) {
-            *slot = Some(id.to_string());
+            *slot = Some(id);
         }
     }
     let answer = BatchAnswer {

@@ -52,7 +52,7 @@ impl PreparedEvent {
             id: event.id,
             source,
         };
-        let body = serde_json::to_string(&event).map_err(serialize_error)?;
+        let body = to_json(&event).map_err(serialize_error)?;
         // The default allow is by far the most common decision; storing it as
         // NULL keeps it out of every row.
         let decision_json = if decision == Decision::allow() {
@@ -101,6 +101,27 @@ impl std::fmt::Debug for Raw {
             .field("path", &self.conn.path())
             .finish_non_exhaustive()
     }
+}
+
+/// Serializes into a buffer kept per thread, then copies the result out
+/// once, exactly sized: a growing `String` would be reallocated and copied
+/// several times on the way to an event's size.
+fn to_json(event: &RuntimeEvent) -> serde_json::Result<String> {
+    /// A buffer grown past this by a large event is let go afterwards.
+    const KEEP: usize = 64 * 1024;
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buffer| {
+        buffer.clear();
+        let written = serde_json::to_writer(&mut *buffer, event);
+        // serde_json writes only valid UTF-8.
+        let json = written.map(|()| String::from_utf8_lossy(buffer).into_owned());
+        if buffer.capacity() > KEEP {
+            *buffer = Vec::new();
+        }
+        json
+    })
 }
 
 /// Opens (creating and migrating if needed) the database at `path` with the
