@@ -174,6 +174,7 @@ fn http(
         let http = reqwest::Client::new();
         let next = Arc::new(AtomicUsize::new(0));
         let cpu_before = thread_cpu();
+        let written_before = written_bytes();
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..clients {
@@ -219,6 +220,13 @@ fn http(
         }
         let elapsed = started.elapsed();
         let cpu = thread_cpu();
+        if let (Some(before), Some(after)) = (written_before, written_bytes()) {
+            println!(
+                "disk      written during HTTP ingest: {:.0} MB, {:.0} bytes per event",
+                (after - before) as f64 / 1e6,
+                (after - before) as f64 / lines.len() as f64
+            );
+        }
         let mut spent: Vec<(String, f64)> = cpu
             .iter()
             .map(|(name, seconds)| {
@@ -271,6 +279,17 @@ fn http(
         at(0.99),
         latencies.last().copied().unwrap_or_default(),
     )
+}
+
+/// Bytes this process has caused to be written to storage, from
+/// `/proc/self/io` (`None` where there is none).
+fn written_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("write_bytes: "))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// CPU seconds (user and system) by thread name, summed over threads of one
