@@ -554,10 +554,13 @@ mod tests {
         let mut event: serde_json::Value = serde_json::from_str(VALID).unwrap();
         event.as_object_mut().unwrap().remove("raw");
         let text = event.to_string();
-        let raw = r#"{"z": 1,  "a": [true, null, 2.50]}"#;
+        let raw = "{\"z\": 1,\n  \"a\": [true, null, 2.50, \" a \\\" b \"]}";
         let with_raw = format!(r#"{}, "raw": {raw}}}"#, &text[..text.len() - 1]);
         let decoded = decode(with_raw.as_bytes()).unwrap();
-        assert_eq!(decoded.raw.as_ref().map(|r| r.get()), Some(raw));
+        // Keys in their order, numbers as written, whitespace in strings
+        // kept; only the whitespace between tokens goes.
+        let kept = r#"{"z":1,"a":[true,null,2.50," a \" b "]}"#;
+        assert_eq!(decoded.raw.as_ref().map(|r| r.get()), Some(kept));
         // The path-tracking pass reads a raw record too, and still names the
         // field at fault behind it.
         let bad = with_raw.replace(r#""kind":"tool_call""#, r#""kind":"tool-call""#);
@@ -569,7 +572,7 @@ mod tests {
         let decoded = decode_value(value).unwrap();
         assert_eq!(
             decoded.raw.as_ref().map(|r| r.get()),
-            Some(r#"{"a":[true,null,2.5],"z":1}"#)
+            Some(r#"{"a":[true,null,2.5," a \" b "],"z":1}"#)
         );
     }
 }

@@ -13,12 +13,72 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
-/// A source's record kept verbatim: the JSON text exactly as it arrived
-/// (whitespace within it included), never parsed into a tree and printed
+/// A source's record kept as it arrived: its JSON text, keys in their order
+/// and numbers as written, less the whitespace between tokens (so an event
+/// always fits on one NDJSON line). Never parsed into a tree and printed
 /// back, which would reorder keys and cost a parse and a print per event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(transparent)]
 pub struct RawRecord(Box<serde_json::value::RawValue>);
+
+impl<'de> Deserialize<'de> for RawRecord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<RawRecord, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        match minified(raw.get()) {
+            None => Ok(RawRecord(raw)),
+            Some(text) => serde_json::value::RawValue::from_string(text)
+                .map(RawRecord)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `json` without whitespace between tokens, or `None` when it has none.
+/// Whitespace inside strings is content and stays.
+fn minified(json: &str) -> Option<String> {
+    let is_space = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut first_space = None;
+    for (at, b) in json.bytes().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if is_space(b) {
+            first_space = Some(at);
+            break;
+        }
+    }
+    let first_space = first_space?;
+    let (kept, rest) = json.split_at(first_space);
+    let mut out = String::with_capacity(json.len());
+    out.push_str(kept);
+    // The scan above stopped outside a string.
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in rest.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c.is_ascii() && is_space(c as u8) {
+            continue;
+        }
+        out.push(c);
+    }
+    Some(out)
+}
 
 impl RawRecord {
     /// The record's JSON text.

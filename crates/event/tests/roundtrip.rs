@@ -29,6 +29,15 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
+    fn raw_records_lose_only_the_whitespace_between_tokens(value in json_value()) {
+        let pretty = serde_json::to_string_pretty(&value).unwrap();
+        let record: custody_event::RawRecord = serde_json::from_str(&pretty).unwrap();
+        // Pretty printing adds only whitespace between tokens; without it the
+        // text is the compact form, byte for byte.
+        prop_assert_eq!(record.get(), serde_json::to_string(&value).unwrap());
+    }
+
+    #[test]
     fn events_round_trip_decode_and_validate(event in runtime_event()) {
         let json = serde_json::to_value(&event).unwrap();
         let back: RuntimeEvent = serde_json::from_value(json.clone()).unwrap();
