@@ -36,7 +36,10 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use custody_event::{Actor, Target};
+
 use crate::query::Order;
+use crate::schema::identifier_hash;
 
 /// A frozen run is written in at most this many group commits (more when the
 /// groups are large, see [`Postings::write_chunk`]).
@@ -56,13 +59,14 @@ pub(crate) enum Field {
     Target = 4,
 }
 
-/// One posting list's name: a field and an interned identifier.
+/// One posting list's name: a field and an identifier's hash.
 pub(crate) type List = (i64, i64);
 
 /// One event in a posting list: `(observed_at, seq)`.
 pub(crate) type Entry = (i64, i64);
 
-/// A posting: `(field, key, observed_at, seq)`.
+/// A posting: `(field, key, observed_at, seq)`, the key an identifier's
+/// hash.
 pub(crate) type Posting = (i64, i64, i64, i64);
 
 type Lists = HashMap<List, Vec<Entry>, foldhash::fast::RandomState>;
@@ -134,12 +138,11 @@ impl Postings {
     /// Brings the table up to date with every committed event: deletes the
     /// segments of a run a crash cut short and rebuilds the postings of every
     /// event after `meta.postings_through` from its row, in runs of
-    /// `freeze_at`. Identifiers are resolved with `intern`.
+    /// `freeze_at`.
     pub(crate) fn recover(
         conn: &mut Connection,
         pending: Arc<Pending>,
         freeze_at: usize,
-        mut intern: impl FnMut(&Transaction<'_>, &str) -> rusqlite::Result<i64>,
     ) -> rusqlite::Result<Postings> {
         let freeze_at = freeze_at.max(1);
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -174,9 +177,9 @@ impl Postings {
                 // Targets live only in the body. A body that no longer parses
                 // keeps its event, found by time, kind, actor, root and run.
                 let body: String = row.get(5)?;
-                if let Ok(event) = serde_json::from_str::<custody_event::RuntimeEvent>(&body) {
-                    for target in distinct_targets(&event) {
-                        add(Field::Target, intern(&tx, target)?);
+                if let Ok(event) = serde_json::from_str::<Named>(&body) {
+                    for target in Identifiers::of(&event.actor, &event.target).targets {
+                        add(Field::Target, target);
                     }
                 }
                 if gathered >= freeze_at {
@@ -285,15 +288,41 @@ impl Postings {
     }
 }
 
-/// The distinct identifiers an event's target names, in order.
-pub(crate) fn distinct_targets(event: &custody_event::RuntimeEvent) -> Vec<&str> {
-    let mut targets: Vec<&str> = Vec::new();
-    for key in event.target.keys() {
-        if !targets.contains(&key) {
-            targets.push(key);
+/// The identifiers an event names, hashed as the events' columns and the
+/// postings index hold them (see `schema::identifier_hash`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Identifiers {
+    pub(crate) actor: i64,
+    pub(crate) root: Option<i64>,
+    pub(crate) run: Option<i64>,
+    /// Each distinct identifier the target names, once.
+    pub(crate) targets: Vec<i64>,
+}
+
+impl Identifiers {
+    pub(crate) fn of(actor: &Actor, target: &Target) -> Identifiers {
+        let mut targets: Vec<i64> = Vec::new();
+        for key in target.keys().map(identifier_hash) {
+            if !targets.contains(&key) {
+                targets.push(key);
+            }
+        }
+        Identifiers {
+            actor: identifier_hash(&actor.current.id),
+            root: actor.root.as_ref().map(|root| identifier_hash(&root.id)),
+            run: actor.current.run_id.as_deref().map(identifier_hash),
+            targets,
         }
     }
-    targets
+}
+
+/// The part of a stored event that names identifiers: what rebuilding and
+/// checking postings read of a body.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct Named {
+    pub(crate) actor: Actor,
+    #[serde(default)]
+    pub(crate) target: Target,
 }
 
 /// The lists of `lists`, in table order.

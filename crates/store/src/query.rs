@@ -9,7 +9,8 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use crate::StoreError;
-use crate::postings::{Entry, Field, List, Pending, Stream};
+use crate::postings::{Entry, Field, List, Named, Pending, Stream};
+use crate::schema::identifier_hash;
 
 /// The most events one page may hold.
 pub const MAX_LIMIT: usize = 1000;
@@ -160,13 +161,7 @@ pub(crate) fn query(
 ) -> Result<EventPage, StoreError> {
     let limit = q.limit.clamp(1, MAX_LIMIT);
     let failed = StoreError::sqlite("querying events");
-    let Some(plan) = plan(conn, q, limit).map_err(StoreError::sqlite("querying events"))? else {
-        // A filter names an identifier no event ever had.
-        return Ok(EventPage {
-            events: Vec::new(),
-            next: None,
-        });
-    };
+    let plan = plan(q, limit);
     let rows = match plan.list {
         None => rows(conn, &plan.sql, &plan.values),
         Some(list) => {
@@ -262,7 +257,9 @@ fn fetch<F: Fn(Entry) -> bool>(
             .map(|row| (row.0.seq, row))
             .collect();
         for seq in &seqs {
-            if let Some(row) = by_seq.remove(seq) {
+            if let Some(row) = by_seq.remove(seq)
+                && plan.names_all(&row.0.body)
+            {
                 found.push(row);
                 if found.len() >= want {
                     return Ok(found);
@@ -273,13 +270,6 @@ fn fetch<F: Fn(Entry) -> bool>(
             return Ok(found);
         }
     }
-}
-
-/// The interned id of an identifier, if any event ever named it.
-fn key_id(conn: &Connection, value: &str) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached("SELECT id FROM keys WHERE value = ?1")?
-        .query_row([value], |row| row.get(0))
-        .optional()
 }
 
 /// Reads one event by id.
@@ -318,6 +308,9 @@ pub(crate) struct Plan {
     pub(crate) fetch_sql: String,
     filters: Vec<String>,
     filter_values: Vec<Value>,
+    /// The identifiers the filters name, which a matching event's body must
+    /// name exactly: the columns and postings hold only their hashes.
+    exact: Vec<(Field, String)>,
     since: Option<i64>,
     until: Option<i64>,
     cursor: Option<Cursor>,
@@ -329,6 +322,27 @@ impl Plan {
     #[cfg(test)]
     pub(crate) fn filter_values(&self) -> &[Value] {
         &self.filter_values
+    }
+
+    /// Whether a stored event names every identifier the filters name; an
+    /// event whose body no longer parses cannot be shown to.
+    fn names_all(&self, body: &str) -> bool {
+        if self.exact.is_empty() {
+            return true;
+        }
+        let Ok(named) = serde_json::from_str::<Named>(body) else {
+            return false;
+        };
+        self.exact.iter().all(|(field, value)| match field {
+            Field::Actor => named.actor.current.id == *value,
+            Field::Root => named
+                .actor
+                .root
+                .as_ref()
+                .is_some_and(|root| root.id == *value),
+            Field::Run => named.actor.current.run_id.as_ref() == Some(value),
+            Field::Target => named.target.keys().any(|key| key == value),
+        })
     }
 
     /// Whether a posting's `(observed_at, seq)` lies in the page's range.
@@ -363,13 +377,10 @@ impl Plan {
 /// sequence number. Without one, the time index, or the kind index, which
 /// end in `seq` because `seq` is the rowid, give the order without a sort.
 ///
-/// Identifiers are looked up in `keys` first; `None` when one is unknown, as
-/// then nothing can match.
-pub(crate) fn plan(
-    conn: &Connection,
-    q: &EventQuery,
-    limit: usize,
-) -> rusqlite::Result<Option<Plan>> {
+/// Identifiers are filtered on by their hash, and every event found is
+/// checked to name them exactly, so a hash collision costs time, never a
+/// wrong answer.
+pub(crate) fn plan(q: &EventQuery, limit: usize) -> Plan {
     let named = [
         (Field::Target, &q.target, None),
         (Field::Run, &q.run, Some("e.run_id")),
@@ -379,11 +390,11 @@ pub(crate) fn plan(
     let mut list: Option<List> = None;
     let mut filters: Vec<String> = Vec::new();
     let mut filter_values: Vec<Value> = Vec::new();
+    let mut exact: Vec<(Field, String)> = Vec::new();
     for (field, value, column) in named {
         let Some(value) = value else { continue };
-        let Some(key) = key_id(conn, value)? else {
-            return Ok(None);
-        };
+        exact.push((field, value.clone()));
+        let key = identifier_hash(value);
         match (list, column) {
             (None, _) => list = Some((field as i64, key)),
             (Some(_), Some(column)) => {
@@ -451,18 +462,19 @@ pub(crate) fn plan(
         " ORDER BY e.observed_at {direction}, e.seq {direction} LIMIT ?"
     ));
     values.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
-    Ok(Some(Plan {
+    Plan {
         sql,
         values,
         list,
         fetch_sql,
         filters,
         filter_values,
+        exact,
         since,
         until,
         cursor: q.cursor,
         order: q.order,
-    }))
+    }
 }
 
 #[cfg(test)]

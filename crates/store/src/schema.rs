@@ -15,20 +15,22 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Steps are only ever appended; a released step is never edited.
 pub(crate) const MIGRATIONS: &[&str] = &[
     // Version 1. `seq` is the rowid, so every secondary index ends in it and
-    // serves the `(observed_at, seq)` order of queries without a sort. Roots
-    // and runs are absent from most events, hence partial indexes.
+    // serves the `(observed_at, seq)` order of queries without a sort.
     //
-    // Indexed identifiers (actors, roots, runs, targets) are interned in
-    // `keys` and indexed as integers: index entries shrink several-fold, so
-    // each group of inserts dirties far fewer index pages, and write volume,
-    // not CPU, is what bounds ingest. `kind` holds `kind_code`'s numbers,
-    // which are part of this schema and never renumbered.
-    "CREATE TABLE keys (
-        id    INTEGER PRIMARY KEY,
-        value TEXT    NOT NULL UNIQUE
-    ) STRICT;
-
-    CREATE TABLE events (
+    // The identifiers an event names (its actor, chain root, run and
+    // targets) are indexed by the postings table, written by the writer in
+    // sorted runs of one segment row per identifier (see `postings.rs`),
+    // rather than by b-tree indexes whose entries would land on random
+    // leaves. Identifiers are stored as their 64-bit hash (`identifier_hash`),
+    // computed by the callers' threads: no table maps them, so a new
+    // identifier costs no write of its own. Queries check every match
+    // against the event itself, so a collision costs time, never a wrong
+    // answer. `kind` holds `kind_code`'s numbers, which are part of this
+    // schema and never renumbered.
+    //
+    // `meta.postings_through` is the last sequence number whose postings are
+    // all in the table.
+    "CREATE TABLE events (
         seq         INTEGER PRIMARY KEY,
         id          BLOB    NOT NULL UNIQUE CHECK (length(id) = 16),
         observed_at INTEGER NOT NULL,
@@ -41,38 +43,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         body        TEXT    NOT NULL,
         decision    TEXT
     ) STRICT;
-    CREATE INDEX events_time  ON events (observed_at);
-    CREATE INDEX events_kind  ON events (kind, observed_at);
-    CREATE INDEX events_actor ON events (actor, observed_at);
-    CREATE INDEX events_root  ON events (chain_root, observed_at) WHERE chain_root IS NOT NULL;
-    CREATE INDEX events_run   ON events (run_id, observed_at) WHERE run_id IS NOT NULL;
+    CREATE INDEX events_time ON events (observed_at);
+    CREATE INDEX events_kind ON events (kind, observed_at);
 
-    -- One row per distinct identifier an event's target names. No foreign
-    -- key: only the writer adds rows, and a cascade would need a second
-    -- index on `seq` paid for on every insert.
-    CREATE TABLE event_targets (
-        target      INTEGER NOT NULL,
-        observed_at INTEGER NOT NULL,
-        seq         INTEGER NOT NULL,
-        PRIMARY KEY (target, observed_at, seq)
-    ) STRICT, WITHOUT ROWID;
-
-    CREATE TABLE tokens (
-        id         TEXT    PRIMARY KEY,
-        name       TEXT,
-        role       TEXT    NOT NULL,
-        hash       BLOB    NOT NULL UNIQUE CHECK (length(hash) = 32),
-        created_at INTEGER NOT NULL,
-        revoked_at INTEGER
-    ) STRICT;",
-    // Version 2. The actor, root, run and target indexes become one postings
-    // table of segments, written in sorted runs by the writer (see
-    // `postings.rs`): with high-cardinality identifiers, per-event inserts
-    // into those b-trees were most of the write volume. The columns stay, as
-    // filters and as the source for rebuilding postings. `meta` holds the
-    // last sequence number whose postings are all written; at 0, the first
-    // open builds the postings of every event already stored.
-    "CREATE TABLE postings (
+    CREATE TABLE postings (
         field    INTEGER NOT NULL,
         key      INTEGER NOT NULL,
         run      INTEGER NOT NULL,
@@ -82,17 +56,29 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (field, key, run)
     ) STRICT;
     CREATE INDEX postings_run ON postings (run);
-    DROP TABLE event_targets;
-    DROP INDEX events_actor;
-    DROP INDEX events_root;
-    DROP INDEX events_run;
 
     CREATE TABLE meta (
         name  TEXT    PRIMARY KEY,
         value INTEGER NOT NULL
     ) STRICT;
-    INSERT INTO meta (name, value) VALUES ('postings_through', 0);",
+    INSERT INTO meta (name, value) VALUES ('postings_through', 0);
+
+    CREATE TABLE tokens (
+        id         TEXT    PRIMARY KEY,
+        name       TEXT,
+        role       TEXT    NOT NULL,
+        hash       BLOB    NOT NULL UNIQUE CHECK (length(hash) = 32),
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    ) STRICT;",
 ];
+
+/// The hash an identifier is stored and indexed under: the first 64 bits of
+/// its XXH3, a specified algorithm, so every build of every version computes
+/// the same. Part of the schema.
+pub(crate) fn identifier_hash(identifier: &str) -> i64 {
+    i64::from_ne_bytes(xxhash_rust::xxh3::xxh3_64(identifier.as_bytes()).to_ne_bytes())
+}
 
 /// The number `events.kind` stores for each kind. Part of the schema:
 /// numbers are only ever added.
@@ -255,7 +241,7 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(tables, ["events", "keys", "meta", "postings", "tokens"]);
+        assert_eq!(tables, ["events", "meta", "postings", "tokens"]);
         let mode: String = conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .unwrap();

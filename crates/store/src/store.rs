@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::postings::Pending;
 use crate::query::{self, EventPage, EventQuery, StoredEvent};
-use crate::raw::Index;
+use crate::raw;
 use crate::tokens::{self, NewToken, TokenRecord};
 use crate::writer::{Committed, StoreStats, Writer};
 use crate::{StoreError, schema};
@@ -102,13 +102,13 @@ impl Store {
         let path = dir.join(DATABASE_FILE);
         let mut conn = schema::open(&path, options.durability)?;
         let pending = Arc::new(Pending::default());
-        let index = Index::recover(&mut conn, pending.clone(), options.max_pending_postings)?;
+        let postings = raw::recover(&mut conn, pending.clone(), options.max_pending_postings)?;
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
         let checkpoints = schema::connect(&path, options.durability)?;
         let writer = Writer::spawn(
             conn,
             checkpoints,
-            index,
+            postings,
             options.queue_capacity,
             options.max_group_events,
             live.clone(),

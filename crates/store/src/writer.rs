@@ -17,8 +17,9 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::StoreError;
+use crate::postings::Postings;
 use crate::query::StoredEvent;
-use crate::raw::{Index, PreparedEvent, insert_group};
+use crate::raw::{PreparedEvent, insert_group};
 
 /// What the live tail carries: the new events of one commit, in commit order.
 pub type Committed = Arc<Vec<StoredEvent>>;
@@ -89,7 +90,7 @@ impl Writer {
     pub(crate) fn spawn(
         conn: Connection,
         checkpoints: Connection,
-        index: Index,
+        postings: Postings,
         capacity: usize,
         max_group: usize,
         live: broadcast::Sender<Committed>,
@@ -112,7 +113,7 @@ impl Writer {
             .name("custody-store-writer".into())
             .spawn({
                 let shared = shared.clone();
-                move || run(&shared, conn, index, max_group.max(1), &live, &committed)
+                move || run(&shared, conn, postings, max_group.max(1), &live, &committed)
             })
             .map_err(StoreError::Spawn)?;
         Ok(Writer {
@@ -281,21 +282,21 @@ impl Shared {
 fn run(
     shared: &Shared,
     mut conn: Connection,
-    mut index: Index,
+    mut postings: Postings,
     max_group: usize,
     live: &broadcast::Sender<Committed>,
     committed: &std::sync::mpsc::SyncSender<()>,
 ) {
     let _exit = Exit(shared);
     while let Some(group) = shared.next_group(max_group) {
-        write(shared, &mut conn, &mut index, group, live);
+        write(shared, &mut conn, &mut postings, group, live);
         // Full means a signal is already waiting; it covers this commit too.
         let _ = committed.try_send(());
     }
     // Closed and drained: write the postings still in memory so the next
     // start has nothing to rebuild. Should this fail, that start rebuilds
     // them from the events, which are all committed.
-    let _ = index.postings.flush(&mut conn);
+    let _ = postings.flush(&mut conn);
 }
 
 /// Writes one group in one transaction, then settles its receipts and
@@ -303,12 +304,12 @@ fn run(
 fn write(
     shared: &Shared,
     conn: &mut Connection,
-    index: &mut Index,
+    postings: &mut Postings,
     group: Vec<Batch>,
     live: &broadcast::Sender<Committed>,
 ) {
     let size = group.iter().map(|batch| batch.events.len()).sum::<usize>() as u64;
-    let result = insert_group(conn, index, group.iter().flat_map(|batch| &batch.events));
+    let result = insert_group(conn, postings, group.iter().flat_map(|batch| &batch.events));
     shared.last_group_size.store(size, Ordering::Relaxed);
     shared.queued.fetch_sub(size, Ordering::SeqCst);
     let seqs = match result {
