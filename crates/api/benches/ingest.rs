@@ -265,6 +265,7 @@ fn http(
         lines.len(),
         "every acknowledged event is stored"
     );
+    queries(&store, lines.len());
     store.close().expect("closing the store");
     latencies.sort();
     let at = |q: f64| {
@@ -279,6 +280,70 @@ fn http(
         at(0.99),
         latencies.last().copied().unwrap_or_default(),
     )
+}
+
+/// Times the first page (100 events, newest first) of queries by each
+/// filter on the store just filled, part of whose postings are still in
+/// memory; the time-ordered page without filters is the baseline.
+fn queries(store: &Store, events: usize) {
+    use custody_store::EventQuery;
+    let text = |s: String| Some(s);
+    let shapes: [(&str, Box<dyn Fn(usize) -> EventQuery>); 5] = [
+        ("no filter (baseline)", Box::new(|_| EventQuery::default())),
+        (
+            "actor (~1/40 of events)",
+            Box::new(move |i| EventQuery {
+                actor: text(format!("agent-{}", i % 40)),
+                ..EventQuery::default()
+            }),
+        ),
+        (
+            "run (~1/500)",
+            Box::new(move |i| EventQuery {
+                run: text(format!("run-{:05}", i % 500)),
+                ..EventQuery::default()
+            }),
+        ),
+        (
+            "target resource (a few events)",
+            Box::new(move |i| EventQuery {
+                target: text(format!(
+                    "arn:aws:s3:::customer-exports/2026/11/part-{:05}.parquet",
+                    // S3 reads are the events with `i % 8` 4 or 5.
+                    (i * 8 + 4) % 4096
+                )),
+                ..EventQuery::default()
+            }),
+        ),
+        (
+            "root and kind (~1/5, then 1/4)",
+            Box::new(move |i| EventQuery {
+                root: text(format!(
+                    "{}@example.com",
+                    ["alice", "bob", "carol", "dan", "erin"][i % 5]
+                )),
+                kinds: vec![custody_event::EventKind::DataAccess],
+                ..EventQuery::default()
+            }),
+        ),
+    ];
+    let runs = 200;
+    for (name, query) in &shapes {
+        let mut times: Vec<Duration> = (0..runs)
+            .map(|i| {
+                let started = Instant::now();
+                let page = store.query(&query(i * 7919 % events)).expect("querying");
+                assert!(!page.events.is_empty(), "{name} finds events");
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        println!(
+            "query     first page, {name:<32} p50 {:>6.2} ms, p99 {:>6.2} ms",
+            ms(times[runs / 2]),
+            ms(times[runs * 99 / 100])
+        );
+    }
 }
 
 /// Bytes this process has caused to be written to storage, from
