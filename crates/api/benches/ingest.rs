@@ -288,7 +288,8 @@ fn http(
 fn queries(store: &Store, events: usize) {
     use custody_store::EventQuery;
     let text = |s: String| Some(s);
-    let shapes: [(&str, Box<dyn Fn(usize) -> EventQuery>); 5] = [
+    type Shape = Box<dyn Fn(usize) -> EventQuery>;
+    let shapes: [(&str, Shape); 5] = [
         ("no filter (baseline)", Box::new(|_| EventQuery::default())),
         (
             "actor (~1/40 of events)",
