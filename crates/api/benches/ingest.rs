@@ -127,7 +127,12 @@ fn http(
     durability: Durability,
 ) -> (f64, Duration, Duration, Duration) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("CUSTODY_BENCH_WORKERS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(2),
+        )
         .enable_all()
         .build()
         .expect("runtime");
