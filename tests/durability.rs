@@ -90,7 +90,7 @@ async fn acknowledged_events_survive_kill_9() {
     let sent = sent.lock().unwrap().clone();
 
     let server = Server::start(dir.path(), &[]);
-    let stored = all_ids(&http, &server).await;
+    let stored = all_ids(&http, &server, &[]).await;
     let missing: Vec<&String> = acknowledged
         .iter()
         .filter(|id| !stored.contains_key(*id))
@@ -110,6 +110,22 @@ async fn acknowledged_events_survive_kill_9() {
         );
     }
     assert!(stored.len() >= acknowledged.len());
+    // The postings index was in memory when the server died: the restart
+    // rebuilt it, and queries by identifier find exactly what is stored.
+    for client in 0..CLIENTS {
+        let run = format!("run-{client}");
+        let by_run = all_ids(&http, &server, &[("run", &run)]).await;
+        let expected = stored
+            .values()
+            .filter(|event| event.actor.run_id() == Some(run.as_str()))
+            .count();
+        assert_eq!(by_run.len(), expected, "events of {run} after the restart");
+        assert!(by_run.keys().all(|id| stored.contains_key(id)));
+    }
+    let first = acknowledged.first().unwrap();
+    let resource = stored[first].target.resource.clone().unwrap();
+    let by_target = all_ids(&http, &server, &[("target", &resource)]).await;
+    assert!(by_target.contains_key(first), "{resource} finds its event");
     eprintln!(
         "acknowledged {} events in {} batches sent; {} stored after restart",
         acknowledged.len(),
@@ -118,10 +134,12 @@ async fn acknowledged_events_survive_kill_9() {
     );
 }
 
-/// Every stored event's id, walking the pages, each event fully decodable.
+/// Every stored event matching `filters`, by id, walking the pages, each
+/// event fully decodable.
 async fn all_ids(
     http: &reqwest::Client,
     server: &Server,
+    filters: &[(&str, &str)],
 ) -> HashMap<String, custody_event::RuntimeEvent> {
     let mut stored = HashMap::new();
     let mut cursor: Option<String> = None;
@@ -129,7 +147,8 @@ async fn all_ids(
         let mut request = http
             .get(format!("{}/v1/events", server.url))
             .bearer_auth(&server.token)
-            .query(&[("limit", "1000")]);
+            .query(&[("limit", "1000")])
+            .query(filters);
         if let Some(cursor) = &cursor {
             request = request.query(&[("cursor", cursor)]);
         }
