@@ -95,9 +95,10 @@ impl RawRecord {
     /// A record of this JSON value, in its compact form.
     pub fn from_value(value: &serde_json::Value) -> RawRecord {
         // A `Value` always prints as valid JSON.
-        RawRecord(serde_json::value::to_raw_value(value).unwrap_or_else(|_| {
-            serde_json::value::RawValue::NULL.to_owned()
-        }))
+        RawRecord(
+            serde_json::value::to_raw_value(value)
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
+        )
     }
 }
 
