@@ -1,6 +1,7 @@
 //! Feeds arbitrary bytes to `custody_event::decode`: it must never panic, an
-//! event it accepts must come back unchanged from its own JSON, and the OCSF
-//! export of an accepted event must not panic either.
+//! event it accepts must come back unchanged from its own JSON, its raw
+//! record must be well-formed JSON on one line, and the OCSF export of an accepted
+//! event must not panic either.
 
 #![no_main]
 
@@ -11,6 +12,11 @@ fuzz_target!(|bytes: &[u8]| {
     let Ok(event) = custody_event::decode(bytes) else {
         return;
     };
+    if let Some(raw) = &event.raw {
+        assert!(!raw.get().contains('\n'), "a raw record spans lines");
+        serde_json::from_str::<Box<serde_json::value::RawValue>>(raw.get())
+            .expect("a raw record is well-formed JSON");
+    }
     let json = serde_json::to_vec(&event).expect("an accepted event serializes");
     let again = custody_event::decode(&json)
         .unwrap_or_else(|error| panic!("an accepted event is refused once re-serialized: {error}"));

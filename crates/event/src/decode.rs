@@ -575,4 +575,22 @@ mod tests {
             Some(r#"{"a":[true,null,2.5," a \" b "],"z":1}"#)
         );
     }
+
+    #[test]
+    fn a_raw_record_is_kept_even_when_a_string_escape_is_unpaired() {
+        // Found by fuzzing: well-formed JSON whose string holds a lone
+        // surrogate escape, which no decoder turns into Unicode. The record
+        // is evidence, kept as the source wrote it.
+        let mut event: serde_json::Value = serde_json::from_str(VALID).unwrap();
+        event.as_object_mut().unwrap().remove("raw");
+        let text = event.to_string();
+        let raw = r#"{"uuid":"6f1c2\ud800a9e"}"#;
+        let with_raw = format!(r#"{}, "raw": {raw}}}"#, &text[..text.len() - 1]);
+        let decoded = decode(with_raw.as_bytes()).unwrap();
+        let record = decoded.raw.as_ref().unwrap();
+        assert_eq!(record.get(), raw);
+        assert!(record.to_value().is_err());
+        let again = decode(&serde_json::to_vec(&decoded).unwrap()).unwrap();
+        assert_eq!(again, decoded);
+    }
 }

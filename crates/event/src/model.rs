@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 /// A source's record kept as it arrived: its JSON text, keys in their order
 /// and numbers as written, less the whitespace between tokens (so an event
-/// always fits on one NDJSON line). Never parsed into a tree and printed
+/// always fits on one NDJSON line). It is checked to be well-formed JSON and
+/// nothing more: evidence is kept as the source wrote it, even a string
+/// escape no decoder can turn into Unicode. Never parsed into a tree and printed
 /// back, which would reorder keys and cost a parse and a print per event.
 #[derive(Debug, Clone, Serialize)]
 #[serde(transparent)]
@@ -86,10 +88,11 @@ impl RawRecord {
         self.0.get()
     }
 
-    /// The record parsed.
-    pub fn to_value(&self) -> serde_json::Value {
-        // It was valid JSON when it was read, so it parses.
-        serde_json::from_str(self.get()).unwrap_or_default()
+    /// The record parsed. It is well-formed JSON, but may still not parse
+    /// into a value: a string with an unpaired surrogate escape (`"\ud800"`)
+    /// is kept as the source wrote it, and refused here.
+    pub fn to_value(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::from_str(self.get())
     }
 
     /// A record of this JSON value, in its compact form.
@@ -105,7 +108,8 @@ impl RawRecord {
 impl PartialEq for RawRecord {
     /// The same JSON value, however spaced.
     fn eq(&self, other: &RawRecord) -> bool {
-        self.get() == other.get() || self.to_value() == other.to_value()
+        self.get() == other.get()
+            || matches!((self.to_value(), other.to_value()), (Ok(a), Ok(b)) if a == b)
     }
 }
 

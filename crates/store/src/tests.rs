@@ -559,6 +559,36 @@ fn a_failed_transaction_fails_every_batch_of_its_group_and_keeps_nothing() {
 }
 
 #[test]
+fn an_event_whose_raw_record_no_decoder_reads_is_found_by_its_identifiers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut odd = event("odd", 0, json!({"target": {"tool": "read_file"}}));
+    odd.event.raw = Some(serde_json::from_str(r#"{"s":"\ud800x"}"#).unwrap());
+    record(&store, vec![odd.clone()]);
+    let by_actor = EventQuery {
+        actor: Some("coder".into()),
+        ..EventQuery::default()
+    };
+    assert_eq!(walk(&store, &by_actor), ["odd"]);
+    // And after its postings are rebuilt from its body.
+    store.close().unwrap();
+    let conn = Connection::open(dir.path().join(crate::DATABASE_FILE)).unwrap();
+    conn.execute_batch(
+        "DELETE FROM postings; UPDATE meta SET value = 0 WHERE name = 'postings_through'",
+    )
+    .unwrap();
+    drop(conn);
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let by_target = EventQuery {
+        target: Some("read_file".into()),
+        ..EventQuery::default()
+    };
+    assert_eq!(walk(&store, &by_target), ["odd"]);
+    let stored = store.get(odd.event.id).unwrap().unwrap();
+    assert_eq!(stored.event().unwrap(), odd.event);
+}
+
+#[test]
 fn a_hash_collision_never_answers_for_another_identifier() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
