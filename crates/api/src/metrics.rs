@@ -31,6 +31,7 @@ pub struct Metrics {
     committed_events: Gauge<u64, AtomicU64>,
     commits: Gauge<u64, AtomicU64>,
     failed_commits: Gauge<u64, AtomicU64>,
+    pending_postings: Gauge<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -46,6 +47,7 @@ impl Default for Metrics {
         let committed_events = Gauge::default();
         let commits = Gauge::default();
         let failed_commits = Gauge::default();
+        let pending_postings = Gauge::default();
         registry.register(
             "ingest_events_accepted",
             "Events acknowledged to clients",
@@ -86,6 +88,11 @@ impl Default for Metrics {
             "Transactions the store writer failed to commit since start",
             failed_commits.clone(),
         );
+        registry.register(
+            "store_pending_postings",
+            "Index postings of committed events held in memory, not yet written to the postings table",
+            pending_postings.clone(),
+        );
         Metrics {
             registry,
             events_accepted,
@@ -96,6 +103,7 @@ impl Default for Metrics {
             committed_events,
             commits,
             failed_commits,
+            pending_postings,
         }
     }
 }
@@ -113,6 +121,7 @@ pub(crate) async fn get_metrics(
     metrics.committed_events.set(stats.committed_events);
     metrics.commits.set(stats.commits);
     metrics.failed_commits.set(stats.failed_commits);
+    metrics.pending_postings.set(stats.pending_postings);
     let mut text = String::new();
     encode(&mut text, &metrics.registry)
         .map_err(|error| ApiError::Internal(format!("encoding metrics: {error}")))?;

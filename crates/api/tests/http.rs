@@ -1554,6 +1554,12 @@ async fn metrics_count_what_ingest_did() {
             answer.body
         );
     }
+    // Each of the 5 events has at least its actor's posting, still in memory.
+    assert!(
+        metrics["custody_store_pending_postings"] >= 5.0,
+        "{}",
+        answer.body
+    );
     let latency = metrics["custody_ingest_ack_latency_seconds_sum"];
     assert!(latency > 0.0 && latency < 10.0, "latency sum {latency}");
     let buckets: Vec<f64> = metrics
