@@ -1,0 +1,221 @@
+//! Graph scenarios, checked as snapshots of the whole graph.
+
+use chrono::{DateTime, Duration, Utc};
+use custody_event::{EventId, RuntimeEvent, decode_value};
+use serde_json::{Value, json};
+
+use crate::{BlastRadius, EdgeKind, Graph, NodeKey, NodeKind, Sensitivity, Verb};
+
+fn at(second: i64) -> DateTime<Utc> {
+    "2026-11-25T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::seconds(second)
+}
+
+/// An event by `actor` at `second`, with `fields` replacing the defaults.
+fn event(second: i64, actor: Value, fields: Value) -> RuntimeEvent {
+    let mut json = json!({
+        "kind": "tool_call",
+        "action": "tools/call",
+        "observed_at": at(second),
+        "source": {"type": "gateway", "name": "gw-1"},
+        "actor": actor,
+        "outcome": {"status": "success"},
+    });
+    let Value::Object(fields) = fields else {
+        panic!("fields must be an object")
+    };
+    json.as_object_mut().unwrap().extend(fields);
+    decode_value(json)
+        .unwrap()
+        .into_event(at(second), EventId::new_v7)
+}
+
+/// The chain alice -> orchestrator -> ... with `hops` agents (each in its
+/// own run), the last one acting.
+fn chain(hops: &[(&str, &str)]) -> Value {
+    let principals: Vec<Value> = hops
+        .iter()
+        .map(|(agent, run)| json!({"type": "agent", "id": agent, "run_id": run}))
+        .collect();
+    let (current, agents) = principals.split_last().unwrap();
+    json!({
+        "root": {"type": "human", "id": "alice@example.com", "name": "Alice"},
+        "agents": agents,
+        "current": current,
+    })
+}
+
+#[test]
+fn a_deep_chain() {
+    let mut graph = Graph::new(Sensitivity::new(["*payroll*"]));
+    let hops = [
+        ("orchestrator", "run-0"),
+        ("planner", "run-1"),
+        ("coder", "run-2"),
+        ("tester", "run-3"),
+    ];
+    for depth in 1..=hops.len() {
+        graph.apply(&event(
+            depth as i64,
+            chain(&hops[..depth]),
+            json!({"target": {"tool": "read_file", "server": "filesystem",
+                              "resource": format!("file:///repo/{depth}.rs")}}),
+        ));
+    }
+    graph.apply(&event(
+        9,
+        chain(&hops),
+        json!({"kind": "data_access", "action": "s3:GetObject",
+               "target": {"resource": "arn:aws:s3:::payroll/q3.csv", "system": "aws:111122223333"}}),
+    ));
+    insta::assert_snapshot!(graph.dump());
+    let alice = NodeKey::new(NodeKind::Human, "alice@example.com");
+    assert_eq!(
+        graph.blast_radius(&alice).unwrap(),
+        BlastRadius {
+            systems: 1,
+            resources: 5,
+            sensitive_resources: 1,
+            depth: 4,
+            fan_out: 1,
+            ..BlastRadius::default()
+        }
+    );
+    let coder = NodeKey::new(NodeKind::Run, "run-2");
+    let radius = graph.blast_radius(&coder).unwrap();
+    assert_eq!((radius.resources, radius.depth), (3, 1));
+}
+
+#[test]
+fn a_fan_out_of_sub_agents() {
+    let mut graph = Graph::new(Sensitivity::default());
+    let orchestrator = chain(&[("orchestrator", "run-0")]);
+    for child in 0..5 {
+        graph.apply(&event(
+            child,
+            orchestrator.clone(),
+            json!({"kind": "agent_spawn", "action": "token_exchange",
+                   "target": {"principal": {"type": "agent", "id": format!("worker-{child}"),
+                                            "run_id": format!("run-0.{child}")}}}),
+        ));
+        graph.apply(&event(
+            10 + child,
+            chain(&[
+                ("orchestrator", "run-0"),
+                (&format!("worker-{child}"), &format!("run-0.{child}")),
+            ]),
+            json!({"action": "git_commit", "target": {"tool": "git_commit",
+                   "resource": format!("repo://acme/payments#{child}")}}),
+        ));
+    }
+    insta::assert_snapshot!(graph.dump());
+    let run = NodeKey::new(NodeKind::Run, "run-0");
+    let radius = graph.blast_radius(&run).unwrap();
+    assert_eq!(
+        (
+            radius.fan_out,
+            radius.depth,
+            radius.identities_created,
+            radius.resources
+        ),
+        (5, 1, 5, 5)
+    );
+    let spawn = graph
+        .edge_seen(
+            &run,
+            EdgeKind::Spawned,
+            &NodeKey::new(NodeKind::Run, "run-0.3"),
+        )
+        .unwrap();
+    assert_eq!((spawn.count, spawn.first_seen), (1, at(3)));
+}
+
+#[test]
+fn a_credential_shared_by_two_runs() {
+    let mut graph = Graph::new(Sensitivity::default());
+    for (second, run) in [(0, "run-a"), (1, "run-b"), (2, "run-a")] {
+        let mut actor = chain(&[("deployer", run)]);
+        actor["credential"] = json!({"type": "aws_access_key", "id": "AKIAEXAMPLE000000001"});
+        graph.apply(&event(
+            second,
+            actor,
+            json!({"kind": "data_access", "action": "s3:PutObject",
+                   "target": {"resource": "arn:aws:s3:::releases/app.tar.gz", "system": "aws:111122223333"}}),
+        ));
+    }
+    insta::assert_snapshot!(graph.dump());
+    let key = NodeKey::new(NodeKind::Credential, "AKIAEXAMPLE000000001");
+    let held = graph
+        .edge_seen(&NodeKey::new(NodeKind::Run, "run-a"), EdgeKind::Holds, &key)
+        .unwrap();
+    assert_eq!(
+        (held.count, held.first_seen, held.last_seen),
+        (2, at(0), at(2))
+    );
+}
+
+#[test]
+fn created_credentials_and_privileged_actions_count_up_the_chain() {
+    let mut graph = Graph::new(Sensitivity::default());
+    let actor = chain(&[("orchestrator", "run-0"), ("iam-helper", "run-1")]);
+    graph.apply(&event(
+        0,
+        actor.clone(),
+        json!({"kind": "privilege_change", "action": "iam:CreateAccessKey",
+               "target": {"resource": "AKIAEXAMPLE000000002", "resource_type": "aws_access_key",
+                          "system": "aws:111122223333"}}),
+    ));
+    graph.apply(&event(
+        1,
+        actor,
+        json!({"kind": "privilege_change", "action": "iam:CreateUser",
+               "target": {"principal": {"type": "human", "id": "backdoor"}, "system": "aws:111122223333"}}),
+    ));
+    let alice = NodeKey::new(NodeKind::Human, "alice@example.com");
+    let radius = graph.blast_radius(&alice).unwrap();
+    assert_eq!(
+        (
+            radius.credentials_created,
+            radius.identities_created,
+            radius.privileged_actions
+        ),
+        (1, 1, 2)
+    );
+    insta::assert_snapshot!(graph.dump());
+}
+
+#[test]
+fn verbs_are_read_off_action_names() {
+    let check = |action: &str, expected: Verb| assert_eq!(Verb::of(action), expected, "{action}");
+    check("s3:GetObject", Verb::Read);
+    check("resources/read", Verb::Read);
+    check("s3:PutObject", Verb::Write);
+    check("git_commit", Verb::Write);
+    check("git.commit", Verb::Write);
+    check("read_file", Verb::Read);
+    check("http_fetch", Verb::Read);
+    check("run_tests", Verb::Other);
+    check("iam:CreateAccessKey", Verb::Create);
+    check("sts:AssumeRole", Verb::Assume);
+    check("tools/call", Verb::Other);
+    check("user.session.start", Verb::Other);
+}
+
+#[test]
+fn sensitivity_patterns_match_with_stars() {
+    let labels = Sensitivity::new(["arn:aws:s3:::payroll*", "*customer*", "exact"]);
+    for (resource, expected) in [
+        ("arn:aws:s3:::payroll/q3.csv", true),
+        ("arn:aws:s3:::payroll", true),
+        ("arn:aws:s3:::releases/payroll", false),
+        ("s3://customer-exports/2026", true),
+        ("customer", true),
+        ("exact", true),
+        ("exactly", false),
+        ("", false),
+    ] {
+        assert_eq!(labels.is_sensitive(resource), expected, "{resource}");
+    }
+    assert!(Sensitivity::new(["a*b*c"]).is_sensitive("a-b-b-c"));
+    assert!(!Sensitivity::new(["a*b*c"]).is_sensitive("a-c-b"));
+    assert!(Sensitivity::new(["*"]).is_sensitive(""));
+}
