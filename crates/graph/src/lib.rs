@@ -1,6 +1,10 @@
 //! Custody's agent graph and identity attribution: which human's agent did
 //! what, through which sub-agents and credentials, and what it touched.
 //!
+//! - [`Attributor`] (`attribution.rs`): each event's chain, and how it is
+//!   known: `authenticated`, `bound` (a credential key a chain holds),
+//!   `correlated` (a session shared within a window) or `unattributed`, with
+//!   its evidence; ambiguity is reported, never resolved by a guess.
 //! - [`Graph`] (`graph.rs`): typed nodes and edges built from attributed
 //!   events, each edge with first- and last-seen times and the events that
 //!   made it, and every node's [`BlastRadius`] kept incrementally.
@@ -18,9 +22,18 @@
     )
 )]
 
+mod attribution;
 mod graph;
 
+pub use attribution::{
+    ATTR_AWS_ACCESS_KEY, ATTR_AWS_ROLE_SESSION, ATTR_AWS_SESSION_EXPIRES, ATTR_AWS_SOURCE_IDENTITY,
+    ATTR_OAUTH_CLIENT, ATTR_OAUTH_TOKEN, Attributor, Binding, BindingKey, Origin, Trust,
+    binding_keys,
+};
 pub use graph::{BlastRadius, EdgeKind, EdgeSeen, Graph, NodeKey, NodeKind, Sensitivity, Verb};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod attribution_tests;

@@ -1,0 +1,482 @@
+//! Attribution: resolving an event's actor to the chain of identities behind
+//! it, and saying how that is known.
+//!
+//! In order, for each event:
+//!
+//! 1. **authenticated**: the caller presented a token Custody validated (the
+//!    gateway, the delegation service); its chain stands, with the token as
+//!    evidence.
+//! 2. **bound**: the event carries a credential key (see [`BindingKey`]) held
+//!    by exactly one chain at the event's time. The holder's chain becomes the
+//!    event's, the actor the source reported hanging below it. Bindings are
+//!    declared ([`Origin::Declared`]), come with tokens Custody mints
+//!    ([`Origin::Minted`]), or are learned from attributed events: a chain
+//!    that creates an access key or assumes a role holds the result
+//!    ([`Origin::Learned`]).
+//! 3. **correlated**: the event shares its session id with events of exactly
+//!    one attributed chain within the correlation window.
+//! 4. **unattributed**: nothing above explains it, or more than one chain
+//!    could (a credential held by two runs): the candidates are listed as
+//!    evidence, never picked between.
+//!
+//! Where the keys come from: the actor's credential (`aws_access_key`,
+//! `aws_role_session`, `oauth_token`, `custody_token`), and the attributes
+//! named by the `ATTR_*` constants, which importers fill from their records.
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Duration, Utc};
+use custody_event::{
+    Actor, AttributionMethod, CredentialKind, EventId, Evidence, Principal, RuntimeEvent,
+};
+
+use crate::graph::Verb;
+
+type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Attribute naming an AWS access key id the record was made with.
+pub const ATTR_AWS_ACCESS_KEY: &str = "aws.access_key_id";
+/// Attribute naming an AWS STS role session name.
+pub const ATTR_AWS_ROLE_SESSION: &str = "aws.role_session_name";
+/// Attribute naming an AWS STS `sourceIdentity`.
+pub const ATTR_AWS_SOURCE_IDENTITY: &str = "aws.source_identity";
+/// Attribute naming when an AWS STS session ends (RFC 3339).
+pub const ATTR_AWS_SESSION_EXPIRES: &str = "aws.session_expires";
+/// Attribute naming an OAuth client id.
+pub const ATTR_OAUTH_CLIENT: &str = "oauth.client_id";
+/// Attribute naming an OAuth token id.
+pub const ATTR_OAUTH_TOKEN: &str = "oauth.token_id";
+
+/// How long an AWS role session lasts when its record does not say: the
+/// longest STS allows.
+const DEFAULT_ROLE_SESSION: i64 = 12;
+
+/// A credential key a chain can hold.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BindingKey {
+    /// An AWS access key id (`AKIA...` or `ASIA...`).
+    AwsAccessKey(String),
+    /// An AWS STS role session name.
+    AwsRoleSession(String),
+    /// An AWS STS `sourceIdentity`.
+    AwsSourceIdentity(String),
+    /// An OAuth client id.
+    OauthClient(String),
+    /// An OAuth token id (`jti`).
+    OauthToken(String),
+    /// A token minted by Custody (its `jti`).
+    CustodyToken(String),
+}
+
+impl std::fmt::Display for BindingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, value) = match self {
+            BindingKey::AwsAccessKey(v) => ("aws_access_key", v),
+            BindingKey::AwsRoleSession(v) => ("aws_role_session", v),
+            BindingKey::AwsSourceIdentity(v) => ("aws_source_identity", v),
+            BindingKey::OauthClient(v) => ("oauth_client", v),
+            BindingKey::OauthToken(v) => ("oauth_token", v),
+            BindingKey::CustodyToken(v) => ("custody_token", v),
+        };
+        write!(f, "{kind} {value}")
+    }
+}
+
+/// Where a binding comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Declared through the API.
+    Declared,
+    /// Made with a token Custody minted.
+    Minted,
+    /// Learned from an attributed event that created or assumed the
+    /// credential.
+    Learned(EventId),
+}
+
+/// A chain holding a credential key for a while.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    /// Its id, quoted in evidence.
+    pub id: String,
+    /// What is held.
+    pub key: BindingKey,
+    /// The chain that holds it; its current actor is the holder (a run).
+    pub holder: Actor,
+    /// From when.
+    pub valid_from: DateTime<Utc>,
+    /// Until when (exclusive); `None` for as long as it lasts.
+    pub valid_until: Option<DateTime<Utc>>,
+    /// Where it comes from.
+    pub origin: Origin,
+}
+
+impl Binding {
+    fn covers(&self, at: DateTime<Utc>) -> bool {
+        self.valid_from <= at && self.valid_until.is_none_or(|until| at < until)
+    }
+
+    fn evidence(&self) -> String {
+        let until = self
+            .valid_until
+            .map_or_else(|| "open".to_owned(), |until| until.to_rfc3339());
+        let origin = match &self.origin {
+            Origin::Declared => "declared".to_owned(),
+            Origin::Minted => "minted".to_owned(),
+            Origin::Learned(event) => format!("learned from event {event}"),
+        };
+        format!(
+            "binding {}: {} held by {} from {} until {until} ({origin})",
+            self.id,
+            self.key,
+            hop_name(&self.holder.current),
+            self.valid_from.to_rfc3339(),
+        )
+    }
+}
+
+/// Whether the submitter of an event proved its chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Custody validated the caller's token, whose id this is.
+    Authenticated(String),
+    /// The source reported the actor; nothing proved it.
+    Reported,
+}
+
+/// What the attributor remembers of a session: the chains seen in it.
+#[derive(Debug, Clone)]
+struct SessionSeen {
+    at: DateTime<Utc>,
+    event: EventId,
+    chain: Actor,
+}
+
+/// Resolves events' chains from bindings and sessions, in memory.
+#[derive(Debug)]
+pub struct Attributor {
+    bindings: Map<BindingKey, Vec<Binding>>,
+    sessions: Map<String, Vec<SessionSeen>>,
+    /// Sessions in the order last seen, for forgetting the oldest.
+    session_order: VecDeque<(DateTime<Utc>, String)>,
+    window: Duration,
+    max_sessions: usize,
+}
+
+impl Default for Attributor {
+    /// A 15-minute correlation window over at most 100,000 sessions.
+    fn default() -> Self {
+        Attributor::new(Duration::minutes(15), 100_000)
+    }
+}
+
+impl Attributor {
+    /// An attributor correlating sessions within `window`, remembering at
+    /// most `max_sessions` of them (the oldest are forgotten first; a
+    /// forgotten session only costs a correlation, never an event).
+    pub fn new(window: Duration, max_sessions: usize) -> Attributor {
+        Attributor {
+            bindings: Map::default(),
+            sessions: Map::default(),
+            session_order: VecDeque::new(),
+            window,
+            max_sessions: max_sessions.max(1),
+        }
+    }
+
+    /// Adds a binding.
+    pub fn bind(&mut self, binding: Binding) {
+        self.bindings
+            .entry(binding.key.clone())
+            .or_default()
+            .push(binding);
+    }
+
+    /// Sets `event`'s chain and attribution, then learns the bindings and
+    /// session it makes known.
+    pub fn attribute(&mut self, event: &mut RuntimeEvent, trust: &Trust) {
+        let at = event.observed_at;
+        match trust {
+            Trust::Authenticated(token) => {
+                event.attribution.method = AttributionMethod::Authenticated;
+                event.attribution.evidence = vec![evidence("token", token.clone())];
+            }
+            Trust::Reported => self.resolve(event, at),
+        }
+        if matches!(
+            event.attribution.method,
+            AttributionMethod::Authenticated | AttributionMethod::Bound
+        ) {
+            self.learn(event);
+            self.remember_session(event);
+        }
+    }
+
+    /// Steps 2 to 4: bindings, then sessions, else unattributed.
+    fn resolve(&mut self, event: &mut RuntimeEvent, at: DateTime<Utc>) {
+        let keys = binding_keys(event);
+        let mut holders: Vec<&Binding> = Vec::new();
+        for key in &keys {
+            for binding in self.bindings.get(key).into_iter().flatten() {
+                if binding.covers(at)
+                    && !holders
+                        .iter()
+                        .any(|h| same_chain(&h.holder, &binding.holder))
+                {
+                    holders.push(binding);
+                }
+            }
+        }
+        match holders.as_slice() {
+            [binding] => {
+                let binding = (*binding).clone();
+                event.actor = below(&binding.holder, &event.actor);
+                event.attribution.method = AttributionMethod::Bound;
+                event.attribution.evidence = vec![evidence("binding", binding.evidence())];
+                return;
+            }
+            [] => {}
+            several => {
+                event.attribution.method = AttributionMethod::Unattributed;
+                event.attribution.evidence = several
+                    .iter()
+                    .map(|binding| evidence("ambiguous", binding.evidence()))
+                    .collect();
+                return;
+            }
+        }
+        if let Some(session) = event.context.session_id.clone() {
+            let earliest = at - self.window;
+            let mut chains: Vec<&SessionSeen> = Vec::new();
+            for seen in self.sessions.get(&session).into_iter().flatten() {
+                if seen.at >= earliest
+                    && seen.at <= at + self.window
+                    && !chains.iter().any(|c| same_chain(&c.chain, &seen.chain))
+                {
+                    chains.push(seen);
+                }
+            }
+            let describe = |seen: &SessionSeen| {
+                format!(
+                    "session_id {session} seen with {} in event {} at {}, within {} minutes",
+                    hop_name(&seen.chain.current),
+                    seen.event,
+                    seen.at.to_rfc3339(),
+                    self.window.num_minutes()
+                )
+            };
+            match chains.as_slice() {
+                [seen] => {
+                    let detail = describe(seen);
+                    event.actor = below(&seen.chain, &event.actor);
+                    event.attribution.method = AttributionMethod::Correlated;
+                    event.attribution.evidence = vec![evidence("correlation", detail)];
+                    return;
+                }
+                [] => {}
+                several => {
+                    event.attribution.method = AttributionMethod::Unattributed;
+                    event.attribution.evidence = several
+                        .iter()
+                        .map(|seen| evidence("ambiguous", describe(seen)))
+                        .collect();
+                    return;
+                }
+            }
+        }
+        event.attribution.method = AttributionMethod::Unattributed;
+        event.attribution.evidence = Vec::new();
+    }
+
+    /// Bindings an attributed event makes known: a created access key, an
+    /// assumed role's session name and source identity.
+    fn learn(&mut self, event: &RuntimeEvent) {
+        let at = event.observed_at;
+        let learned = |key: BindingKey, until: Option<DateTime<Utc>>| Binding {
+            id: format!("learned-{}-{}", event.id, binding_kind(&key)),
+            key,
+            holder: holder_of(&event.actor),
+            valid_from: at,
+            valid_until: until,
+            origin: Origin::Learned(event.id),
+        };
+        let verb = Verb::of(&event.action);
+        let target = &event.target;
+        if verb == Verb::Create
+            && let Some(resource) = &target.resource
+            && target
+                .resource_type
+                .as_deref()
+                .is_some_and(|kind| kind.to_ascii_lowercase().contains("access_key"))
+        {
+            self.bind(learned(BindingKey::AwsAccessKey(resource.clone()), None));
+        }
+        if verb == Verb::Assume {
+            let until = attribute(event, ATTR_AWS_SESSION_EXPIRES)
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                .map(|until| until.with_timezone(&Utc))
+                .or_else(|| Some(at + Duration::hours(DEFAULT_ROLE_SESSION)));
+            if let Some(session) = attribute(event, ATTR_AWS_ROLE_SESSION) {
+                self.bind(learned(
+                    BindingKey::AwsRoleSession(session.to_owned()),
+                    until,
+                ));
+            }
+            if let Some(identity) = attribute(event, ATTR_AWS_SOURCE_IDENTITY) {
+                self.bind(learned(
+                    BindingKey::AwsSourceIdentity(identity.to_owned()),
+                    until,
+                ));
+            }
+        }
+    }
+
+    fn remember_session(&mut self, event: &RuntimeEvent) {
+        let Some(session) = &event.context.session_id else {
+            return;
+        };
+        let seen = SessionSeen {
+            at: event.observed_at,
+            event: event.id,
+            chain: holder_of(&event.actor),
+        };
+        let chains = self.sessions.entry(session.clone()).or_default();
+        match chains
+            .iter_mut()
+            .find(|c| same_chain(&c.chain, &seen.chain))
+        {
+            Some(known) if known.at <= seen.at => *known = seen,
+            Some(_) => {}
+            None => chains.push(seen),
+        }
+        self.session_order
+            .push_back((event.observed_at, session.clone()));
+        while self.sessions.len() > self.max_sessions {
+            let Some((_, oldest)) = self.session_order.pop_front() else {
+                break;
+            };
+            self.sessions.remove(&oldest);
+        }
+        // The order queue holds one entry per sighting; keep it in proportion.
+        if self.session_order.len() > 4 * self.max_sessions {
+            let live = &self.sessions;
+            self.session_order
+                .retain(|(_, session)| live.contains_key(session));
+        }
+    }
+}
+
+/// The credential keys an event carries.
+pub fn binding_keys(event: &RuntimeEvent) -> Vec<BindingKey> {
+    let mut keys = Vec::new();
+    if let Some(credential) = &event.actor.credential {
+        let id = credential.id.clone();
+        match credential.kind {
+            CredentialKind::AwsAccessKey => keys.push(BindingKey::AwsAccessKey(id)),
+            CredentialKind::AwsRoleSession => {
+                keys.push(BindingKey::AwsRoleSession(session_name(&id).to_owned()));
+            }
+            CredentialKind::OauthToken => keys.push(BindingKey::OauthToken(id)),
+            CredentialKind::CustodyToken => keys.push(BindingKey::CustodyToken(id)),
+            _ => {}
+        }
+    }
+    type Make = fn(String) -> BindingKey;
+    let attributes: [(&str, Make); 5] = [
+        (ATTR_AWS_ACCESS_KEY, BindingKey::AwsAccessKey),
+        (ATTR_AWS_ROLE_SESSION, BindingKey::AwsRoleSession),
+        (ATTR_AWS_SOURCE_IDENTITY, BindingKey::AwsSourceIdentity),
+        (ATTR_OAUTH_CLIENT, BindingKey::OauthClient),
+        (ATTR_OAUTH_TOKEN, BindingKey::OauthToken),
+    ];
+    for (name, key) in attributes {
+        if let Some(value) = attribute(event, name) {
+            let key = key(value.to_owned());
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
+/// A string attribute of an event.
+fn attribute<'e>(event: &'e RuntimeEvent, name: &str) -> Option<&'e str> {
+    event.attributes.get(name)?.as_str()
+}
+
+/// The session name of an AWS role session id: the last segment of an
+/// assumed-role ARN (`arn:aws:sts::1:assumed-role/Role/name`), else the id.
+fn session_name(id: &str) -> &str {
+    if id.contains(":assumed-role/") {
+        id.rsplit('/').next().unwrap_or(id)
+    } else {
+        id
+    }
+}
+
+fn binding_kind(key: &BindingKey) -> &'static str {
+    match key {
+        BindingKey::AwsAccessKey(_) => "aws_access_key",
+        BindingKey::AwsRoleSession(_) => "aws_role_session",
+        BindingKey::AwsSourceIdentity(_) => "aws_source_identity",
+        BindingKey::OauthClient(_) => "oauth_client",
+        BindingKey::OauthToken(_) => "oauth_token",
+        BindingKey::CustodyToken(_) => "custody_token",
+    }
+}
+
+fn evidence(kind: &str, detail: String) -> Evidence {
+    Evidence {
+        kind: kind.to_owned(),
+        detail,
+    }
+}
+
+/// A chain as a holder: without the credential it happened to use.
+fn holder_of(actor: &Actor) -> Actor {
+    Actor {
+        credential: None,
+        ..actor.clone()
+    }
+}
+
+/// Whether two chains are the same holder: the same principals, in order.
+fn same_chain(a: &Actor, b: &Actor) -> bool {
+    let key = |p: &Principal| (p.kind, p.id.clone(), p.run_id.clone());
+    a.root.as_ref().map(key) == b.root.as_ref().map(key)
+        && a.agents.len() == b.agents.len()
+        && a.agents
+            .iter()
+            .zip(&b.agents)
+            .all(|(x, y)| key(x) == key(y))
+        && key(&a.current) == key(&b.current)
+}
+
+/// `reported` hung below `holder`: the holder's chain, then the reported
+/// actor as the current one, unless it is the holder itself. The reported
+/// credential stays.
+fn below(holder: &Actor, reported: &Actor) -> Actor {
+    let same = |a: &Principal, b: &Principal| a.id == b.id && a.run_id == b.run_id;
+    let mut agents = holder.agents.clone();
+    let current = if same(&holder.current, &reported.current) {
+        holder.current.clone()
+    } else {
+        agents.push(holder.current.clone());
+        reported.current.clone()
+    };
+    Actor {
+        root: holder.root.clone(),
+        agents,
+        current,
+        credential: reported.credential.clone(),
+    }
+}
+
+/// How evidence names a hop: its run, or its id.
+fn hop_name(principal: &Principal) -> String {
+    match &principal.run_id {
+        Some(run) => format!("run {run} ({})", principal.id),
+        None => principal.id.clone(),
+    }
+}
