@@ -352,17 +352,34 @@ impl Attributor {
         self.session_order
             .push_back((event.observed_at, session.clone()));
         while self.sessions.len() > self.max_sessions {
-            let Some((_, oldest)) = self.session_order.pop_front() else {
+            let Some((at, oldest)) = self.session_order.pop_front() else {
                 break;
             };
-            self.sessions.remove(&oldest);
+            // A session sighted again since is not the oldest: skip the
+            // stale entry.
+            if self.last_sighting(&oldest) <= Some(at) {
+                self.sessions.remove(&oldest);
+            }
         }
-        // The order queue holds one entry per sighting; keep it in proportion.
-        if self.session_order.len() > 4 * self.max_sessions {
-            let live = &self.sessions;
+        // The queue holds one entry per sighting. Once it holds twice as many
+        // as there are sessions, keep only each session's latest: the work is
+        // paid for by the sightings that grew it.
+        if self.session_order.len() > 2 * self.sessions.len().max(1024) {
+            let latest: Map<String, DateTime<Utc>> = self
+                .sessions
+                .iter()
+                .filter_map(|(session, chains)| {
+                    Some((session.clone(), chains.iter().map(|seen| seen.at).max()?))
+                })
+                .collect();
             self.session_order
-                .retain(|(_, session)| live.contains_key(session));
+                .retain(|(at, session)| latest.get(session) == Some(at));
         }
+    }
+
+    /// When a session was last sighted, if remembered.
+    fn last_sighting(&self, session: &str) -> Option<DateTime<Utc>> {
+        self.sessions.get(session)?.iter().map(|seen| seen.at).max()
     }
 }
 

@@ -292,7 +292,9 @@ struct Node {
     name: Option<String>,
     first_seen: DateTime<Utc>,
     last_seen: DateTime<Utc>,
-    radius: Radius,
+    /// Kept only by nodes that are hops of some chain (identities); boxed,
+    /// as most nodes (resources, tools, credentials) never need one.
+    radius: Option<Box<Radius>>,
 }
 
 /// The blast radius state a node keeps for its subtree.
@@ -430,7 +432,9 @@ impl Graph {
     /// The blast radius of a node, if the graph has it.
     pub fn blast_radius(&self, key: &NodeKey) -> Option<BlastRadius> {
         let node = self.nodes.get(*self.index.get(key)? as usize)?;
-        let radius = &node.radius;
+        let Some(radius) = &node.radius else {
+            return Some(BlastRadius::default());
+        };
         Some(BlastRadius {
             systems: radius.systems.len(),
             resources: radius.resources.len(),
@@ -519,7 +523,7 @@ impl Graph {
             name: name.map(str::to_owned),
             first_seen: at,
             last_seen: at,
-            radius: Radius::default(),
+            radius: None,
         });
         self.index.insert(key, index);
         index
@@ -638,9 +642,8 @@ impl Graph {
     }
 
     fn radius(&mut self, node: u32) -> Option<&mut Radius> {
-        self.nodes
-            .get_mut(node as usize)
-            .map(|node| &mut node.radius)
+        let node = self.nodes.get_mut(node as usize)?;
+        Some(&mut **node.radius.get_or_insert_with(Box::default))
     }
 }
 
