@@ -147,7 +147,7 @@ fn chain(run: usize) -> (serde_json::Value, usize) {
 fn realistic(i: usize, runs: usize) -> (String, bool) {
     let run = (i * 7919) % runs;
     let observed = Utc::now() - chrono::Duration::milliseconds((events_span(i)) as i64);
-    let authenticated = i % 2 == 0;
+    let authenticated = i.is_multiple_of(2);
     let (actor, _) = chain(run);
     let (actor, attributes) = match i % 6 {
         // Reported with the run's bound key.
@@ -171,8 +171,8 @@ fn realistic(i: usize, runs: usize) -> (String, bool) {
     };
     let tool = ["read_file", "write_file", "search_code"][i % 3];
     let line = serde_json::json!({
-        "kind": if i % 4 == 0 { "data_access" } else { "tool_call" },
-        "action": if i % 4 == 0 { "s3:GetObject" } else { "tools/call" },
+        "kind": if i.is_multiple_of(4) { "data_access" } else { "tool_call" },
+        "action": if i.is_multiple_of(4) { "s3:GetObject" } else { "tools/call" },
         "observed_at": observed.to_rfc3339(),
         "source": {"type": "gateway"},
         "actor": actor,
