@@ -1,0 +1,539 @@
+//! Custody's delegation tokens: agent tokens minted for a human's (or a
+//! service's) agent, exchanged down the chain for sub-agents (RFC 8693), and
+//! verified strictly wherever Custody accepts them.
+//!
+//! A token's claims carry its chain in the RFC 8693 shape: the root in `sub`,
+//! each agent a nested `act`, the current actor outermost. Custody adds the
+//! run to each `act` (`custody_run`) and the root's kind (`custody_sub_type`).
+//! Exchange narrows: a child's scopes are a subset of its parent's and it
+//! expires no later. Revoking a node (a run, an agent or a token id) refuses
+//! every token whose chain passes through it, at every check.
+//!
+//! Keys are Ed25519 (`EdDSA`), rotated by [`Issuer::rotate`]; retired keys
+//! stay in the JWKS until the tokens they signed have expired.
+//!
+//! *Invariant:* verification refuses before it trusts: the header's
+//! algorithm and key id are checked before any claim is read, and every
+//! refusal says why ([`TokenError`]).
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+use std::collections::{BTreeSet, HashMap};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use custody_event::{Actor, Principal, PrincipalKind};
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// The token type of RFC 8693 exchange requests and responses.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// The deepest chain a token may carry, in agents.
+pub const MAX_CHAIN_DEPTH: usize = 32;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not three base64url parts with a JSON header.
+    #[error("not a JWT: {0}")]
+    Malformed(String),
+    /// The header names an algorithm Custody does not accept (`none`
+    /// included).
+    #[error("algorithm `{0}` is not accepted, only EdDSA")]
+    Algorithm(String),
+    /// The header names no key id, or one no key of the issuer has.
+    #[error("unknown key id `{0}`")]
+    UnknownKey(String),
+    /// The signature does not verify: the token was altered or signed by
+    /// another key.
+    #[error("the signature does not verify")]
+    Signature,
+    /// Past its `exp`.
+    #[error("expired")]
+    Expired,
+    /// Before its `nbf`.
+    #[error("not valid yet")]
+    NotYetValid,
+    /// Its `aud` is not this audience.
+    #[error("wrong audience, expected `{0}`")]
+    Audience(String),
+    /// Its `iss` is not this issuer.
+    #[error("wrong issuer, expected `{0}`")]
+    Issuer(String),
+    /// A claim is missing or of the wrong shape.
+    #[error("claim `{0}` is missing or malformed")]
+    Claim(String),
+    /// The `act` chain is empty, too deep or names an empty actor.
+    #[error("the act chain is malformed: {0}")]
+    Chain(String),
+    /// A node of its chain, or the token itself, was revoked.
+    #[error("revoked: `{0}` was revoked")]
+    Revoked(String),
+}
+
+/// Why an exchange was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeError {
+    /// The subject token does not verify.
+    #[error("the subject token is refused: {0}")]
+    SubjectToken(#[from] TokenError),
+    /// The requested scopes are not all the subject token's.
+    #[error("scope `{0}` is not granted to the subject token")]
+    Scope(String),
+    /// The new actor is not an agent in a run.
+    #[error("the actor must be an agent with a run id")]
+    Actor,
+    /// The chain would grow past [`MAX_CHAIN_DEPTH`].
+    #[error("the chain would exceed {MAX_CHAIN_DEPTH} agents")]
+    TooDeep,
+    /// Signing failed.
+    #[error("signing the token: {0}")]
+    Signing(String),
+}
+
+/// One actor of a chain in a token's `act` claim, the current one
+/// outermost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Act {
+    /// The agent's id.
+    pub sub: String,
+    /// The run it acts in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custody_run: Option<String>,
+    /// The actor it acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Act>>,
+}
+
+/// The claims of a Custody agent token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The issuer URL.
+    pub iss: String,
+    /// The root of the chain: a human or a service.
+    pub sub: String,
+    /// Whether `sub` is a `human` or a `service`.
+    pub custody_sub_type: String,
+    /// Who the token is for.
+    pub aud: String,
+    /// Seconds since the epoch.
+    pub iat: i64,
+    /// Seconds since the epoch.
+    pub nbf: i64,
+    /// Seconds since the epoch.
+    pub exp: i64,
+    /// The token's id.
+    pub jti: String,
+    /// Space-separated scopes.
+    #[serde(default)]
+    pub scope: String,
+    /// The agents, current outermost.
+    pub act: Act,
+}
+
+impl Claims {
+    /// The chain the token carries, root first.
+    pub fn chain(&self) -> Result<Actor, TokenError> {
+        let mut acts: Vec<&Act> = Vec::new();
+        let mut next = Some(&self.act);
+        while let Some(act) = next {
+            if acts.len() >= MAX_CHAIN_DEPTH {
+                return Err(TokenError::Chain(format!(
+                    "deeper than {MAX_CHAIN_DEPTH} agents"
+                )));
+            }
+            if act.sub.trim().is_empty() {
+                return Err(TokenError::Chain("an actor has an empty `sub`".into()));
+            }
+            acts.push(act);
+            next = act.act.as_deref();
+        }
+        let agent = |act: &Act| Principal {
+            kind: PrincipalKind::Agent,
+            id: act.sub.clone(),
+            name: None,
+            version: None,
+            run_id: act.custody_run.clone(),
+        };
+        let root_kind = match self.custody_sub_type.as_str() {
+            "human" => PrincipalKind::Human,
+            "service" => PrincipalKind::Service,
+            other => {
+                return Err(TokenError::Claim(format!("custody_sub_type ({other})")));
+            }
+        };
+        let (current, above) = acts
+            .split_first()
+            .ok_or_else(|| TokenError::Chain("no actor".into()))?;
+        Ok(Actor {
+            root: Some(Principal {
+                kind: root_kind,
+                id: self.sub.clone(),
+                name: None,
+                version: None,
+                run_id: None,
+            }),
+            // `above` runs from the current actor's parent up; a chain lists
+            // the agent nearest the root first.
+            agents: above.iter().rev().map(|act| agent(act)).collect(),
+            current: agent(current),
+            credential: Some(custody_event::Credential {
+                kind: custody_event::CredentialKind::CustodyToken,
+                id: self.jti.clone(),
+                issuer: Some(self.iss.clone()),
+            }),
+        })
+    }
+
+    /// The scopes, as a set.
+    pub fn scopes(&self) -> BTreeSet<&str> {
+        self.scope.split_whitespace().collect()
+    }
+
+    /// Every node of the chain a revocation can name: the token id, the
+    /// root, and each agent and run.
+    fn nodes(&self) -> Vec<&str> {
+        let mut nodes = vec![self.jti.as_str(), self.sub.as_str()];
+        let mut next = Some(&self.act);
+        while let Some(act) = next {
+            nodes.push(&act.sub);
+            nodes.extend(act.custody_run.as_deref());
+            next = act.act.as_deref();
+        }
+        nodes
+    }
+}
+
+/// A token and its claims, as minted.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    /// The compact JWS.
+    pub token: String,
+    /// What it says.
+    pub claims: Claims,
+}
+
+/// One signing key.
+struct Key {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    /// The public key, base64url, as the JWKS publishes it.
+    x: String,
+    /// Once retired, it signs nothing more and is dropped from the JWKS when
+    /// the tokens it signed have expired.
+    retired_at: Option<DateTime<Utc>>,
+}
+
+/// Custody's token issuer: its keys, its policy and its revocations.
+pub struct Issuer {
+    issuer: String,
+    audience: String,
+    max_lifetime: Duration,
+    keys: Vec<Key>,
+    revoked: HashMap<String, DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("Issuer")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field(
+                "keys",
+                &self.keys.iter().map(|k| &k.kid).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Issuer {
+    /// An issuer at `issuer` (its URL) minting tokens for `audience`, with a
+    /// fresh key; no token lives longer than `max_lifetime`.
+    pub fn new(
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        max_lifetime: Duration,
+    ) -> Issuer {
+        let mut issuer = Issuer {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            max_lifetime,
+            keys: Vec::new(),
+            revoked: HashMap::new(),
+        };
+        issuer.keys.push(new_key());
+        issuer
+    }
+
+    /// The issuer URL.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Starts signing with a new key; the previous one keeps verifying the
+    /// tokens it signed until they expire.
+    pub fn rotate(&mut self, now: DateTime<Utc>) {
+        let max_lifetime = self.max_lifetime;
+        self.keys
+            .retain(|key| key.retired_at.is_none_or(|at| at + max_lifetime > now));
+        for key in &mut self.keys {
+            key.retired_at.get_or_insert(now);
+        }
+        self.keys.push(new_key());
+    }
+
+    /// The public keys, as a JWKS document.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|key| {
+                serde_json::json!({
+                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+                    "kid": key.kid, "x": key.x,
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// Mints an agent token: `root` (a human or service) runs `agent` (an
+    /// agent with a run id) with `scopes`, for `lifetime` (at most the
+    /// issuer's maximum).
+    pub fn mint(
+        &self,
+        root: &Principal,
+        agent: &Principal,
+        scopes: &[&str],
+        lifetime: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Minted, ExchangeError> {
+        let sub_type = match root.kind {
+            PrincipalKind::Service => "service",
+            _ => "human",
+        };
+        let act = act_of(agent, None)?;
+        let exp = now + lifetime.min(self.max_lifetime);
+        self.sign(
+            root.id.clone(),
+            sub_type.into(),
+            act,
+            scopes.join(" "),
+            exp,
+            now,
+        )
+    }
+
+    /// RFC 8693 token exchange: the holder of `subject_token` mints a token
+    /// for `actor`, a sub-agent in a run, acting for it. The scopes are
+    /// `requested` (all of the subject's when `None`), which must be the
+    /// subject's; the new token expires no later than the subject's.
+    pub fn exchange(
+        &self,
+        subject_token: &str,
+        actor: &Principal,
+        requested: Option<&[&str]>,
+        lifetime: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Minted, ExchangeError> {
+        let parent = self.verify(subject_token, now)?;
+        let granted = parent.scopes();
+        let scopes: Vec<&str> = match requested {
+            Some(requested) => {
+                if let Some(extra) = requested.iter().find(|s| !granted.contains(*s)) {
+                    return Err(ExchangeError::Scope((*extra).to_owned()));
+                }
+                requested.to_vec()
+            }
+            None => granted.into_iter().collect(),
+        };
+        if parent.chain()?.agents.len() + 1 >= MAX_CHAIN_DEPTH {
+            return Err(ExchangeError::TooDeep);
+        }
+        let act = act_of(actor, Some(parent.act.clone()))?;
+        let exp = (now + lifetime.min(self.max_lifetime))
+            .min(DateTime::from_timestamp(parent.exp, 0).unwrap_or(now));
+        self.sign(
+            parent.sub.clone(),
+            parent.custody_sub_type.clone(),
+            act,
+            scopes.join(" "),
+            exp,
+            now,
+        )
+    }
+
+    /// Revokes a node: a token id, a root, an agent or a run. Every token
+    /// whose chain passes through it is refused from now on.
+    pub fn revoke(&mut self, node: impl Into<String>, now: DateTime<Utc>) {
+        self.revoked.entry(node.into()).or_insert(now);
+    }
+
+    /// Verifies a token and returns its claims, or why it is refused.
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, TokenError> {
+        let header = read_header(token)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|key| header.kid.as_deref() == Some(key.kid.as_str()))
+            .ok_or_else(|| TokenError::UnknownKey(header.kid.clone().unwrap_or_default()))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        // Times are checked below against `now`, not the system clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub", "jti"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+            .map_err(|error| self.refusal(&error))?
+            .claims;
+        let now = now.timestamp();
+        if now >= claims.exp {
+            return Err(TokenError::Expired);
+        }
+        if now < claims.nbf {
+            return Err(TokenError::NotYetValid);
+        }
+        claims.chain()?;
+        if let Some(node) = claims
+            .nodes()
+            .into_iter()
+            .find(|n| self.revoked.contains_key(*n))
+        {
+            return Err(TokenError::Revoked(node.to_owned()));
+        }
+        Ok(claims)
+    }
+
+    fn refusal(&self, error: &jsonwebtoken::errors::Error) -> TokenError {
+        use jsonwebtoken::errors::ErrorKind;
+        match error.kind() {
+            ErrorKind::InvalidSignature => TokenError::Signature,
+            ErrorKind::InvalidAudience => TokenError::Audience(self.audience.clone()),
+            ErrorKind::InvalidIssuer => TokenError::Issuer(self.issuer.clone()),
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::MissingRequiredClaim(claim) => TokenError::Claim(claim.clone()),
+            ErrorKind::InvalidAlgorithm => TokenError::Algorithm("mismatched".into()),
+            ErrorKind::Json(error) => TokenError::Claim(error.to_string()),
+            ErrorKind::Base64(_) => TokenError::Malformed("a part is not base64url".into()),
+            other => TokenError::Malformed(format!("{other:?}")),
+        }
+    }
+
+    fn sign(
+        &self,
+        sub: String,
+        custody_sub_type: String,
+        act: Act,
+        scope: String,
+        exp: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Minted, ExchangeError> {
+        let key = self
+            .keys
+            .iter()
+            .rev()
+            .find(|key| key.retired_at.is_none())
+            .ok_or_else(|| ExchangeError::Signing("no active key".into()))?;
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub,
+            custody_sub_type,
+            aud: self.audience.clone(),
+            iat: now.timestamp(),
+            nbf: now.timestamp(),
+            exp: exp.timestamp(),
+            jti: uuid::Uuid::now_v7().to_string(),
+            scope,
+            act,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some("at+jwt".into());
+        let token = jsonwebtoken::encode(&header, &claims, &key.encoding)
+            .map_err(|error| ExchangeError::Signing(error.to_string()))?;
+        Ok(Minted { token, claims })
+    }
+}
+
+/// The `act` of an agent in a run, acting for `parent`.
+fn act_of(agent: &Principal, parent: Option<Act>) -> Result<Act, ExchangeError> {
+    match (&agent.kind, &agent.run_id) {
+        (PrincipalKind::Agent, Some(run)) if !agent.id.trim().is_empty() => Ok(Act {
+            sub: agent.id.clone(),
+            custody_run: Some(run.clone()),
+            act: parent.map(Box::new),
+        }),
+        _ => Err(ExchangeError::Actor),
+    }
+}
+
+/// The header fields checked before anything else.
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// Reads a token's header and refuses any algorithm but EdDSA, `none`
+/// first among them.
+fn read_header(token: &str) -> Result<RawHeader, TokenError> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed(
+            "a JWT has three dot-separated parts".into(),
+        ));
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| TokenError::Malformed("the header is not base64url".into()))?;
+    let header: RawHeader = serde_json::from_slice(&bytes).map_err(|error| {
+        TokenError::Malformed(format!("the header is not a JOSE header: {error}"))
+    })?;
+    if header.alg != "EdDSA" {
+        return Err(TokenError::Algorithm(header.alg));
+    }
+    Ok(header)
+}
+
+/// A fresh Ed25519 key with a random key id.
+fn new_key() -> Key {
+    let seed: [u8; 32] = rand::random();
+    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let public = signing.verifying_key().to_bytes();
+    // PKCS#8 encoding of a valid key cannot fail; should it, the key is
+    // unusable and signing says so.
+    let der = signing
+        .to_pkcs8_der()
+        .map(|doc| doc.as_bytes().to_vec())
+        .unwrap_or_default();
+    let x = URL_SAFE_NO_PAD.encode(public);
+    Key {
+        kid: uuid::Uuid::new_v4().simple().to_string(),
+        encoding: EncodingKey::from_ed_der(&der),
+        decoding: DecodingKey::from_ed_components(&x)
+            .unwrap_or_else(|_| DecodingKey::from_ed_der(&public)),
+        x,
+        retired_at: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;
