@@ -295,6 +295,10 @@ struct Node {
     /// Kept only by nodes that are hops of some chain (identities); boxed,
     /// as most nodes (resources, tools, credentials) never need one.
     radius: Option<Box<Radius>>,
+    /// Edges from this node, by kind and far end.
+    out: Vec<(EdgeKind, u32)>,
+    /// Edges into this node, by kind and near end.
+    incoming: Vec<(EdgeKind, u32)>,
 }
 
 /// The blast radius state a node keeps for its subtree.
@@ -313,6 +317,46 @@ struct Radius {
 
 /// An edge's endpoints and kind.
 type EdgeKey = (u32, EdgeKind, u32);
+
+/// The longest lineage path followed, in edges.
+const MAX_LINEAGE: usize = 64;
+
+/// A node as the graph reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// Its kind and id.
+    pub key: NodeKey,
+    /// Its display name, if any source gave one.
+    pub name: Option<String>,
+    /// The first event naming it.
+    pub first_seen: DateTime<Utc>,
+    /// The latest event naming it.
+    pub last_seen: DateTime<Utc>,
+    /// What its subtree touched (empty for non-identities).
+    pub blast_radius: BlastRadius,
+}
+
+/// An edge as the graph reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeView {
+    /// Where it starts.
+    pub from: NodeKey,
+    /// What it says.
+    pub kind: EdgeKind,
+    /// Where it ends.
+    pub to: NodeKey,
+    /// When it was seen, and by which events.
+    pub seen: EdgeSeen,
+}
+
+/// Part of the graph: nodes, and the edges among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subgraph {
+    /// The nodes, the starting one first.
+    pub nodes: Vec<NodeView>,
+    /// The edges between them.
+    pub edges: Vec<EdgeView>,
+}
 
 /// The agent graph, in memory.
 #[derive(Debug, Default)]
@@ -447,6 +491,162 @@ impl Graph {
         })
     }
 
+    /// What the graph knows of a node.
+    pub fn node_view(&self, key: &NodeKey) -> Option<NodeView> {
+        self.view(*self.index.get(key)?)
+    }
+
+    /// The nodes and edges reachable from `root` along outgoing edges, at
+    /// most `depth` edges away, and at most `limit` nodes (breadth first, so
+    /// the nearest are kept).
+    pub fn subgraph(&self, root: &NodeKey, depth: usize, limit: usize) -> Option<Subgraph> {
+        let start = *self.index.get(root)?;
+        let mut seen: Set<u32> = Set::default();
+        seen.insert(start);
+        let mut order = vec![start];
+        let mut frontier = vec![start];
+        let mut edges = Vec::new();
+        for _ in 0..depth {
+            let mut next = Vec::new();
+            for &node in &frontier {
+                let Some(out) = self.nodes.get(node as usize).map(|n| &n.out) else {
+                    continue;
+                };
+                for &(kind, to) in out {
+                    if !seen.contains(&to) {
+                        if seen.len() >= limit {
+                            continue;
+                        }
+                        seen.insert(to);
+                        order.push(to);
+                        next.push(to);
+                    }
+                    edges.extend(self.edge_view(node, kind, to));
+                }
+            }
+            frontier = next;
+        }
+        Some(Subgraph {
+            nodes: order.into_iter().filter_map(|n| self.view(n)).collect(),
+            edges,
+        })
+    }
+
+    /// Every chain that touched `resource` (or a tool, server, system or
+    /// credential with that id): from each identity with an edge into it up
+    /// to the roots above, along `deployed`, `delegated` and `spawned`
+    /// edges. At most `limit` chains; a chain is root first and ends with
+    /// the edge into the resource.
+    pub fn who(&self, id: &str, limit: usize) -> Vec<Vec<EdgeView>> {
+        let targets = [
+            NodeKind::Resource,
+            NodeKind::Credential,
+            NodeKind::Tool,
+            NodeKind::Server,
+            NodeKind::System,
+            NodeKind::Role,
+        ]
+        .into_iter()
+        .filter_map(|kind| self.index.get(&NodeKey::new(kind, id)).copied());
+        let mut chains = Vec::new();
+        for target in targets {
+            let Some(node) = self.nodes.get(target as usize) else {
+                continue;
+            };
+            for &(kind, actor) in &node.incoming {
+                let Some(last) = self.edge_view(actor, kind, target) else {
+                    continue;
+                };
+                for mut path in self.paths_up(actor, limit.saturating_sub(chains.len())) {
+                    path.push(last.clone());
+                    chains.push(path);
+                }
+                if chains.len() >= limit {
+                    return chains;
+                }
+            }
+        }
+        chains
+    }
+
+    /// The lineage edges from the roots down to `node`: every path of
+    /// `deployed`, `delegated` and `spawned` edges, each root first, at most
+    /// `limit` of them. A node no lineage edge reaches has one empty path.
+    fn paths_up(&self, node: u32, limit: usize) -> Vec<Vec<EdgeView>> {
+        let mut done: Vec<Vec<EdgeView>> = Vec::new();
+        // Partial paths from `node` up: the node reached, the nodes on the
+        // way (to never loop), the edges so far, nearest first.
+        let mut open: Vec<(u32, Vec<u32>, Vec<EdgeView>)> = vec![(node, vec![node], Vec::new())];
+        while let Some((at, visited, path)) = open.pop() {
+            if done.len() >= limit {
+                break;
+            }
+            let parents = self.lineage_parents(at, &visited);
+            if parents.is_empty() || path.len() >= MAX_LINEAGE {
+                let mut path = path;
+                path.reverse();
+                done.push(path);
+                continue;
+            }
+            for (kind, parent) in parents {
+                if let Some(edge) = self.edge_view(parent, kind, at) {
+                    let (mut visited, mut path) = (visited.clone(), path.clone());
+                    visited.push(parent);
+                    path.push(edge);
+                    open.push((parent, visited, path));
+                }
+            }
+        }
+        done
+    }
+
+    /// The lineage edges into `node` from nodes not in `visited`. Where a
+    /// parent both delegated to and spawned the node, the delegation (the
+    /// authority) stands for both.
+    fn lineage_parents(&self, node: u32, visited: &[u32]) -> Vec<(EdgeKind, u32)> {
+        let Some(n) = self.nodes.get(node as usize) else {
+            return Vec::new();
+        };
+        n.incoming
+            .iter()
+            .copied()
+            .filter(|&(kind, from)| match kind {
+                EdgeKind::Deployed | EdgeKind::Delegated => true,
+                EdgeKind::Spawned => !n.incoming.contains(&(EdgeKind::Delegated, from)),
+                _ => false,
+            })
+            .filter(|(_, from)| !visited.contains(from))
+            .collect()
+    }
+
+    fn key_of(&self, node: u32) -> NodeKey {
+        self.nodes
+            .get(node as usize)
+            .map(|n| n.key.clone())
+            .unwrap_or_else(|| NodeKey::new(NodeKind::Resource, ""))
+    }
+
+    fn view(&self, node: u32) -> Option<NodeView> {
+        let n = self.nodes.get(node as usize)?;
+        Some(NodeView {
+            key: n.key.clone(),
+            name: n.name.clone(),
+            first_seen: n.first_seen,
+            last_seen: n.last_seen,
+            blast_radius: self.blast_radius(&n.key).unwrap_or_default(),
+        })
+    }
+
+    fn edge_view(&self, from: u32, kind: EdgeKind, to: u32) -> Option<EdgeView> {
+        let seen = self.edges.get(&(from, kind, to))?;
+        Some(EdgeView {
+            from: self.key_of(from),
+            kind,
+            to: self.key_of(to),
+            seen: seen.clone(),
+        })
+    }
+
     /// How many nodes and edges the graph holds.
     pub fn size(&self) -> (usize, usize) {
         (self.nodes.len(), self.edges.len())
@@ -524,6 +724,8 @@ impl Graph {
             first_seen: at,
             last_seen: at,
             radius: None,
+            out: Vec::new(),
+            incoming: Vec::new(),
         });
         self.index.insert(key, index);
         index
@@ -619,6 +821,7 @@ impl Graph {
     }
 
     fn edge(&mut self, from: u32, kind: EdgeKind, to: u32, at: DateTime<Utc>, id: EventId) {
+        let mut new = false;
         self.edges
             .entry((from, kind, to))
             .and_modify(|seen| {
@@ -632,13 +835,24 @@ impl Graph {
                     seen.last_event = id;
                 }
             })
-            .or_insert(EdgeSeen {
-                first_seen: at,
-                last_seen: at,
-                count: 1,
-                first_event: id,
-                last_event: id,
+            .or_insert_with(|| {
+                new = true;
+                EdgeSeen {
+                    first_seen: at,
+                    last_seen: at,
+                    count: 1,
+                    first_event: id,
+                    last_event: id,
+                }
             });
+        if new {
+            if let Some(node) = self.nodes.get_mut(from as usize) {
+                node.out.push((kind, to));
+            }
+            if let Some(node) = self.nodes.get_mut(to as usize) {
+                node.incoming.push((kind, from));
+            }
+        }
     }
 
     fn radius(&mut self, node: u32) -> Option<&mut Radius> {

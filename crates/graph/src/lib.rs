@@ -23,6 +23,7 @@
 )]
 
 mod attribution;
+mod export;
 mod graph;
 
 pub use attribution::{
@@ -30,7 +31,11 @@ pub use attribution::{
     ATTR_OAUTH_CLIENT, ATTR_OAUTH_TOKEN, Attributor, Binding, BindingKey, Origin, Trust,
     binding_keys,
 };
-pub use graph::{BlastRadius, EdgeKind, EdgeSeen, Graph, NodeKey, NodeKind, Sensitivity, Verb};
+pub use export::{SOURCE_KIND, opengraph};
+pub use graph::{
+    BlastRadius, EdgeKind, EdgeSeen, EdgeView, Graph, NodeKey, NodeKind, NodeView, Sensitivity,
+    Subgraph, Verb,
+};
 
 #[cfg(test)]
 mod tests;

@@ -24,28 +24,36 @@ fn event(second: i64, actor: Value, fields: Value) -> RuntimeEvent {
         panic!("fields must be an object")
     };
     json.as_object_mut().unwrap().extend(fields);
-    decode_value(json)
-        .unwrap()
-        .into_event(at(second), EventId::new_v7)
+    decode_value(json).unwrap().into_event(at(second), next_id)
 }
 
-/// The chain alice -> orchestrator -> ... with `hops` agents (each in its
-/// own run), the last one acting.
-fn chain(hops: &[(&str, &str)]) -> Value {
-    let principals: Vec<Value> = hops
+/// Event ids numbered from 1 in each test (each runs on a thread of its
+/// own), so snapshots are stable.
+fn next_id() -> EventId {
+    thread_local! {
+        static NEXT: std::cell::Cell<u128> = const { std::cell::Cell::new(1) };
+    }
+    EventId(uuid::Uuid::from_u128(NEXT.replace(NEXT.get() + 1)))
+}
+
+/// Chains as text, one a line: `from -kind-> to` hops joined by ` | `.
+fn chains(found: &[Vec<crate::EdgeView>]) -> String {
+    let mut lines: Vec<String> = found
         .iter()
-        .map(|(agent, run)| json!({"type": "agent", "id": agent, "run_id": run}))
+        .map(|chain| {
+            chain
+                .iter()
+                .map(|edge| format!("{} -{}-> {}", edge.from, edge.kind.as_str(), edge.to))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
         .collect();
-    let (current, agents) = principals.split_last().unwrap();
-    json!({
-        "root": {"type": "human", "id": "alice@example.com", "name": "Alice"},
-        "agents": agents,
-        "current": current,
-    })
+    lines.sort();
+    lines.join("\n")
 }
 
-#[test]
-fn a_deep_chain() {
+/// The deep chain scenario's graph.
+fn deep_chain() -> Graph {
     let mut graph = Graph::new(Sensitivity::new(["*payroll*"]));
     let hops = [
         ("orchestrator", "run-0"),
@@ -67,6 +75,27 @@ fn a_deep_chain() {
         json!({"kind": "data_access", "action": "s3:GetObject",
                "target": {"resource": "arn:aws:s3:::payroll/q3.csv", "system": "aws:111122223333"}}),
     ));
+    graph
+}
+
+/// The chain alice -> orchestrator -> ... with `hops` agents (each in its
+/// own run), the last one acting.
+fn chain(hops: &[(&str, &str)]) -> Value {
+    let principals: Vec<Value> = hops
+        .iter()
+        .map(|(agent, run)| json!({"type": "agent", "id": agent, "run_id": run}))
+        .collect();
+    let (current, agents) = principals.split_last().unwrap();
+    json!({
+        "root": {"type": "human", "id": "alice@example.com", "name": "Alice"},
+        "agents": agents,
+        "current": current,
+    })
+}
+
+#[test]
+fn a_deep_chain() {
+    let graph = deep_chain();
     insta::assert_snapshot!(graph.dump());
     let alice = NodeKey::new(NodeKind::Human, "alice@example.com");
     assert_eq!(
@@ -218,4 +247,81 @@ fn sensitivity_patterns_match_with_stars() {
     assert!(Sensitivity::new(["a*b*c"]).is_sensitive("a-b-b-c"));
     assert!(!Sensitivity::new(["a*b*c"]).is_sensitive("a-c-b"));
     assert!(Sensitivity::new(["*"]).is_sensitive(""));
+}
+
+#[test]
+fn who_touched_a_resource_walks_up_to_every_root() {
+    let graph = deep_chain();
+    insta::assert_snapshot!(
+        "who_payroll",
+        chains(&graph.who("arn:aws:s3:::payroll/q3.csv", 100))
+    );
+    assert_eq!(chains(&graph.who("arn:aws:s3:::nothing", 100)), "");
+
+    // A credential used by two runs has a chain through each.
+    let mut shared = Graph::new(Sensitivity::default());
+    for (second, run) in [(0, "run-a"), (1, "run-b")] {
+        let mut actor = chain(&[("deployer", run)]);
+        actor["credential"] = json!({"type": "aws_access_key", "id": "AKIAEXAMPLE000000001"});
+        shared.apply(&event(second, actor, json!({"action": "s3:PutObject"})));
+    }
+    insta::assert_snapshot!(
+        "who_shared_key",
+        chains(&shared.who("AKIAEXAMPLE000000001", 100))
+    );
+    assert_eq!(shared.who("AKIAEXAMPLE000000001", 1).len(), 1, "limited");
+}
+
+#[test]
+fn a_spawned_and_delegated_sub_agent_has_one_lineage() {
+    let mut graph = Graph::new(Sensitivity::default());
+    let orchestrator = chain(&[("orchestrator", "run-0")]);
+    graph.apply(&event(
+        0,
+        orchestrator,
+        json!({"kind": "agent_spawn", "action": "token_exchange",
+               "target": {"principal": {"type": "agent", "id": "worker", "run_id": "run-0.1"}}}),
+    ));
+    graph.apply(&event(
+        1,
+        chain(&[("orchestrator", "run-0"), ("worker", "run-0.1")]),
+        json!({"action": "git_commit", "target": {"resource": "repo://acme/payments"}}),
+    ));
+    assert_eq!(
+        chains(&graph.who("repo://acme/payments", 100)),
+        "human:alice@example.com -deployed-> run:run-0 | run:run-0 -delegated-> run:run-0.1 \
+         | run:run-0.1 -wrote-> resource:repo://acme/payments"
+    );
+}
+
+#[test]
+fn a_subgraph_exports_as_bloodhound_opengraph() {
+    let graph = deep_chain();
+    let alice = NodeKey::new(NodeKind::Human, "alice@example.com");
+    let near = graph.subgraph(&alice, 2, 100).unwrap();
+    let keys: Vec<String> = near.nodes.iter().map(|n| n.key.to_string()).collect();
+    assert_eq!(
+        keys,
+        [
+            "human:alice@example.com",
+            "run:run-0",
+            "tool:read_file",
+            "server:filesystem",
+            "resource:file:///repo/1.rs",
+            "run:run-1",
+        ]
+    );
+    assert_eq!(near.edges.len(), 5);
+    assert_eq!(
+        graph.subgraph(&alice, 10, 3).unwrap().nodes.len(),
+        3,
+        "limited"
+    );
+    assert!(
+        graph
+            .subgraph(&NodeKey::new(NodeKind::Human, "bob"), 2, 10)
+            .is_none()
+    );
+    let exported = crate::opengraph(&graph.subgraph(&alice, 1, 100).unwrap());
+    insta::assert_snapshot!(serde_json::to_string_pretty(&exported).unwrap());
 }
