@@ -14,22 +14,36 @@ pub fn opengraph(subgraph: &Subgraph) -> serde_json::Value {
         .iter()
         .map(|node| {
             let radius = &node.blast_radius;
-            let mut properties = serde_json::json!({
-                "objectid": node.key.to_string(),
-                "name": node.name.clone().unwrap_or_else(|| node.key.id.clone()),
-                "custody_id": node.key.id,
-                "first_seen": node.first_seen.to_rfc3339(),
-                "last_seen": node.last_seen.to_rfc3339(),
-            });
+            let mut properties = serde_json::Map::new();
+            let mut set = |name: &str, value: serde_json::Value| {
+                properties.insert(name.to_owned(), value);
+            };
+            set("objectid", node.key.to_string().into());
+            set(
+                "name",
+                node.name
+                    .clone()
+                    .unwrap_or_else(|| node.key.id.clone())
+                    .into(),
+            );
+            set("custody_id", node.key.id.clone().into());
+            set("first_seen", node.first_seen.to_rfc3339().into());
+            set("last_seen", node.last_seen.to_rfc3339().into());
             if *radius != crate::BlastRadius::default() {
-                properties["blast_systems"] = radius.systems.into();
-                properties["blast_resources"] = radius.resources.into();
-                properties["blast_sensitive_resources"] = radius.sensitive_resources.into();
-                properties["blast_identities_created"] = radius.identities_created.into();
-                properties["blast_credentials_created"] = radius.credentials_created.into();
-                properties["blast_privileged_actions"] = radius.privileged_actions.into();
-                properties["blast_depth"] = radius.depth.into();
-                properties["blast_fan_out"] = radius.fan_out.into();
+                set("blast_systems", radius.systems.into());
+                set("blast_resources", radius.resources.into());
+                set(
+                    "blast_sensitive_resources",
+                    radius.sensitive_resources.into(),
+                );
+                set("blast_identities_created", radius.identities_created.into());
+                set(
+                    "blast_credentials_created",
+                    radius.credentials_created.into(),
+                );
+                set("blast_privileged_actions", radius.privileged_actions.into());
+                set("blast_depth", radius.depth.into());
+                set("blast_fan_out", radius.fan_out.into());
             }
             serde_json::json!({
                 "id": node.key.to_string(),
