@@ -325,3 +325,107 @@ fn a_subgraph_exports_as_bloodhound_opengraph() {
     let exported = crate::opengraph(&graph.subgraph(&alice, 1, 100).unwrap());
     insta::assert_snapshot!(serde_json::to_string_pretty(&exported).unwrap());
 }
+
+mod incremental {
+    //! The blast radius kept incrementally equals the one recomputed from
+    //! scratch, for any sequence of events.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Resources, sensitive resources and systems seen through a node.
+    type Touched = (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>);
+
+    /// An event as drawn: root, runs, resource, system, privileged.
+    type Small = (usize, Vec<usize>, Option<usize>, Option<usize>, bool);
+
+    /// A small event: a chain of up to three runs under one of two roots,
+    /// maybe a resource (sensitive or not), maybe a system.
+    fn small_event() -> impl Strategy<Value = Small> {
+        (
+            0..2usize,
+            prop::collection::vec(0..4usize, 1..4),
+            prop::option::of(0..6usize),
+            prop::option::of(0..3usize),
+            any::<bool>(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn blast_radius_equals_its_recomputation(
+            events in prop::collection::vec(small_event(), 1..40)
+        ) {
+            let mut graph = Graph::new(Sensitivity::new(["secret-*"]));
+            // node key -> resources, sensitive resources, systems, seen
+            // through chains containing it.
+            let mut expected: BTreeMap<NodeKey, Touched> = BTreeMap::new();
+            for (second, (root, runs, resource, system, privileged)) in events.iter().enumerate() {
+                let hops: Vec<(String, String)> = runs
+                    .iter()
+                    .map(|r| (format!("agent-{r}"), format!("run-{r}")))
+                    .collect();
+                // A run appears once per chain.
+                let mut unique = Vec::new();
+                for hop in hops {
+                    if !unique.contains(&hop) {
+                        unique.push(hop);
+                    }
+                }
+                let principals: Vec<Value> = unique
+                    .iter()
+                    .map(|(agent, run)| json!({"type": "agent", "id": agent, "run_id": run}))
+                    .collect();
+                let (current, agents) = principals.split_last().unwrap();
+                let root_id = format!("root-{root}");
+                let actor = json!({
+                    "root": {"type": "human", "id": root_id},
+                    "agents": agents,
+                    "current": current,
+                });
+                let resource = resource.map(|r| {
+                    if r < 2 { format!("secret-{r}") } else { format!("file-{r}") }
+                });
+                let system = system.map(|s| format!("system-{s}"));
+                let mut target = json!({});
+                if let Some(resource) = &resource {
+                    target["resource"] = json!(resource);
+                }
+                if let Some(system) = &system {
+                    target["system"] = json!(system);
+                }
+                let kind = if *privileged { "privilege_change" } else { "tool_call" };
+                graph.apply(&event(
+                    second as i64,
+                    actor,
+                    json!({"kind": kind, "action": "s3:GetObject", "target": target}),
+                ));
+                let mut path = vec![NodeKey::new(NodeKind::Human, &root_id)];
+                path.extend(unique.iter().map(|(_, run)| NodeKey::new(NodeKind::Run, run)));
+                for key in path {
+                    let entry = expected.entry(key).or_default();
+                    if let Some(resource) = &resource {
+                        entry.0.insert(resource.clone());
+                        if resource.starts_with("secret-") {
+                            entry.1.insert(resource.clone());
+                        }
+                    }
+                    if let Some(system) = &system {
+                        entry.2.insert(system.clone());
+                    }
+                }
+            }
+            for (key, (resources, sensitive, systems)) in &expected {
+                let radius = graph.blast_radius(key).unwrap();
+                prop_assert_eq!(radius.resources, resources.len(), "{}", key);
+                prop_assert_eq!(radius.sensitive_resources, sensitive.len(), "{}", key);
+                prop_assert_eq!(radius.systems, systems.len(), "{}", key);
+            }
+        }
+    }
+}
