@@ -212,6 +212,18 @@ impl Attributor {
         }
     }
 
+    /// Learns from an event attributed before, as when replaying the store
+    /// on start: its bindings and its session, without changing it.
+    pub fn observe(&mut self, event: &RuntimeEvent) {
+        if matches!(
+            event.attribution.method,
+            AttributionMethod::Authenticated | AttributionMethod::Bound
+        ) {
+            self.learn(event);
+            self.remember_session(event);
+        }
+    }
+
     /// Steps 2 to 4: bindings, then sessions, else unattributed.
     fn resolve(&mut self, event: &mut RuntimeEvent, at: DateTime<Utc>) {
         let keys = binding_keys(event);
@@ -286,6 +298,12 @@ impl Attributor {
         }
         event.attribution.method = AttributionMethod::Unattributed;
         event.attribution.evidence = Vec::new();
+        if event.actor.root.is_some() || !event.actor.agents.is_empty() {
+            event.attribution.evidence.push(evidence(
+                "reported",
+                "the chain is as the source reported it; nothing Custody holds confirms it".into(),
+            ));
+        }
     }
 
     /// Bindings an attributed event makes known: a created access key, an

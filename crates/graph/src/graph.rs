@@ -20,6 +20,9 @@
 //! principal itself: blast radius and lineage are about runs, one execution
 //! each. An agent below another agent in a chain is a `sub_agent` node.
 //!
+//! An `unattributed` event adds its current actor and what it did, but no
+//! lineage: the root and agents its source reported are not taken on trust.
+//!
 //! *Invariant:* applying an event costs O(chain depth + targets): the blast
 //! radius of every hop of the event's chain is updated along that chain,
 //! never by walking the graph.
@@ -28,7 +31,9 @@ use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 
 use chrono::{DateTime, Utc};
-use custody_event::{EventId, EventKind, Principal, PrincipalKind, RuntimeEvent};
+use custody_event::{
+    AttributionMethod, EventId, EventKind, Principal, PrincipalKind, RuntimeEvent,
+};
 
 type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 type Set<T> = HashSet<T, foldhash::fast::RandomState>;
@@ -381,7 +386,22 @@ impl Graph {
     pub fn apply(&mut self, event: &RuntimeEvent) {
         let at = event.observed_at;
         let id = event.id;
-        let actor = &event.actor;
+        // An unattributed event's chain is only what its source claimed: the
+        // graph takes its current actor alone, never a lineage on its word.
+        let unverified;
+        let actor = if event.attribution.method == AttributionMethod::Unattributed
+            && (event.actor.root.is_some() || !event.actor.agents.is_empty())
+        {
+            unverified = custody_event::Actor {
+                root: None,
+                agents: Vec::new(),
+                current: event.actor.current.clone(),
+                credential: event.actor.credential.clone(),
+            };
+            &unverified
+        } else {
+            &event.actor
+        };
         // The chain's hops, root first.
         let mut path: Vec<u32> = Vec::with_capacity(actor.agents.len() + 2);
         if let Some(root) = &actor.root {

@@ -9,6 +9,9 @@
 //!   events, each edge with first- and last-seen times and the events that
 //!   made it, and every node's [`BlastRadius`] kept incrementally.
 //!
+//! - [`Live`] (`live.rs`): both behind one lock, as the engine's attribute
+//!   stage.
+//!
 //! *Invariant:* this crate does no IO. It takes events and returns values;
 //! persisting the graph and serving it are the store's and the API's.
 
@@ -25,6 +28,7 @@
 mod attribution;
 mod export;
 mod graph;
+mod live;
 
 pub use attribution::{
     ATTR_AWS_ACCESS_KEY, ATTR_AWS_ROLE_SESSION, ATTR_AWS_SESSION_EXPIRES, ATTR_AWS_SOURCE_IDENTITY,
@@ -36,6 +40,7 @@ pub use graph::{
     BlastRadius, EdgeKind, EdgeSeen, EdgeView, Graph, NodeKey, NodeKind, NodeView, Sensitivity,
     Subgraph, Verb,
 };
+pub use live::Live;
 
 #[cfg(test)]
 mod tests;

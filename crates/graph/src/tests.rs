@@ -10,7 +10,8 @@ fn at(second: i64) -> DateTime<Utc> {
     "2026-11-25T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::seconds(second)
 }
 
-/// An event by `actor` at `second`, with `fields` replacing the defaults.
+/// An authenticated event by `actor` at `second`, with `fields` replacing
+/// the defaults.
 fn event(second: i64, actor: Value, fields: Value) -> RuntimeEvent {
     let mut json = json!({
         "kind": "tool_call",
@@ -19,6 +20,8 @@ fn event(second: i64, actor: Value, fields: Value) -> RuntimeEvent {
         "source": {"type": "gateway", "name": "gw-1"},
         "actor": actor,
         "outcome": {"status": "success"},
+        // The graph is built from attributed events.
+        "attribution": {"method": "authenticated"},
     });
     let Value::Object(fields) = fields else {
         panic!("fields must be an object")
@@ -428,4 +431,20 @@ mod incremental {
             }
         }
     }
+}
+
+#[test]
+fn an_unattributed_event_adds_no_lineage() {
+    let mut graph = Graph::new(Sensitivity::default());
+    graph.apply(&event(
+        0,
+        chain(&[("orchestrator", "run-0"), ("coder", "run-1")]),
+        json!({"attribution": {"method": "unattributed"},
+               "target": {"resource": "file:///etc/passwd"}}),
+    ));
+    insta::assert_snapshot!(graph.dump(), @r"
+    run:run-1 (coder) radius: systems 0 resources 1 sensitive 0 identities_created 0 credentials_created 0 privileged 0 depth 0 fan_out 0
+    resource:file:///etc/passwd
+    run:run-1 -used-> resource:file:///etc/passwd x1
+    ");
 }
