@@ -153,7 +153,15 @@ fn http(
     let token = custody_api::issue_token(&store, custody_api::Role::Ingest, None)
         .expect("token")
         .secret;
-    let engine = Arc::new(Engine::builder(Arc::new(store.clone())).build());
+    let engine = Engine::builder(Arc::new(store.clone()));
+    // The attribute stage `custody serve` will run: attribution and the
+    // agent graph (`CUSTODY_BENCH_ATTRIBUTE=live`); by default the events'
+    // own claims stand.
+    let engine = match std::env::var("CUSTODY_BENCH_ATTRIBUTE").as_deref() {
+        Ok("live") => engine.attribute(custody_graph::Live::default()),
+        _ => engine,
+    };
+    let engine = Arc::new(engine.build());
     // Bytes, so a client's copy of a body costs a reference count, as a
     // client in a process of its own would not copy at all.
     let bodies: Arc<Vec<axum::body::Bytes>> = Arc::new(

@@ -366,7 +366,9 @@ pub struct Subgraph {
 /// The agent graph, in memory.
 #[derive(Debug, Default)]
 pub struct Graph {
-    index: Map<NodeKey, u32>,
+    /// Node indices by kind (as `usize`) and id, so lookups need no
+    /// allocation.
+    index: Vec<Map<Box<str>, u32>>,
     nodes: Vec<Node>,
     edges: Map<EdgeKey, EdgeSeen>,
     sensitivity: Sensitivity,
@@ -379,6 +381,14 @@ impl Graph {
             sensitivity,
             ..Graph::default()
         }
+    }
+
+    /// The index of the node `key`, if any.
+    fn lookup(&self, key: &NodeKey) -> Option<u32> {
+        self.index
+            .get(key.kind as usize)?
+            .get(key.id.as_str())
+            .copied()
     }
 
     /// Adds what `event` says to the graph and to the blast radius of every
@@ -409,7 +419,7 @@ impl Graph {
                 PrincipalKind::Service => NodeKind::Service,
                 _ => NodeKind::Human,
             };
-            path.push(self.node(NodeKey::new(kind, &root.id), root.name.as_deref(), at));
+            path.push(self.node(kind, &root.id, root.name.as_deref(), at));
         }
         let hops = actor.agents.iter().chain(std::iter::once(&actor.current));
         for (depth, principal) in hops.enumerate() {
@@ -431,7 +441,7 @@ impl Graph {
         };
 
         if let Some(credential) = &actor.credential {
-            let node = self.node(NodeKey::new(NodeKind::Credential, &credential.id), None, at);
+            let node = self.node(NodeKind::Credential, &credential.id, None, at);
             self.edge(current, EdgeKind::Holds, node, at, id);
             self.edge(current, EdgeKind::Used, node, at, id);
         }
@@ -447,12 +457,12 @@ impl Graph {
             (target.server.as_deref(), NodeKind::Server),
         ] {
             if let Some(name) = tool_or_server {
-                let node = self.node(NodeKey::new(kind, name), None, at);
+                let node = self.node(kind, name, None, at);
                 self.edge(current, EdgeKind::Called, node, at, id);
             }
         }
         if let Some(system) = &target.system {
-            let node = self.node(NodeKey::new(NodeKind::System, system), None, at);
+            let node = self.node(NodeKind::System, system, None, at);
             self.edge(current, EdgeKind::Used, node, at, id);
             self.each_hop(&path, |radius| {
                 radius.systems.insert(node);
@@ -465,7 +475,7 @@ impl Graph {
             } else {
                 NodeKind::Resource
             };
-            let node = self.node(NodeKey::new(kind, resource), None, at);
+            let node = self.node(kind, resource, None, at);
             let edge = match verb {
                 Verb::Create => EdgeKind::Created,
                 Verb::Write => EdgeKind::Wrote,
@@ -495,7 +505,7 @@ impl Graph {
 
     /// The blast radius of a node, if the graph has it.
     pub fn blast_radius(&self, key: &NodeKey) -> Option<BlastRadius> {
-        let node = self.nodes.get(*self.index.get(key)? as usize)?;
+        let node = self.nodes.get(self.lookup(key)? as usize)?;
         let Some(radius) = &node.radius else {
             return Some(BlastRadius::default());
         };
@@ -513,14 +523,14 @@ impl Graph {
 
     /// What the graph knows of a node.
     pub fn node_view(&self, key: &NodeKey) -> Option<NodeView> {
-        self.view(*self.index.get(key)?)
+        self.view(self.lookup(key)?)
     }
 
     /// The nodes and edges reachable from `root` along outgoing edges, at
     /// most `depth` edges away, and at most `limit` nodes (breadth first, so
     /// the nearest are kept).
     pub fn subgraph(&self, root: &NodeKey, depth: usize, limit: usize) -> Option<Subgraph> {
-        let start = *self.index.get(root)?;
+        let start = self.lookup(root)?;
         let mut seen: Set<u32> = Set::default();
         seen.insert(start);
         let mut order = vec![start];
@@ -567,7 +577,7 @@ impl Graph {
             NodeKind::Role,
         ]
         .into_iter()
-        .filter_map(|kind| self.index.get(&NodeKey::new(kind, id)).copied());
+        .filter_map(|kind| self.lookup(&NodeKey::new(kind, id)));
         let mut chains = Vec::new();
         for target in targets {
             let Some(node) = self.nodes.get(target as usize) else {
@@ -674,7 +684,7 @@ impl Graph {
 
     /// The edge from `from` to `to` of `kind`, if seen.
     pub fn edge_seen(&self, from: &NodeKey, kind: EdgeKind, to: &NodeKey) -> Option<&EdgeSeen> {
-        let (from, to) = (*self.index.get(from)?, *self.index.get(to)?);
+        let (from, to) = (self.lookup(from)?, self.lookup(to)?);
         self.edges.get(&(from, kind, to))
     }
 
@@ -725,9 +735,14 @@ impl Graph {
         out
     }
 
-    /// The node for `key`, added when new; its last-seen time moves to `at`.
-    fn node(&mut self, key: NodeKey, name: Option<&str>, at: DateTime<Utc>) -> u32 {
-        if let Some(&index) = self.index.get(&key) {
+    /// The node of `kind` and `id`, added when new; its sightings widen to
+    /// `at`.
+    fn node(&mut self, kind: NodeKind, id: &str, name: Option<&str>, at: DateTime<Utc>) -> u32 {
+        let slot = kind as usize;
+        if self.index.len() <= slot {
+            self.index.resize_with(slot + 1, Map::default);
+        }
+        if let Some(&index) = self.index.get(slot).and_then(|ids| ids.get(id)) {
             if let Some(node) = self.nodes.get_mut(index as usize) {
                 node.first_seen = node.first_seen.min(at);
                 node.last_seen = node.last_seen.max(at);
@@ -739,7 +754,7 @@ impl Graph {
         }
         let index = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
         self.nodes.push(Node {
-            key: key.clone(),
+            key: NodeKey::new(kind, id),
             name: name.map(str::to_owned),
             first_seen: at,
             last_seen: at,
@@ -747,7 +762,9 @@ impl Graph {
             out: Vec::new(),
             incoming: Vec::new(),
         });
-        self.index.insert(key, index);
+        if let Some(ids) = self.index.get_mut(slot) {
+            ids.insert(id.into(), index);
+        }
         index
     }
 
@@ -758,22 +775,16 @@ impl Graph {
             // A run is named after its agent.
             (Some(run), _) => {
                 let agent = name.or(Some(principal.id.as_str()));
-                self.node(NodeKey::new(NodeKind::Run, run), agent, at)
+                self.node(NodeKind::Run, run, agent, at)
             }
             (None, PrincipalKind::Agent) if below_agent => {
-                self.node(NodeKey::new(NodeKind::SubAgent, &principal.id), name, at)
+                self.node(NodeKind::SubAgent, &principal.id, name, at)
             }
-            (None, PrincipalKind::Agent) => {
-                self.node(NodeKey::new(NodeKind::Agent, &principal.id), name, at)
-            }
-            (None, PrincipalKind::Role) => {
-                self.node(NodeKey::new(NodeKind::Role, &principal.id), name, at)
-            }
-            (None, PrincipalKind::Service) => {
-                self.node(NodeKey::new(NodeKind::Service, &principal.id), name, at)
-            }
+            (None, PrincipalKind::Agent) => self.node(NodeKind::Agent, &principal.id, name, at),
+            (None, PrincipalKind::Role) => self.node(NodeKind::Role, &principal.id, name, at),
+            (None, PrincipalKind::Service) => self.node(NodeKind::Service, &principal.id, name, at),
             (None, PrincipalKind::Human | PrincipalKind::Unknown) => {
-                self.node(NodeKey::new(NodeKind::Human, &principal.id), name, at)
+                self.node(NodeKind::Human, &principal.id, name, at)
             }
         }
     }

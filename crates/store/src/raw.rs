@@ -83,24 +83,20 @@ impl PreparedEvent {
     }
 }
 
-/// Serializes into a buffer kept per thread, then copies the result out
-/// once, exactly sized: a growing `String` would be reallocated and copied
-/// several times on the way to an event's size.
+/// Serializes into a buffer sized by the previous event this thread
+/// serialized, so it is rarely grown (a growing `String` would be
+/// reallocated and copied several times on the way to an event's size).
 fn to_json(event: &RuntimeEvent) -> serde_json::Result<String> {
-    /// A buffer grown past this by a large event is let go afterwards.
-    const KEEP: usize = 64 * 1024;
     thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        static LAST_SIZE: std::cell::Cell<usize> = const { std::cell::Cell::new(1024) };
     }
-    BUFFER.with_borrow_mut(|buffer| {
-        buffer.clear();
-        let written = serde_json::to_writer(&mut *buffer, event);
-        // serde_json writes only valid UTF-8.
-        let json = written.map(|()| String::from_utf8_lossy(buffer).into_owned());
-        if buffer.capacity() > KEEP {
-            *buffer = Vec::new();
-        }
-        json
+    let hint = LAST_SIZE.get();
+    let mut buffer = Vec::with_capacity(hint + hint / 4);
+    serde_json::to_writer(&mut buffer, event)?;
+    LAST_SIZE.set(buffer.len().min(64 * 1024));
+    // serde_json writes only UTF-8; this check is the fast, validating kind.
+    String::from_utf8(buffer).map_err(|error| {
+        serde::ser::Error::custom(format!("serialized event is not UTF-8: {error}"))
     })
 }
 
