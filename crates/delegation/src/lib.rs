@@ -227,6 +227,8 @@ pub struct Minted {
 /// One signing key.
 struct Key {
     kid: String,
+    /// The Ed25519 seed, for saving the key; never logged.
+    seed: [u8; 32],
     encoding: EncodingKey,
     decoding: DecodingKey,
     /// The public key, base64url, as the JWKS publishes it.
@@ -259,7 +261,99 @@ impl std::fmt::Debug for Issuer {
     }
 }
 
+/// What an issuer must keep across restarts: its keys (secret) and its
+/// revocations. Saved by the caller, readable only by its owner.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuerState {
+    /// The keys, oldest first.
+    pub keys: Vec<SavedKey>,
+    /// Revoked nodes, with when.
+    pub revoked: std::collections::BTreeMap<String, DateTime<Utc>>,
+}
+
+/// A key as saved.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedKey {
+    /// Its key id.
+    pub kid: String,
+    /// Its Ed25519 seed, base64url.
+    pub seed: String,
+    /// When it stopped signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for SavedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the seed.
+        f.debug_struct("SavedKey")
+            .field("kid", &self.kid)
+            .field("retired_at", &self.retired_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a saved state could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// A key's seed is not 32 bytes of base64url.
+    #[error("key `{0}`: the seed is not 32 bytes of base64url")]
+    Seed(String),
+    /// No key can sign.
+    #[error("no key is active")]
+    NoActiveKey,
+}
+
 impl Issuer {
+    /// An issuer restored from `state`, as [`Issuer::state`] saved it.
+    pub fn restore(
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        max_lifetime: Duration,
+        state: &IssuerState,
+    ) -> Result<Issuer, StateError> {
+        let mut keys = Vec::with_capacity(state.keys.len());
+        for saved in &state.keys {
+            let seed: [u8; 32] = URL_SAFE_NO_PAD
+                .decode(&saved.seed)
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or_else(|| StateError::Seed(saved.kid.clone()))?;
+            keys.push(key_from(saved.kid.clone(), seed, saved.retired_at));
+        }
+        if !keys.iter().any(|key| key.retired_at.is_none()) {
+            return Err(StateError::NoActiveKey);
+        }
+        Ok(Issuer {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            max_lifetime,
+            keys,
+            revoked: state.revoked.clone().into_iter().collect(),
+        })
+    }
+
+    /// What to save so that [`Issuer::restore`] brings this issuer back.
+    pub fn state(&self) -> IssuerState {
+        IssuerState {
+            keys: self
+                .keys
+                .iter()
+                .map(|key| SavedKey {
+                    kid: key.kid.clone(),
+                    seed: URL_SAFE_NO_PAD.encode(key.seed),
+                    retired_at: key.retired_at,
+                })
+                .collect(),
+            revoked: self.revoked.clone().into_iter().collect(),
+        }
+    }
+
+    /// Whether `node` is revoked.
+    pub fn is_revoked(&self, node: &str) -> bool {
+        self.revoked.contains_key(node)
+    }
+
     /// An issuer at `issuer` (its URL) minting tokens for `audience`, with a
     /// fresh key; no token lives longer than `max_lifetime`.
     pub fn new(
@@ -515,7 +609,15 @@ fn read_header(token: &str) -> Result<RawHeader, TokenError> {
 
 /// A fresh Ed25519 key with a random key id.
 fn new_key() -> Key {
-    let seed: [u8; 32] = rand::random();
+    key_from(
+        uuid::Uuid::new_v4().simple().to_string(),
+        rand::random(),
+        None,
+    )
+}
+
+/// The key of `seed`, named `kid`.
+fn key_from(kid: String, seed: [u8; 32], retired_at: Option<DateTime<Utc>>) -> Key {
     let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
     let public = signing.verifying_key().to_bytes();
     // PKCS#8 encoding of a valid key cannot fail; should it, the key is
@@ -526,12 +628,13 @@ fn new_key() -> Key {
         .unwrap_or_default();
     let x = URL_SAFE_NO_PAD.encode(public);
     Key {
-        kid: uuid::Uuid::new_v4().simple().to_string(),
+        kid,
+        seed,
         encoding: EncodingKey::from_ed_der(&der),
         decoding: DecodingKey::from_ed_components(&x)
             .unwrap_or_else(|_| DecodingKey::from_ed_der(&public)),
         x,
-        retired_at: None,
+        retired_at,
     }
 }
 

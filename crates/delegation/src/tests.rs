@@ -391,3 +391,49 @@ fn rotated_keys_keep_verifying_until_their_tokens_expire() {
         TokenError::UnknownKey(_)
     ));
 }
+
+#[test]
+fn a_saved_state_restores_keys_and_revocations() {
+    let mut issuer = issuer();
+    let minted = issuer
+        .mint(
+            &human("alice@example.com"),
+            &agent("release-bot", "run-0"),
+            &["a"],
+            Duration::minutes(30),
+            now(),
+        )
+        .unwrap();
+    issuer.rotate(now());
+    issuer.revoke("run-9", now());
+    let state = issuer.state();
+    let text = serde_json::to_string(&state).unwrap();
+    let restored = Issuer::restore(
+        "https://custody.example.com",
+        "custody",
+        Duration::hours(1),
+        &serde_json::from_str(&text).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        restored.verify(&minted.token, now()).is_ok(),
+        "the retired key verifies"
+    );
+    assert!(restored.is_revoked("run-9"));
+    assert_eq!(restored.jwks(), issuer.jwks());
+    assert!(
+        !format!("{state:?}").contains(&state.keys[0].seed),
+        "no seed in Debug"
+    );
+
+    let mut broken = state.clone();
+    broken.keys[0].seed = "short".into();
+    let error = Issuer::restore("i", "a", Duration::hours(1), &broken).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "key `{}`: the seed is not 32 bytes of base64url",
+            state.keys[0].kid
+        )
+    );
+}
