@@ -8,6 +8,7 @@
 
 mod auth;
 mod collect;
+mod delegate;
 mod error;
 mod metrics;
 mod query;
@@ -29,6 +30,7 @@ pub use auth::{
     Caller, IssuedToken, Role, TOKEN_PREFIX, authenticate, issue_token, new_secret, register_token,
 };
 pub use collect::{BatchAnswer, ItemError};
+pub use delegate::{Delegation, SaveState, TOKEN_EXCHANGE};
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use query::{EventParams, parse_time};
@@ -64,6 +66,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Turns true when the server starts shutting down.
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The delegation service, when enabled.
+    pub delegation: Option<Arc<Delegation>>,
 }
 
 impl AppState {
@@ -75,7 +79,14 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             limits,
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+            delegation: None,
         }
+    }
+
+    /// The same state with the delegation service enabled.
+    pub fn with_delegation(mut self, delegation: Delegation) -> AppState {
+        self.delegation = Some(Arc::new(delegation));
+        self
     }
 }
 
@@ -93,6 +104,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/stream", get(query::stream_events))
         .route("/v1/events/{id}", get(query::get_event))
         .route("/v1/export/ocsf", get(query::export_ocsf))
+        // OAuth needs these open; the token endpoint is authenticated by
+        // the subject token it is given.
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(delegate::metadata),
+        )
+        .route("/oauth/jwks", get(delegate::jwks))
+        .route("/oauth/token", post(delegate::token))
+        .route("/v1/agent-tokens", post(delegate::mint))
+        .route("/v1/revocations", post(delegate::revoke))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())

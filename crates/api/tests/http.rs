@@ -2,6 +2,8 @@
 //! loopback port over a store in a temporary directory and talks to it with
 //! a real HTTP client, checking statuses, headers and bodies.
 
+// Each test file uses part of the shared harness.
+#[allow(dead_code)]
 mod common;
 
 use std::collections::{BTreeMap, HashSet};

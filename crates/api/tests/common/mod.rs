@@ -32,6 +32,8 @@ pub struct Server {
     /// The client every request goes through.
     pub http: reqwest::Client,
     tokens: HashMap<Role, String>,
+    /// Every state the delegation service asked to save, in order.
+    pub saved: Arc<std::sync::Mutex<Vec<custody_delegation::IssuerState>>>,
     stop: Option<oneshot::Sender<()>>,
     serving: Option<JoinHandle<std::io::Result<()>>>,
     // Last, so the directory outlives the store handle above.
@@ -58,9 +60,20 @@ impl Server {
             })
             .collect();
         let engine = Arc::new(Engine::builder(Arc::new(store.clone())).build());
-        let state = AppState::new(engine, store.clone(), limits);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let saved: Arc<std::sync::Mutex<Vec<custody_delegation::IssuerState>>> = Arc::default();
+        let save: custody_api::SaveState = {
+            let saved = saved.clone();
+            Arc::new(move |state| {
+                saved.lock().unwrap().push(state.clone());
+                Ok(())
+            })
+        };
+        let issuer =
+            custody_delegation::Issuer::new(url.clone(), "custody", chrono::Duration::hours(1));
+        let state = AppState::new(engine, store.clone(), limits)
+            .with_delegation(custody_api::Delegation::new(issuer, url.clone(), save));
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(custody_api::serve(listener, state, async move {
             let _ = stopped.await;
@@ -74,6 +87,7 @@ impl Server {
             store,
             http,
             tokens,
+            saved,
             stop: Some(stop),
             serving: Some(serving),
             _dir: dir,

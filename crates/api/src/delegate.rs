@@ -1,0 +1,428 @@
+//! The delegation service over HTTP: OAuth 2.0 authorization server
+//! metadata (RFC 8414), the JWKS, RFC 8693 token exchange, minting a root
+//! agent token, and revocation.
+//!
+//! The metadata, the JWKS and the token endpoint are open, as OAuth needs
+//! them to be: the token endpoint is authenticated by the subject token it
+//! is given. Minting a root token needs an `admin` API token and revoking a
+//! `responder` one. Every token minted is recorded as an `agent_spawn`
+//! event, durable before the token is handed out.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{Duration, Utc};
+use custody_delegation::{ACCESS_TOKEN_TYPE, Claims, ExchangeError, Issuer, IssuerState, Minted};
+use custody_event::{Principal, PrincipalKind};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+
+/// The RFC 8693 grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+
+/// How long a minted token lives unless the request asks for less.
+const DEFAULT_LIFETIME_SECS: i64 = 15 * 60;
+
+/// Called with the issuer's state whenever it changes, to save it.
+pub type SaveState = Arc<dyn Fn(&IssuerState) -> std::io::Result<()> + Send + Sync>;
+
+/// The delegation service's state.
+pub struct Delegation {
+    issuer: RwLock<Issuer>,
+    /// The URL clients reach this server at; the issuer's URL.
+    public_url: String,
+    save: SaveState,
+}
+
+impl std::fmt::Debug for Delegation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delegation")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delegation {
+    /// A service around `issuer`, reached at `public_url`, saving its state
+    /// with `save`.
+    pub fn new(issuer: Issuer, public_url: impl Into<String>, save: SaveState) -> Delegation {
+        Delegation {
+            issuer: RwLock::new(issuer),
+            public_url: public_url.into().trim_end_matches('/').to_owned(),
+            save,
+        }
+    }
+
+    /// Verifies a token as the issuer does.
+    pub fn verify(&self, token: &str) -> Result<Claims, custody_delegation::TokenError> {
+        self.read().verify(token, Utc::now())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Issuer> {
+        self.issuer.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Issuer> {
+        self.issuer.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `GET /.well-known/oauth-authorization-server`.
+pub(crate) async fn metadata(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let delegation = service(&state)?;
+    let base = &delegation.public_url;
+    Ok(axum::Json(serde_json::json!({
+        "issuer": delegation.read().issuer(),
+        "token_endpoint": format!("{base}/oauth/token"),
+        "jwks_uri": format!("{base}/oauth/jwks"),
+        "grant_types_supported": [TOKEN_EXCHANGE],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "response_types_supported": [],
+        "scopes_supported": [],
+    }))
+    .into_response())
+}
+
+/// `GET /oauth/jwks`.
+pub(crate) async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let delegation = service(&state)?;
+    Ok(axum::Json(delegation.read().jwks()).into_response())
+}
+
+/// The form of an RFC 8693 request, with Custody's extension parameters
+/// naming the new actor.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ExchangeForm {
+    grant_type: Option<String>,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+    requested_token_type: Option<String>,
+    scope: Option<String>,
+    /// The sub-agent's id.
+    custody_actor: Option<String>,
+    /// The sub-agent's run.
+    custody_run: Option<String>,
+    /// The lifetime asked for, in seconds.
+    custody_lifetime: Option<i64>,
+}
+
+/// `POST /oauth/token`: token exchange. Answers RFC 6749 errors.
+pub(crate) async fn token(
+    State(state): State<AppState>,
+    form: Result<axum::Form<ExchangeForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    match exchange(&state, form).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn exchange(
+    state: &AppState,
+    form: Result<axum::Form<ExchangeForm>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, OauthError> {
+    let delegation =
+        service(state).map_err(|_| OauthError::new("server_error", "no delegation service"))?;
+    let axum::Form(form) =
+        form.map_err(|rejection| OauthError::invalid_request(rejection.body_text()))?;
+    match form.grant_type.as_deref() {
+        Some(TOKEN_EXCHANGE) => {}
+        Some(other) => {
+            return Err(OauthError::new(
+                "unsupported_grant_type",
+                format!("grant type `{other}` is not supported, only {TOKEN_EXCHANGE}"),
+            ));
+        }
+        None => return Err(OauthError::invalid_request("`grant_type` is missing")),
+    }
+    let required = |value: Option<String>, name: &str| {
+        value
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| OauthError::invalid_request(format!("`{name}` is missing")))
+    };
+    let subject_token = required(form.subject_token, "subject_token")?;
+    let subject_type = required(form.subject_token_type, "subject_token_type")?;
+    if subject_type != ACCESS_TOKEN_TYPE && subject_type != "urn:ietf:params:oauth:token-type:jwt" {
+        return Err(OauthError::invalid_request(format!(
+            "subject token type `{subject_type}` is not supported"
+        )));
+    }
+    if let Some(requested) = form.requested_token_type.filter(|t| t != ACCESS_TOKEN_TYPE) {
+        return Err(OauthError::new(
+            "invalid_target",
+            format!("only {ACCESS_TOKEN_TYPE} is issued, not `{requested}`"),
+        ));
+    }
+    let actor = agent(
+        required(form.custody_actor, "custody_actor")?,
+        required(form.custody_run, "custody_run")?,
+    );
+    let scopes: Option<Vec<&str>> = form
+        .scope
+        .as_deref()
+        .map(|s| s.split_whitespace().collect());
+    let lifetime = Duration::seconds(
+        form.custody_lifetime
+            .unwrap_or(DEFAULT_LIFETIME_SECS)
+            .max(1),
+    );
+    let now = Utc::now();
+    let (parent, minted) = {
+        let issuer = delegation.read();
+        let parent = issuer.verify(&subject_token, now).map_err(|error| {
+            OauthError::new(
+                "invalid_grant",
+                format!("the subject token is refused: {error}"),
+            )
+        })?;
+        let minted = issuer
+            .exchange(&subject_token, &actor, scopes.as_deref(), lifetime, now)
+            .map_err(|error| match error {
+                ExchangeError::Scope(_) => OauthError::new("invalid_scope", error.to_string()),
+                ExchangeError::SubjectToken(_) => {
+                    OauthError::new("invalid_grant", error.to_string())
+                }
+                ExchangeError::Actor | ExchangeError::TooDeep => {
+                    OauthError::invalid_request(error.to_string())
+                }
+                ExchangeError::Signing(_) => OauthError::new("server_error", error.to_string()),
+            })?;
+        (parent, minted)
+    };
+    let chain = parent
+        .chain()
+        .map_err(|error| OauthError::new("invalid_grant", error.to_string()))?;
+    record_spawn(state, &chain, &actor, &minted, "oauth/token-exchange")
+        .await
+        .map_err(|error| OauthError::new("temporarily_unavailable", error.to_string()))?;
+    Ok(token_response(&minted, now))
+}
+
+/// `POST /v1/agent-tokens` body: who deploys which agent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MintRequest {
+    /// The human or service the agent acts for.
+    subject: Subject,
+    /// The agent and its run.
+    agent: AgentRun,
+    /// The scopes granted.
+    #[serde(default)]
+    scope: Vec<String>,
+    /// Lifetime in seconds.
+    #[serde(default)]
+    expires_in: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Subject {
+    #[serde(rename = "type")]
+    kind: String,
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentRun {
+    id: String,
+    run_id: String,
+}
+
+/// `POST /v1/agent-tokens`: an administrator mints the token an agent
+/// starts with, acting for a human or a service.
+pub(crate) async fn mint(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<axum::Json<MintRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let delegation = service(&state)?;
+    let axum::Json(request) =
+        body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    let kind = match request.subject.kind.as_str() {
+        "human" => PrincipalKind::Human,
+        "service" => PrincipalKind::Service,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "subject.type `{other}` is not `human` or `service`"
+            )));
+        }
+    };
+    if request.subject.id.trim().is_empty() {
+        return Err(ApiError::BadRequest("subject.id must not be empty".into()));
+    }
+    let root = Principal {
+        kind,
+        id: request.subject.id,
+        name: None,
+        version: None,
+        run_id: None,
+    };
+    let actor = agent(request.agent.id, request.agent.run_id);
+    let scopes: Vec<&str> = request.scope.iter().map(String::as_str).collect();
+    let lifetime = Duration::seconds(request.expires_in.unwrap_or(DEFAULT_LIFETIME_SECS).max(1));
+    let now = Utc::now();
+    let minted = delegation
+        .read()
+        .mint(&root, &actor, &scopes, lifetime, now)
+        .map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    let chain = custody_event::Actor {
+        root: None,
+        agents: Vec::new(),
+        current: root,
+        credential: None,
+    };
+    record_spawn(&state, &chain, &actor, &minted, "custody/mint-agent-token").await?;
+    Ok(token_response(&minted, now))
+}
+
+/// `POST /v1/revocations` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevokeRequest {
+    /// A token id, a root, an agent or a run.
+    node: String,
+}
+
+/// `POST /v1/revocations`: every token whose chain passes through the node
+/// is refused from now on.
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<axum::Json<RevokeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Responder)?;
+    let delegation = service(&state)?;
+    let axum::Json(request) =
+        body.map_err(|rejection| ApiError::BadRequest(rejection.body_text()))?;
+    if request.node.trim().is_empty() {
+        return Err(ApiError::BadRequest("node must not be empty".into()));
+    }
+    let saved = {
+        let mut issuer = delegation.write();
+        issuer.revoke(request.node.clone(), Utc::now());
+        (delegation.save)(&issuer.state())
+    };
+    saved.map_err(|error| ApiError::Internal(format!("saving the revocation: {error}")))?;
+    tracing::info!(node = %request.node, "revoked");
+    Ok(axum::Json(serde_json::json!({"revoked": request.node})).into_response())
+}
+
+fn service(state: &AppState) -> Result<&Arc<Delegation>, ApiError> {
+    state
+        .delegation
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("the delegation service is not enabled".into()))
+}
+
+fn agent(id: String, run: String) -> Principal {
+    Principal {
+        kind: PrincipalKind::Agent,
+        id,
+        name: None,
+        version: None,
+        run_id: Some(run),
+    }
+}
+
+/// Records the minting of `minted` for `actor` by `chain` as an
+/// `agent_spawn` event, and waits until it is durable.
+async fn record_spawn(
+    state: &AppState,
+    chain: &custody_event::Actor,
+    actor: &Principal,
+    minted: &Minted,
+    action: &str,
+) -> Result<(), ApiError> {
+    let parent_token = chain.credential.as_ref().map(|c| c.id.clone());
+    let event = serde_json::json!({
+        "kind": "agent_spawn",
+        "action": action,
+        "observed_at": Utc::now(),
+        "source": {"type": "custody", "name": "delegation"},
+        "actor": chain,
+        "target": {"principal": actor},
+        "outcome": {"status": "success"},
+        "attribution": {
+            "method": "authenticated",
+            "evidence": [{"type": "token", "detail": parent_token.unwrap_or_else(|| "minted by an admin API token".into())}],
+        },
+        "attributes": {
+            "custody.minted_token": minted.claims.jti,
+            "custody.scope": minted.claims.scope,
+        },
+    });
+    let event = custody_event::decode_value(event)
+        .map_err(|error| ApiError::Internal(format!("building the spawn event: {error}")))?;
+    state.engine.ingest(vec![event], Utc::now()).await?;
+    Ok(())
+}
+
+fn token_response(minted: &Minted, now: chrono::DateTime<Utc>) -> Response {
+    let body = serde_json::json!({
+        "access_token": minted.token,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": (minted.claims.exp - now.timestamp()).max(0),
+        "scope": minted.claims.scope,
+    });
+    let mut response = axum::Json(body).into_response();
+    // RFC 6749 5.1: tokens are never cached.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// An RFC 6749 error answer: `{"error": code, "error_description": ...}`.
+#[derive(Debug)]
+struct OauthError {
+    code: &'static str,
+    description: String,
+}
+
+impl OauthError {
+    fn new(code: &'static str, description: impl Into<String>) -> OauthError {
+        OauthError {
+            code,
+            description: description.into(),
+        }
+    }
+
+    fn invalid_request(description: impl Into<String>) -> OauthError {
+        OauthError::new("invalid_request", description)
+    }
+}
+
+impl From<ApiError> for OauthError {
+    fn from(error: ApiError) -> OauthError {
+        OauthError::new("server_error", error.to_string())
+    }
+}
+
+impl IntoResponse for OauthError {
+    fn into_response(self) -> Response {
+        let status = match self.code {
+            "server_error" => StatusCode::INTERNAL_SERVER_ERROR,
+            "temporarily_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let mut response = (
+            status,
+            axum::Json(
+                serde_json::json!({"error": self.code, "error_description": self.description}),
+            ),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
