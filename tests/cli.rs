@@ -1522,3 +1522,134 @@ impl Drop for Tail {
         let _ = self.child.wait();
     }
 }
+
+/// Calls the API with `token` (none when empty): a JSON body, or a form.
+fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Body,
+) -> (u16, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", server.url))
+            .timeout(Duration::from_secs(30));
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
+        request = match body {
+            Body::None => request,
+            Body::Json(value) => request.json(&value),
+            Body::Form(form) => request.form(&form),
+        };
+        let response = request.send().await.expect("calling the server");
+        let status = response.status().as_u16();
+        let value = response.json().await.unwrap_or(Value::Null);
+        (status, value)
+    })
+}
+
+/// What a request carries.
+enum Body {
+    None,
+    Json(Value),
+    Form(Vec<(&'static str, String)>),
+}
+
+#[test]
+fn delegation_keys_and_revocations_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // The issuer is the public URL, whatever port the server listens on.
+    let public = ["--public-url", "https://custody.example.com"];
+    let server = Server::start(dir.path(), &public);
+    let (status, metadata) = call(
+        &server,
+        reqwest::Method::GET,
+        "/.well-known/oauth-authorization-server",
+        "",
+        Body::None,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(metadata["issuer"], "https://custody.example.com");
+    assert_eq!(
+        metadata["token_endpoint"],
+        "https://custody.example.com/oauth/token"
+    );
+    let file = dir.path().join("delegation.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the signing keys are the owner's only");
+    }
+    let (_, jwks) = call(&server, reqwest::Method::GET, "/oauth/jwks", "", Body::None);
+    let (status, minted) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/agent-tokens",
+        &server.token,
+        Body::Json(
+            json!({"subject": {"type": "human", "id": "alice@example.com"},
+                          "agent": {"id": "release-bot", "run_id": "run-0"}}),
+        ),
+    );
+    assert_eq!(status, 200, "{minted}");
+    let root = minted["access_token"].as_str().unwrap().to_owned();
+    let exchange = |server: &Server, token: &str, run: &str| {
+        call(
+            server,
+            reqwest::Method::POST,
+            "/oauth/token",
+            "",
+            Body::Form(vec![
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+                ),
+                ("subject_token", token.to_owned()),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token".into(),
+                ),
+                ("custody_actor", "auditor".into()),
+                ("custody_run", run.to_owned()),
+            ]),
+        )
+    };
+    let (status, child) = exchange(&server, &root, "run-0.a");
+    assert_eq!(status, 200, "{child}");
+    let child = child["access_token"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/revocations",
+        &server.token,
+        Body::Json(json!({"node": "run-0.a"})),
+    );
+    assert_eq!(status, 200);
+    server.kill();
+
+    // Restarted (on another port), with the same keys and revocations.
+    let server = Server::start(dir.path(), &public);
+    let (_, again) = call(&server, reqwest::Method::GET, "/oauth/jwks", "", Body::None);
+    assert_eq!(again, jwks, "the same keys");
+    let (status, _) = exchange(&server, &root, "run-0.b");
+    assert_eq!(
+        status, 200,
+        "a token minted before the restart still exchanges"
+    );
+    let (status, refused) = exchange(&server, &child, "run-0.a.1");
+    assert_eq!(status, 400);
+    assert!(
+        refused["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{refused}"
+    );
+}

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes [default: 16 MiB].
     #[arg(long, env = "CUSTODY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// The URL clients reach this server at: the issuer of the agent tokens
+    /// it mints [default: http://LISTEN].
+    #[arg(long, env = "CUSTODY_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 /// The TOML file's shape.
@@ -44,6 +48,7 @@ struct FileConfig {
     durability: Option<String>,
     queue_capacity: Option<usize>,
     max_body_bytes: Option<usize>,
+    public_url: Option<String>,
 }
 
 /// The settings `custody serve` runs with.
@@ -57,6 +62,9 @@ pub struct Config {
     pub store: StoreOptions,
     /// Request limits.
     pub limits: custody_api::Limits,
+    /// The URL clients reach the server at, if set; otherwise derived from
+    /// the address it listens on.
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -100,6 +108,7 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
             store,
             limits,
+            public_url: args.public_url.or(file.public_url),
         })
     }
 }

@@ -15,6 +15,13 @@ use crate::config::Config;
 /// File in the data directory holding the admin token made on first start.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
+/// File in the data directory holding the delegation service's signing keys
+/// and revocations, readable by its owner only.
+pub const DELEGATION_FILE: &str = "delegation.json";
+
+/// The longest an agent token may live.
+const MAX_TOKEN_LIFETIME_HOURS: i64 = 1;
+
 /// Runs the server until SIGINT or SIGTERM, then drains: requests in flight
 /// finish, queued events are committed, and only then does it exit.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -34,7 +41,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         durability = ?config.store.durability,
         "custody is serving"
     );
-    let state = AppState::new(engine, store.clone(), config.limits);
+    let public_url = match &config.public_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", listener.local_addr()?),
+    };
+    let delegation = delegation(&config.data_dir, &public_url)?;
+    let state = AppState::new(engine, store.clone(), config.limits).with_delegation(delegation);
     custody_api::serve(listener, state, shutdown_signal())
         .await
         .context("serving the API")?;
@@ -98,6 +110,51 @@ fn first_start(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
         path.display()
     );
     println!("{secret}");
+    Ok(())
+}
+
+/// The delegation service, with the keys and revocations saved in the data
+/// directory, or new keys saved there on first start.
+fn delegation(data_dir: &Path, public_url: &str) -> anyhow::Result<custody_api::Delegation> {
+    use custody_delegation::{Issuer, IssuerState};
+    let path = data_dir.join(DELEGATION_FILE);
+    let lifetime = chrono::Duration::hours(MAX_TOKEN_LIFETIME_HOURS);
+    let issuer = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let state: IssuerState = serde_json::from_slice(&bytes)
+                .with_context(|| format!("reading `{}`", path.display()))?;
+            Issuer::restore(public_url, "custody", lifetime, &state).with_context(|| {
+                format!("restoring the delegation keys from `{}`", path.display())
+            })?
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let issuer = Issuer::new(public_url, "custody", lifetime);
+            save_delegation(&path, &issuer.state())?;
+            issuer
+        }
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading `{}`", path.display()));
+        }
+    };
+    let save: custody_api::SaveState = Arc::new(move |state| {
+        save_delegation(&path, state).map_err(|error| std::io::Error::other(format!("{error:#}")))
+    });
+    Ok(custody_api::Delegation::new(issuer, public_url, save))
+}
+
+/// Replaces the delegation file with `state`, owner-only, atomically: a
+/// crash leaves the old file or the new one, never half of one.
+fn save_delegation(path: &Path, state: &custody_delegation::IssuerState) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(state).context("serializing the delegation state")?;
+    let temporary = path.with_extension("json.tmp");
+    let _ = std::fs::remove_file(&temporary);
+    write_private(&temporary, &text)?;
+    std::fs::rename(&temporary, path).with_context(|| format!("replacing `{}`", path.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("syncing `{}`", dir.display()))?;
+    }
     Ok(())
 }
 
