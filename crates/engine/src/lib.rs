@@ -34,4 +34,6 @@ pub mod stages;
 pub use decision::{Decision, Reason, ReasonSource, Verdict};
 pub use pipeline::{Engine, EngineBuilder, Evaluated, Ingested};
 pub use record::{Receipt, Record, RecordError};
-pub use stages::{Act, ActionRecord, Attribute, Decide, Detect, Normalize, Signal};
+pub use stages::{
+    Act, ActionRecord, Attribute, Decide, Detect, Normalize, Provenance, Signal, authenticate,
+};

@@ -11,7 +11,7 @@ use crate::decision::Decision;
 use crate::record::{Receipt, Record, RecordError};
 use crate::stages::{
     Act, ActionRecord, AllowAll, AsReported, Attribute, Decide, Detect, NoActions, NoDetections,
-    Normalize, Signal, Stamp,
+    Normalize, Provenance, Signal, Stamp,
 };
 
 /// An event after every stage but record.
@@ -77,7 +77,17 @@ impl Engine {
         event: NewEvent,
         received_at: DateTime<Utc>,
     ) -> (Evaluated, Result<Receipt, RecordError>) {
-        let evaluated = self.process(event, received_at);
+        self.evaluate_as(event, received_at, &Provenance::Reported)
+    }
+
+    /// [`Engine::evaluate`] for an event someone vouches for.
+    pub fn evaluate_as(
+        &self,
+        event: NewEvent,
+        received_at: DateTime<Utc>,
+        provenance: &Provenance,
+    ) -> (Evaluated, Result<Receipt, RecordError>) {
+        let evaluated = self.process(event, received_at, provenance);
         let receipt = self.record.record(vec![evaluated.clone()]);
         (evaluated, receipt)
     }
@@ -89,9 +99,19 @@ impl Engine {
         events: Vec<NewEvent>,
         received_at: DateTime<Utc>,
     ) -> Result<Ingested, RecordError> {
+        self.ingest_batch_as(events, received_at, &Provenance::Reported)
+    }
+
+    /// [`Engine::ingest_batch`] for events someone vouches for.
+    pub fn ingest_batch_as(
+        &self,
+        events: Vec<NewEvent>,
+        received_at: DateTime<Utc>,
+        provenance: &Provenance,
+    ) -> Result<Ingested, RecordError> {
         let evaluated: Vec<Evaluated> = events
             .into_iter()
-            .map(|event| self.process(event, received_at))
+            .map(|event| self.process(event, received_at, provenance))
             .collect();
         let ids = evaluated.iter().map(|e| e.event.id).collect();
         let receipt = self.record.record(evaluated)?;
@@ -113,9 +133,14 @@ impl Engine {
     /// Every stage but record. A panic in detect, decide or act must not take
     /// the process down nor let the action through: it becomes a recorded
     /// fail-closed decision.
-    fn process(&self, event: NewEvent, received_at: DateTime<Utc>) -> Evaluated {
+    fn process(
+        &self,
+        event: NewEvent,
+        received_at: DateTime<Utc>,
+        provenance: &Provenance,
+    ) -> Evaluated {
         let mut event = self.normalize.normalize(event, received_at);
-        self.attribute.attribute(&mut event);
+        self.attribute.attribute(&mut event, provenance);
         let judged = catch_unwind(AssertUnwindSafe(|| {
             let signals = self.detect.detect(&event);
             let decision = self.decide.decide(&event, &signals);
@@ -245,7 +270,7 @@ mod tests {
     }
 
     impl Attribute for Trace {
-        fn attribute(&self, event: &mut RuntimeEvent) {
+        fn attribute(&self, event: &mut RuntimeEvent, _provenance: &Provenance) {
             event
                 .attributes
                 .insert("stages".into(), serde_json::json!(mark(event, self.0)));
@@ -290,6 +315,30 @@ mod tests {
 
     fn event() -> NewEvent {
         decode(EVENT.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_vouched_for_event_takes_its_token_s_chain() {
+        let engine = Engine::builder(Arc::new(Memory::default())).build();
+        let reported = engine.evaluate(event(), Utc::now()).0.event;
+        let chain: custody_event::Actor = serde_json::from_value(serde_json::json!({
+            "root": {"type": "human", "id": "alice@example.com"},
+            "current": {"type": "agent", "id": "release-bot", "run_id": "run-0"},
+            "credential": {"type": "custody_token", "id": "jti-1"},
+        }))
+        .unwrap();
+        let provenance = Provenance::Authenticated {
+            token: "jti-1".into(),
+            chain: chain.clone(),
+        };
+        let vouched = engine.evaluate_as(event(), Utc::now(), &provenance).0.event;
+        assert_ne!(reported.actor, chain, "reported events keep their claim");
+        assert_eq!(vouched.actor, chain);
+        assert_eq!(
+            vouched.attribution.method,
+            custody_event::AttributionMethod::Authenticated
+        );
+        assert_eq!(vouched.attribution.evidence[0].detail, "jti-1");
     }
 
     #[test]

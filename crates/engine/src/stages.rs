@@ -7,7 +7,7 @@
 //! the pipeline does today rather than hide an empty stage.
 
 use chrono::{DateTime, Utc};
-use custody_event::{EventId, NewEvent, RuntimeEvent};
+use custody_event::{Actor, AttributionMethod, EventId, Evidence, NewEvent, RuntimeEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::decision::Decision;
@@ -18,10 +18,27 @@ pub trait Normalize: Send + Sync {
     fn normalize(&self, event: NewEvent, received_at: DateTime<Utc>) -> RuntimeEvent;
 }
 
+/// Who vouches for an event's actor.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Provenance {
+    /// The source reported the actor; nothing Custody holds proved it.
+    #[default]
+    Reported,
+    /// Custody validated the submitter's token (at the gateway, or a
+    /// delegation token on the collector): the event is that token's
+    /// holder's own action, by `chain`.
+    Authenticated {
+        /// The token's id, the evidence.
+        token: String,
+        /// The chain the token carries, its credential the token.
+        chain: Actor,
+    },
+}
+
 /// Resolves an event's actor to its identity chain.
 pub trait Attribute: Send + Sync {
-    /// Sets the event's chain and attribution.
-    fn attribute(&self, event: &mut RuntimeEvent);
+    /// Sets the event's chain and attribution, given who vouches for it.
+    fn attribute(&self, event: &mut RuntimeEvent, provenance: &Provenance);
 }
 
 /// Finds what is suspicious about an event.
@@ -71,13 +88,28 @@ impl Normalize for Stamp {
     }
 }
 
-/// Attribution as it stands: the chain and method the source reported are
-/// kept as they are.
+/// Attribution without a graph: the chain and method the source reported
+/// are kept as they are, unless a validated token vouches for the event,
+/// whose chain then replaces them.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AsReported;
 
 impl Attribute for AsReported {
-    fn attribute(&self, _event: &mut RuntimeEvent) {}
+    fn attribute(&self, event: &mut RuntimeEvent, provenance: &Provenance) {
+        if let Provenance::Authenticated { token, chain } = provenance {
+            authenticate(event, token, chain);
+        }
+    }
+}
+
+/// Makes `event` the action of `chain`, authenticated by `token`.
+pub fn authenticate(event: &mut RuntimeEvent, token: &str, chain: &Actor) {
+    event.actor = chain.clone();
+    event.attribution.method = AttributionMethod::Authenticated;
+    event.attribution.evidence = vec![Evidence {
+        kind: "token".into(),
+        detail: token.to_owned(),
+    }];
 }
 
 /// Detection as it stands: no rules are loaded, so nothing is signalled.

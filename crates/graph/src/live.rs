@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use custody_engine::Attribute;
+use custody_engine::{Attribute, Provenance};
 use custody_event::RuntimeEvent;
 
 use crate::attribution::{Attributor, Binding, Trust};
@@ -65,10 +65,16 @@ impl Live {
 }
 
 impl Attribute for Live {
-    /// An event through the pipeline without a validated token: its chain is
-    /// what its source reported, until a binding or a session explains it.
-    fn attribute(&self, event: &mut RuntimeEvent) {
-        self.attribute_with(event, &Trust::Reported);
+    /// A reported event's chain is recomputed from bindings and sessions;
+    /// one a validated token vouches for is that token's chain.
+    fn attribute(&self, event: &mut RuntimeEvent, provenance: &Provenance) {
+        match provenance {
+            Provenance::Reported => self.attribute_with(event, &Trust::Reported),
+            Provenance::Authenticated { token, chain } => {
+                event.actor = chain.clone();
+                self.attribute_with(event, &Trust::Authenticated(token.clone()));
+            }
+        }
     }
 }
 
