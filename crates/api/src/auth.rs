@@ -75,12 +75,16 @@ impl FromStr for Role {
 }
 
 /// The identity behind an authenticated request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Caller {
     /// The token's id (never its secret).
     pub token_id: String,
     /// The token's role.
     pub role: Role,
+    /// When the caller presented an agent token of the delegation service
+    /// rather than an API token: the chain it carries. Such a caller has the
+    /// `ingest` role, and the events it posts are its own actions.
+    pub agent: Option<custody_event::Actor>,
 }
 
 impl Caller {
@@ -148,15 +152,7 @@ pub fn register_token(
 /// Resolves an `Authorization` header value to the caller, or says why not.
 /// The error never repeats the presented secret.
 pub fn authenticate(store: &Store, authorization: Option<&str>) -> Result<Caller, ApiError> {
-    let header = authorization.ok_or(ApiError::Unauthenticated("missing bearer token"))?;
-    // The scheme is case-insensitive (RFC 9110, section 11.1).
-    let secret = header
-        .split_once(' ')
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, secret)| secret.trim())
-        .ok_or(ApiError::Unauthenticated(
-            "the Authorization header must be `Bearer TOKEN`",
-        ))?;
+    let secret = bearer(authorization)?;
     if !secret.starts_with(TOKEN_PREFIX) {
         return Err(ApiError::Unauthenticated("malformed bearer token"));
     }
@@ -172,7 +168,21 @@ pub fn authenticate(store: &Store, authorization: Option<&str>) -> Result<Caller
     Ok(Caller {
         token_id: record.id,
         role,
+        agent: None,
     })
+}
+
+/// The bearer secret of an `Authorization` header.
+pub(crate) fn bearer(authorization: Option<&str>) -> Result<&str, ApiError> {
+    let header = authorization.ok_or(ApiError::Unauthenticated("missing bearer token"))?;
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
+    header
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, secret)| secret.trim())
+        .ok_or(ApiError::Unauthenticated(
+            "the Authorization header must be `Bearer TOKEN`",
+        ))
 }
 
 /// The SHA-256 of a token secret, as stored.
@@ -227,7 +237,8 @@ mod tests {
             caller,
             Caller {
                 token_id: issued.record.id.clone(),
-                role: Role::Viewer
+                role: Role::Viewer,
+                agent: None,
             }
         );
 

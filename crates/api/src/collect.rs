@@ -106,9 +106,17 @@ pub(crate) async fn post_events(
     }
 
     let accepted = events.len();
+    // An agent token vouches for the events: they are its holder's own.
+    let provenance = match &caller.agent {
+        Some(chain) => custody_engine::Provenance::Authenticated {
+            token: caller.token_id.clone(),
+            chain: chain.clone(),
+        },
+        None => custody_engine::Provenance::Reported,
+    };
     let ingested = state
         .engine
-        .ingest_batch(events, Utc::now())
+        .ingest_batch_as(events, Utc::now(), &provenance)
         .inspect_err(|error| {
             if matches!(error, custody_engine::RecordError::QueueFull { .. }) {
                 state.metrics.throttled_batches.inc();

@@ -18,6 +18,9 @@ pub enum ApiError {
     /// No usable token.
     #[error("authentication required: {0}")]
     Unauthenticated(&'static str),
+    /// An agent token the delegation service refuses, and why.
+    #[error("agent token refused: {0}")]
+    AgentToken(String),
     /// The token's role does not allow this endpoint.
     #[error("a token with the {have} role may not do this, it needs {needed}")]
     Forbidden {
@@ -68,7 +71,7 @@ pub enum ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthenticated(_) | ApiError::AgentToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -85,6 +88,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::AgentToken(_) => "invalid_token",
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
@@ -142,6 +146,12 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::AgentToken(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
             }
             _ => {}
         }

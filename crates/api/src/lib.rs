@@ -192,6 +192,24 @@ impl FromRequestParts<AppState> for Caller {
             }
             None => None,
         };
+        // An agent token of the delegation service is a JWT, never an API
+        // token's `cst_` secret.
+        if let Some(delegation) = &state.delegation {
+            let secret = auth::bearer(authorization)?;
+            if !secret.starts_with(TOKEN_PREFIX) && secret.matches('.').count() == 2 {
+                let claims = delegation
+                    .verify(secret)
+                    .map_err(|error| ApiError::AgentToken(error.to_string()))?;
+                let chain = claims
+                    .chain()
+                    .map_err(|error| ApiError::AgentToken(error.to_string()))?;
+                return Ok(Caller {
+                    token_id: claims.jti,
+                    role: Role::Ingest,
+                    agent: Some(chain),
+                });
+            }
+        }
         auth::authenticate(&state.store, authorization)
     }
 }

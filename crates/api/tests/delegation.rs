@@ -357,3 +357,84 @@ async fn a_revoked_run_refuses_its_tokens_and_those_beneath_only() {
     }
     exchanged(&server, &sibling, "fetcher", "run-0.b.1", None).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_token_posts_its_own_authenticated_events() {
+    let server = Server::start().await;
+    let minted = mint(
+        &server,
+        Role::Admin,
+        json!({"subject": {"type": "human", "id": "alice@example.com"},
+               "agent": {"id": "release-bot", "run_id": "run-0"}}),
+    )
+    .await;
+    let root = minted.json()["access_token"].as_str().unwrap().to_owned();
+    let auditor = exchanged(&server, &root, "auditor", "run-0.a", None).await;
+    // The event claims another chain; the token says whose action it is.
+    let claimed = json!({
+        "kind": "tool_call", "action": "tools/call",
+        "observed_at": chrono::Utc::now(),
+        "source": {"type": "api"},
+        "actor": {"root": {"type": "human", "id": "mallory@example.com"},
+                  "current": {"type": "agent", "id": "impostor"}},
+        "target": {"tool": "read_file"},
+        "outcome": {"status": "success"},
+        "attribution": {"method": "authenticated"},
+    });
+    let posted = send(
+        server
+            .request(Method::POST, "/v1/events")
+            .bearer_auth(&auditor)
+            .json(&claimed),
+    )
+    .await;
+    assert_eq!(posted.status, 200, "{}", posted.body);
+    let id = posted.json()["ids"][0].as_str().unwrap().to_owned();
+    let stored = send(
+        server
+            .request(Method::GET, &format!("/v1/events/{id}"))
+            .bearer_auth(server.token(Role::Viewer)),
+    )
+    .await
+    .json();
+    let event = &stored["event"];
+    assert_eq!(event["actor"]["root"]["id"], "alice@example.com");
+    assert_eq!(event["actor"]["agents"][0]["run_id"], "run-0");
+    assert_eq!(event["actor"]["current"]["run_id"], "run-0.a");
+    assert_eq!(event["actor"]["credential"]["id"], claims(&auditor)["jti"]);
+    assert_eq!(event["attribution"]["method"], "authenticated");
+    assert_eq!(
+        event["attribution"]["evidence"][0]["detail"],
+        claims(&auditor)["jti"]
+    );
+
+    // An agent token may post, not read.
+    let read = send(
+        server
+            .request(Method::GET, "/v1/events")
+            .bearer_auth(&auditor),
+    )
+    .await;
+    assert_eq!(read.status, 403);
+    // A forged one is refused with its reason.
+    let mut parts: Vec<&str> = auditor.split('.').collect();
+    let root_signature = root.split('.').nth(2).unwrap();
+    parts[2] = root_signature;
+    let forged = parts.join(".");
+    let refused = send(
+        server
+            .request(Method::POST, "/v1/events")
+            .bearer_auth(&forged)
+            .json(&claimed),
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.headers["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    assert_eq!(
+        refused.json()["error"]["message"],
+        "agent token refused: the signature does not verify"
+    );
+}
