@@ -1653,3 +1653,107 @@ fn delegation_keys_and_revocations_survive_a_restart() {
         "{refused}"
     );
 }
+
+#[test]
+fn a_reported_event_with_a_minted_token_is_bound_to_its_chain_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (status, minted) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/agent-tokens",
+        &server.token,
+        Body::Json(
+            json!({"subject": {"type": "human", "id": "alice@example.com"},
+                          "agent": {"id": "release-bot", "run_id": "run-0"},
+                          "expires_in": 3600}),
+        ),
+    );
+    assert_eq!(status, 200, "{minted}");
+    let token = minted["access_token"].as_str().unwrap().to_owned();
+    let payload = token.split('.').nth(1).unwrap();
+    use base64::Engine as _;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let jti = claims["jti"].as_str().unwrap().to_owned();
+
+    // A source reports an action made with that token; it names no chain,
+    // and claims to be authenticated.
+    let report = |server: &Server| {
+        let event = json!({
+            "kind": "tool_call", "action": "tools/call",
+            "observed_at": chrono::Utc::now().to_rfc3339(),
+            "source": {"type": "otlp"},
+            "actor": {"current": {"type": "agent", "id": "release-bot", "run_id": "run-0"},
+                      "credential": {"type": "custody_token", "id": jti}},
+            "target": {"tool": "read_file"},
+            "outcome": {"status": "success"},
+            "attribution": {"method": "authenticated"},
+        });
+        let (status, answer) = call(
+            server,
+            reqwest::Method::POST,
+            "/v1/events",
+            &server.token,
+            Body::Json(event),
+        );
+        assert_eq!(status, 200, "{answer}");
+        let id = answer["ids"][0].as_str().unwrap().to_owned();
+        let (_, stored) = call(
+            server,
+            reqwest::Method::GET,
+            &format!("/v1/events/{id}"),
+            &server.token,
+            Body::None,
+        );
+        stored["event"].clone()
+    };
+    let check = |event: &Value| {
+        assert_eq!(event["attribution"]["method"], "bound", "{event}");
+        assert_eq!(event["actor"]["root"]["id"], "alice@example.com", "{event}");
+        let detail = event["attribution"]["evidence"][0]["detail"]
+            .as_str()
+            .unwrap();
+        assert!(detail.contains(&format!("custody_token {jti}")), "{detail}");
+    };
+    check(&report(&server));
+    server.kill();
+    // The binding is learned again from the stored spawn event.
+    let server = Server::start(dir.path(), &[]);
+    check(&report(&server));
+
+    // An event nothing explains stays unattributed, its claim flagged.
+    let (status, answer) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/events",
+        &server.token,
+        Body::Json(json!({
+            "kind": "tool_call", "action": "tools/call",
+            "observed_at": chrono::Utc::now().to_rfc3339(),
+            "source": {"type": "api"},
+            "actor": {"root": {"type": "human", "id": "mallory@example.com"},
+                      "current": {"type": "agent", "id": "impostor"}},
+            "outcome": {"status": "success"},
+            "attribution": {"method": "authenticated"},
+        })),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["ids"][0].as_str().unwrap();
+    let (_, stored) = call(
+        &server,
+        reqwest::Method::GET,
+        &format!("/v1/events/{id}"),
+        &server.token,
+        Body::None,
+    );
+    assert_eq!(stored["event"]["attribution"]["method"], "unattributed");
+    assert_eq!(
+        stored["event"]["attribution"]["evidence"][0]["type"],
+        "reported"
+    );
+}

@@ -154,12 +154,18 @@ fn http(
         .expect("token")
         .secret;
     let engine = Engine::builder(Arc::new(store.clone()));
-    // The attribute stage `custody serve` will run: attribution and the
-    // agent graph (`CUSTODY_BENCH_ATTRIBUTE=live`); by default the events'
-    // own claims stand.
+    // The attribute stage `custody serve` runs: attribution, no graph.
+    // `CUSTODY_BENCH_ATTRIBUTE=reported` keeps the events' own claims
+    // instead; `graph` also keeps the agent graph, for comparison.
     let engine = match std::env::var("CUSTODY_BENCH_ATTRIBUTE").as_deref() {
-        Ok("live") => engine.attribute(custody_graph::Live::default()),
-        _ => engine,
+        Ok("reported") => engine,
+        Ok("graph") => engine.attribute(custody_graph::Live::new(
+            custody_graph::Attributor::default(),
+            custody_graph::Graph::default(),
+        )),
+        _ => engine.attribute(custody_graph::Live::without_graph(
+            custody_graph::Attributor::default(),
+        )),
     };
     let engine = Arc::new(engine.build());
     // Bytes, so a client's copy of a body costs a reference count, as a

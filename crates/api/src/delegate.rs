@@ -197,9 +197,16 @@ async fn exchange(
     let chain = parent
         .chain()
         .map_err(|error| OauthError::new("invalid_grant", error.to_string()))?;
-    record_spawn(state, &chain, &actor, &minted, "oauth/token-exchange")
-        .await
-        .map_err(|error| OauthError::new("temporarily_unavailable", error.to_string()))?;
+    record_spawn(
+        state,
+        &chain,
+        &parent.jti,
+        &actor,
+        &minted,
+        "oauth/token-exchange",
+    )
+    .await
+    .map_err(|error| OauthError::new("temporarily_unavailable", error.to_string()))?;
     Ok(token_response(&minted, now))
 }
 
@@ -278,7 +285,16 @@ pub(crate) async fn mint(
         current: root,
         credential: None,
     };
-    record_spawn(&state, &chain, &actor, &minted, "custody/mint-agent-token").await?;
+    let voucher = format!("api token {}", caller.token_id);
+    record_spawn(
+        &state,
+        &chain,
+        &voucher,
+        &actor,
+        &minted,
+        "custody/mint-agent-token",
+    )
+    .await?;
     Ok(token_response(&minted, now))
 }
 
@@ -332,15 +348,17 @@ fn agent(id: String, run: String) -> Principal {
 }
 
 /// Records the minting of `minted` for `actor` by `chain` as an
-/// `agent_spawn` event, and waits until it is durable.
+/// `agent_spawn` event, vouched for by `voucher` (the parent token, or the
+/// administrator's API token), and waits until it is durable.
 async fn record_spawn(
     state: &AppState,
     chain: &custody_event::Actor,
+    voucher: &str,
     actor: &Principal,
     minted: &Minted,
     action: &str,
 ) -> Result<(), ApiError> {
-    let parent_token = chain.credential.as_ref().map(|c| c.id.clone());
+    let expires = chrono::DateTime::from_timestamp(minted.claims.exp, 0).unwrap_or_else(Utc::now);
     let event = serde_json::json!({
         "kind": "agent_spawn",
         "action": action,
@@ -349,18 +367,22 @@ async fn record_spawn(
         "actor": chain,
         "target": {"principal": actor},
         "outcome": {"status": "success"},
-        "attribution": {
-            "method": "authenticated",
-            "evidence": [{"type": "token", "detail": parent_token.unwrap_or_else(|| "minted by an admin API token".into())}],
-        },
         "attributes": {
             "custody.minted_token": minted.claims.jti,
+            "custody.token_expires": expires.to_rfc3339(),
             "custody.scope": minted.claims.scope,
         },
     });
     let event = custody_event::decode_value(event)
         .map_err(|error| ApiError::Internal(format!("building the spawn event: {error}")))?;
-    state.engine.ingest(vec![event], Utc::now()).await?;
+    let provenance = custody_engine::Provenance::Authenticated {
+        token: voucher.to_owned(),
+        chain: chain.clone(),
+    };
+    let ingested = state
+        .engine
+        .ingest_batch_as(vec![event], Utc::now(), &provenance)?;
+    ingested.receipt.durable().await?;
     Ok(())
 }
 

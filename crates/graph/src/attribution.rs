@@ -46,6 +46,12 @@ pub const ATTR_AWS_SESSION_EXPIRES: &str = "aws.session_expires";
 pub const ATTR_OAUTH_CLIENT: &str = "oauth.client_id";
 /// Attribute naming an OAuth token id.
 pub const ATTR_OAUTH_TOKEN: &str = "oauth.token_id";
+/// Attribute of an `agent_spawn` event naming the id of the token Custody
+/// minted for the spawned agent.
+pub const ATTR_MINTED_TOKEN: &str = "custody.minted_token";
+/// Attribute of an `agent_spawn` event naming when that token expires
+/// (RFC 3339).
+pub const ATTR_MINTED_EXPIRES: &str = "custody.token_expires";
 
 /// How long an AWS role session lasts when its record does not say: the
 /// longest STS allows.
@@ -320,6 +326,23 @@ impl Attributor {
         };
         let verb = Verb::of(&event.action);
         let target = &event.target;
+        // A token Custody minted binds the spawned agent's chain to its id.
+        if event.kind == custody_event::EventKind::AgentSpawn
+            && let (Some(jti), Some(child)) =
+                (attribute(event, ATTR_MINTED_TOKEN), &target.principal)
+        {
+            let until = attribute(event, ATTR_MINTED_EXPIRES)
+                .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                .map(|until| until.with_timezone(&Utc));
+            self.bind(Binding {
+                id: format!("minted-{jti}"),
+                key: BindingKey::CustodyToken(jti.to_owned()),
+                holder: descend(&holder_of(&event.actor), child),
+                valid_from: at,
+                valid_until: until,
+                origin: Origin::Minted,
+            });
+        }
         if verb == Verb::Create
             && let Some(resource) = &target.resource
             && target
@@ -474,6 +497,25 @@ fn holder_of(actor: &Actor) -> Actor {
         credential: None,
         ..actor.clone()
     }
+}
+
+/// The chain of `child`, started by `parent`: the parent's chain with the
+/// parent's current actor above the child; a parent with no root and a human
+/// or service as its actor becomes the root.
+fn descend(parent: &Actor, child: &Principal) -> Actor {
+    let mut chain = parent.clone();
+    let is_root = matches!(
+        parent.current.kind,
+        custody_event::PrincipalKind::Human | custody_event::PrincipalKind::Service
+    );
+    if parent.root.is_none() && is_root {
+        chain.root = Some(parent.current.clone());
+    } else {
+        chain.agents.push(parent.current.clone());
+    }
+    chain.current = child.clone();
+    chain.credential = None;
+    chain
 }
 
 /// Whether two chains are the same holder: the same principals, in order.

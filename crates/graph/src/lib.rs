@@ -32,8 +32,8 @@ mod live;
 
 pub use attribution::{
     ATTR_AWS_ACCESS_KEY, ATTR_AWS_ROLE_SESSION, ATTR_AWS_SESSION_EXPIRES, ATTR_AWS_SOURCE_IDENTITY,
-    ATTR_OAUTH_CLIENT, ATTR_OAUTH_TOKEN, Attributor, Binding, BindingKey, Origin, Trust,
-    binding_keys,
+    ATTR_MINTED_EXPIRES, ATTR_MINTED_TOKEN, ATTR_OAUTH_CLIENT, ATTR_OAUTH_TOKEN, Attributor,
+    Binding, BindingKey, Origin, Trust, binding_keys,
 };
 pub use export::{SOURCE_KIND, opengraph};
 pub use graph::{

@@ -272,6 +272,28 @@ fn fetch<F: Fn(Entry) -> bool>(
     }
 }
 
+/// Up to `limit` events after `after`, by sequence number.
+pub(crate) fn scan(
+    conn: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredEvent>> {
+    conn.prepare_cached(
+        "SELECT seq, body, decision FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?
+    .query_map(
+        params_from_iter([after, i64::try_from(limit).unwrap_or(i64::MAX)]),
+        |row| {
+            Ok(StoredEvent {
+                seq: row.get(0)?,
+                body: row.get(1)?,
+                decision: row.get(2)?,
+            })
+        },
+    )?
+    .collect()
+}
+
 /// Reads one event by id.
 pub(crate) fn get(conn: &Connection, id: &[u8; 16]) -> rusqlite::Result<Option<StoredEvent>> {
     conn.prepare_cached("SELECT seq, body, decision FROM events WHERE id = ?1")?

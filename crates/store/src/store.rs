@@ -166,6 +166,14 @@ impl Store {
         })
     }
 
+    /// Up to `limit` events stored after sequence number `after`, in commit
+    /// order: for replaying the store, page by page.
+    pub fn scan(&self, after: i64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(|conn| {
+            query::scan(conn, after, limit).map_err(StoreError::sqlite("scanning events"))
+        })
+    }
+
     /// The number of stored events. It walks an index: for frequent polling
     /// prefer [`Store::stats`].
     pub fn count(&self) -> Result<u64, StoreError> {

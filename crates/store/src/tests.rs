@@ -1141,3 +1141,20 @@ fn postings_lost_in_a_crash_are_rebuilt_on_open() {
         .unwrap();
     assert_eq!(through, 40);
 }
+
+#[test]
+fn a_scan_pages_through_every_event_in_commit_order() {
+    let (_dir, store) = open();
+    let events = scenario();
+    record(&store, events[..2].to_vec());
+    record(&store, events[2..].to_vec());
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.scan(after, 2).unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        seen.extend(page.iter().map(label));
+    }
+    assert_eq!(seen, ["read", "s3", "spawn", "login", "write"]);
+}
