@@ -375,8 +375,8 @@ async fn record_spawn(
     });
     let event = custody_event::decode_value(event)
         .map_err(|error| ApiError::Internal(format!("building the spawn event: {error}")))?;
-    let provenance = custody_engine::Provenance::Authenticated {
-        token: voucher.to_owned(),
+    let provenance = custody_engine::Provenance::Custody {
+        what: format!("{action}, vouched for by {voucher}"),
         chain: chain.clone(),
     };
     let ingested = state

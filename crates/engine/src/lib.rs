@@ -35,5 +35,6 @@ pub use decision::{Decision, Reason, ReasonSource, Verdict};
 pub use pipeline::{Engine, EngineBuilder, Evaluated, Ingested};
 pub use record::{Receipt, Record, RecordError};
 pub use stages::{
-    Act, ActionRecord, Attribute, Decide, Detect, Normalize, Provenance, Signal, authenticate,
+    Act, ActionRecord, Attribute, CUSTODY_EVIDENCE, Decide, Detect, Normalize, Provenance, Signal,
+    authenticate, recorded_by_custody,
 };

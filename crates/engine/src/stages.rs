@@ -33,6 +33,15 @@ pub enum Provenance {
         /// The chain the token carries, its credential the token.
         chain: Actor,
     },
+    /// Custody itself records the event (a token it minted, a binding it
+    /// was told of), acting for `chain`. Only Custody can give an event this
+    /// provenance: nothing a client sends can.
+    Custody {
+        /// What Custody did, the evidence.
+        what: String,
+        /// Who it acted for.
+        chain: Actor,
+    },
 }
 
 /// Resolves an event's actor to its identity chain.
@@ -96,10 +105,26 @@ pub struct AsReported;
 
 impl Attribute for AsReported {
     fn attribute(&self, event: &mut RuntimeEvent, provenance: &Provenance) {
-        if let Provenance::Authenticated { token, chain } = provenance {
-            authenticate(event, token, chain);
+        match provenance {
+            Provenance::Reported => {}
+            Provenance::Authenticated { token, chain } => authenticate(event, token, chain),
+            Provenance::Custody { what, chain } => recorded_by_custody(event, what, chain),
         }
     }
+}
+
+/// The evidence type marking an event Custody recorded itself.
+pub const CUSTODY_EVIDENCE: &str = "custody";
+
+/// Makes `event` one Custody records for `chain`: authenticated, with
+/// evidence of type [`CUSTODY_EVIDENCE`] saying what it did.
+pub fn recorded_by_custody(event: &mut RuntimeEvent, what: &str, chain: &Actor) {
+    event.actor = chain.clone();
+    event.attribution.method = AttributionMethod::Authenticated;
+    event.attribution.evidence = vec![Evidence {
+        kind: CUSTODY_EVIDENCE.into(),
+        detail: what.to_owned(),
+    }];
 }
 
 /// Makes `event` the action of `chain`, authenticated by `token`.

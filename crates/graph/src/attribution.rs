@@ -326,8 +326,15 @@ impl Attributor {
         };
         let verb = Verb::of(&event.action);
         let target = &event.target;
-        // A token Custody minted binds the spawned agent's chain to its id.
-        if event.kind == custody_event::EventKind::AgentSpawn
+        // A token Custody minted binds the spawned agent's chain to its id;
+        // only an event Custody recorded itself can say so.
+        let by_custody = event
+            .attribution
+            .evidence
+            .iter()
+            .any(|e| e.kind == custody_engine::CUSTODY_EVIDENCE);
+        if by_custody
+            && event.kind == custody_event::EventKind::AgentSpawn
             && let (Some(jti), Some(child)) =
                 (attribute(event, ATTR_MINTED_TOKEN), &target.principal)
         {

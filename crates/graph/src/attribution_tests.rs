@@ -231,3 +231,48 @@ fn the_session_memory_is_bounded() {
     assert_eq!(method(&mut attributor, "s1"), "unattributed", "forgotten");
     assert_eq!(method(&mut attributor, "s3"), "correlated");
 }
+
+#[test]
+fn only_custody_s_own_records_bind_the_tokens_it_minted() {
+    let spawn = |evidence: &str| {
+        let mut spawn = event(
+            0,
+            sub_agent("orchestrator", "run-0"),
+            json!({"kind": "agent_spawn", "action": "oauth/token-exchange",
+                   "target": {"principal": {"type": "agent", "id": "worker", "run_id": "run-0.w"}},
+                   "attributes": {"custody.minted_token": "jti-w"}}),
+        );
+        spawn.attribution.method = custody_event::AttributionMethod::Authenticated;
+        spawn.attribution.evidence = vec![custody_event::Evidence {
+            kind: evidence.into(),
+            detail: "x".into(),
+        }];
+        spawn
+    };
+    let used = || {
+        event(
+            5,
+            json!({"current": {"type": "agent", "id": "worker", "run_id": "run-0.w"},
+                   "credential": {"type": "custody_token", "id": "jti-w"}}),
+            json!({}),
+        )
+    };
+    // An agent posting a spawn event with its own token cannot mint
+    // bindings by naming a token id.
+    let mut forged = Attributor::default();
+    forged.observe(&spawn("token"));
+    let mut record = used();
+    forged.attribute(&mut record, &Trust::Reported);
+    assert_eq!(record.attribution.method.as_str(), "unattributed");
+    // Custody's own record of the mint does.
+    let mut real = Attributor::default();
+    real.observe(&spawn(custody_engine::CUSTODY_EVIDENCE));
+    let mut record = used();
+    real.attribute(&mut record, &Trust::Reported);
+    assert_eq!(record.attribution.method.as_str(), "bound");
+    assert_eq!(record.actor.root.unwrap().id, "alice@example.com");
+    assert_eq!(
+        record.actor.agents.last().unwrap().run_id.as_deref(),
+        Some("run-0")
+    );
+}

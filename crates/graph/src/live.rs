@@ -99,6 +99,14 @@ impl Attribute for Live {
                 event.actor = chain.clone();
                 self.attribute_with(event, &Trust::Authenticated(token.clone()));
             }
+            Provenance::Custody { what, chain } => {
+                custody_engine::recorded_by_custody(event, what, chain);
+                let mut state = self.lock();
+                state.attributor.observe(event);
+                if let Some(graph) = &mut state.graph {
+                    graph.apply(event);
+                }
+            }
         }
     }
 }
