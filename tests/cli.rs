@@ -956,7 +956,14 @@ fn events_are_shown_as_a_table_and_filtered() {
     assert_eq!(
         header,
         [
-            "OBSERVED", "KIND", "ACTION", "CHAIN", "TARGET", "OUTCOME", "VERDICT"
+            "OBSERVED",
+            "KIND",
+            "ACTION",
+            "CHAIN",
+            "ATTRIBUTION",
+            "TARGET",
+            "OUTCOME",
+            "VERDICT"
         ]
     );
     let expected = [
@@ -972,6 +979,8 @@ fn events_are_shown_as_a_table_and_filtered() {
             row.contains(&format!(" {chain} ")),
             "no chain {chain:?} in {row}"
         );
+        // Posted with an API token, the chains are only reported.
+        assert!(row.contains(" unattributed "), "{row}");
     }
 
     // (filters, the actions listed, in order)

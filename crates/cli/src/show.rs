@@ -169,8 +169,8 @@ fn dispatch(name: &str, data: &str, json: bool) {
 
 fn header() -> String {
     format!(
-        "{:<24} {:<16} {:<22} {:<48} {:<32} {:<8} {:<8}",
-        "OBSERVED", "KIND", "ACTION", "CHAIN", "TARGET", "OUTCOME", "VERDICT"
+        "{:<24} {:<16} {:<22} {:<48} {:<13} {:<32} {:<8} {:<8}",
+        "OBSERVED", "KIND", "ACTION", "CHAIN", "ATTRIBUTION", "TARGET", "OUTCOME", "VERDICT"
     )
 }
 
@@ -217,11 +217,13 @@ fn print_record(record: &serde_json::Value, json: bool) {
     .unwrap_or_default();
     let observed = text("/observed_at");
     println!(
-        "{:<24} {:<16} {:<22} {:<48} {:<32} {:<8} {:<8}",
+        "{:<24} {:<16} {:<22} {:<48} {:<13} {:<32} {:<8} {:<8}",
         clip(&observed, 24),
         text("/kind"),
         clip(&text("/action"), 22),
         clip_middle(&chain.join(" > "), 48),
+        // How the chain is known: a reported one says `unattributed`.
+        text("/attribution/method"),
         clip(&target, 32),
         text("/outcome/status"),
         record
