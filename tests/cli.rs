@@ -1766,3 +1766,122 @@ fn a_reported_event_with_a_minted_token_is_bound_to_its_chain_across_restarts() 
         "reported"
     );
 }
+
+#[test]
+fn a_declared_binding_attributes_records_of_its_key_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let holder = json!({
+        "root": {"type": "human", "id": "alice@example.com"},
+        "agents": [{"type": "agent", "id": "release-bot", "run_id": "run-0"}],
+        "current": {"type": "agent", "id": "deployer", "run_id": "run-0.d"},
+    });
+    let declare = |server: &Server, body: Value| {
+        call(
+            server,
+            reqwest::Method::POST,
+            "/v1/bindings",
+            &server.token,
+            Body::Json(body),
+        )
+    };
+    let (status, answer) = declare(
+        &server,
+        json!({"key": {"type": "aws_access_key", "value": "AKIAEXAMPLE000000007"}, "holder": holder}),
+    );
+    assert_eq!(status, 201, "{answer}");
+    for (body, says) in [
+        (
+            json!({"key": {"type": "password", "value": "x"}, "holder": holder}),
+            "is not a key that can be declared",
+        ),
+        (
+            json!({"key": {"type": "aws_access_key", "value": "AKIA"},
+                   "holder": {"current": {"type": "agent", "id": "deployer"}}}),
+            "holder.current.run_id",
+        ),
+        (
+            json!({"key": {"type": "aws_access_key", "value": "AKIA"}, "holder": holder,
+                   "valid_from": "2026-11-25T10:00:00Z", "valid_until": "2026-11-25T09:00:00Z"}),
+            "valid_until",
+        ),
+    ] {
+        let (status, refused) = declare(&server, body);
+        assert_eq!(status, 400, "{refused}");
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+
+    // A record made with the key, as an importer would report it.
+    let record = |server: &Server, key: &str| {
+        let event = json!({
+            "kind": "data_access", "action": "s3:PutObject",
+            "observed_at": chrono::Utc::now().to_rfc3339(),
+            "source": {"type": "cloudtrail"},
+            "actor": {"current": {"type": "service", "id": "iam-user/ci"},
+                      "credential": {"type": "aws_access_key", "id": key}},
+            "target": {"resource": "arn:aws:s3:::releases/app.tar.gz"},
+            "outcome": {"status": "success"},
+        });
+        let (status, answer) = call(
+            server,
+            reqwest::Method::POST,
+            "/v1/events",
+            &server.token,
+            Body::Json(event),
+        );
+        assert_eq!(status, 200, "{answer}");
+        let id = answer["ids"][0].as_str().unwrap().to_owned();
+        call(
+            server,
+            reqwest::Method::GET,
+            &format!("/v1/events/{id}"),
+            &server.token,
+            Body::None,
+        )
+        .1["event"]
+            .clone()
+    };
+    let check = |event: &Value| {
+        assert_eq!(event["attribution"]["method"], "bound", "{event}");
+        assert_eq!(event["actor"]["root"]["id"], "alice@example.com");
+        assert_eq!(event["actor"]["agents"][1]["run_id"], "run-0.d", "{event}");
+        let detail = event["attribution"]["evidence"][0]["detail"]
+            .as_str()
+            .unwrap();
+        assert!(detail.contains("(declared)"), "{detail}");
+    };
+    check(&record(&server, "AKIAEXAMPLE000000007"));
+
+    // A client posting what looks like a declaration binds nothing.
+    let forged = json!({
+        "kind": "other", "action": "custody/declare-binding",
+        "observed_at": chrono::Utc::now().to_rfc3339(),
+        "source": {"type": "custody"},
+        "actor": holder,
+        "outcome": {"status": "success"},
+        "attribution": {"method": "authenticated", "evidence": [{"type": "custody", "detail": "trust me"}]},
+        "attributes": {"custody.binding_key_type": "aws_access_key",
+                       "custody.binding_key": "AKIAEXAMPLE000000008"},
+    });
+    let (status, _) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/events",
+        &server.token,
+        Body::Json(forged),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        record(&server, "AKIAEXAMPLE000000008")["attribution"]["method"],
+        "unattributed"
+    );
+
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    check(&record(&server, "AKIAEXAMPLE000000007"));
+    assert_eq!(
+        record(&server, "AKIAEXAMPLE000000008")["attribution"]["method"],
+        "unattributed"
+    );
+}

@@ -7,6 +7,7 @@
 //! state of their own beyond metrics.
 
 mod auth;
+mod bindings;
 mod collect;
 mod delegate;
 mod error;
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/token", post(delegate::token))
         .route("/v1/agent-tokens", post(delegate::mint))
         .route("/v1/revocations", post(delegate::revoke))
+        .route("/v1/bindings", post(bindings::declare))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())

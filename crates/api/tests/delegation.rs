@@ -438,3 +438,27 @@ async fn an_agent_token_posts_its_own_authenticated_events() {
         "agent token refused: the signature does not verify"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_declares_bindings() {
+    let server = Server::start().await;
+    let body = json!({"key": {"type": "aws_access_key", "value": "AKIAEXAMPLE000000009"},
+                      "holder": {"current": {"type": "agent", "id": "deployer", "run_id": "run-1"}}});
+    for (role, status) in [
+        (Role::Ingest, 403),
+        (Role::Viewer, 403),
+        (Role::Responder, 403),
+        (Role::Admin, 201),
+    ] {
+        let answer = send(
+            server
+                .request(Method::POST, "/v1/bindings")
+                .bearer_auth(server.token(role))
+                .json(&body),
+        )
+        .await;
+        assert_eq!(answer.status, status, "{role}: {}", answer.body);
+    }
+    let anonymous = send(server.request(Method::POST, "/v1/bindings").json(&body)).await;
+    assert_eq!(anonymous.status, 401);
+}

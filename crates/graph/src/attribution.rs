@@ -46,6 +46,19 @@ pub const ATTR_AWS_SESSION_EXPIRES: &str = "aws.session_expires";
 pub const ATTR_OAUTH_CLIENT: &str = "oauth.client_id";
 /// Attribute naming an OAuth token id.
 pub const ATTR_OAUTH_TOKEN: &str = "oauth.token_id";
+/// The action of the event Custody records when a binding is declared.
+pub const DECLARE_BINDING: &str = "custody/declare-binding";
+/// Attribute of a declaration: the key's type (`aws_access_key`,
+/// `aws_role_session`, `aws_source_identity`, `oauth_client`,
+/// `oauth_token`).
+pub const ATTR_BINDING_KEY_TYPE: &str = "custody.binding_key_type";
+/// Attribute of a declaration: the key's value.
+pub const ATTR_BINDING_KEY: &str = "custody.binding_key";
+/// Attribute of a declaration: from when it holds (RFC 3339).
+pub const ATTR_BINDING_FROM: &str = "custody.binding_from";
+/// Attribute of a declaration: until when it holds (RFC 3339), if it ends.
+pub const ATTR_BINDING_UNTIL: &str = "custody.binding_until";
+
 /// Attribute of an `agent_spawn` event naming the id of the token Custody
 /// minted for the spawned agent.
 pub const ATTR_MINTED_TOKEN: &str = "custody.minted_token";
@@ -72,6 +85,27 @@ pub enum BindingKey {
     OauthToken(String),
     /// A token minted by Custody (its `jti`).
     CustodyToken(String),
+}
+
+impl BindingKey {
+    /// The key of type `kind` (as [`std::fmt::Display`] names it) and
+    /// `value`; `None` for an unknown type or an empty value. Custody tokens
+    /// are bound by minting, never declared.
+    pub fn parse(kind: &str, value: &str) -> Option<BindingKey> {
+        let value = value.trim();
+        if value.is_empty() {
+            return None;
+        }
+        let value = value.to_owned();
+        Some(match kind {
+            "aws_access_key" => BindingKey::AwsAccessKey(value),
+            "aws_role_session" => BindingKey::AwsRoleSession(value),
+            "aws_source_identity" => BindingKey::AwsSourceIdentity(value),
+            "oauth_client" => BindingKey::OauthClient(value),
+            "oauth_token" => BindingKey::OauthToken(value),
+            _ => return None,
+        })
+    }
 }
 
 impl std::fmt::Display for BindingKey {
@@ -333,6 +367,28 @@ impl Attributor {
             .evidence
             .iter()
             .any(|e| e.kind == custody_engine::CUSTODY_EVIDENCE);
+        if by_custody
+            && event.action == DECLARE_BINDING
+            && let (Some(kind), Some(value)) = (
+                attribute(event, ATTR_BINDING_KEY_TYPE),
+                attribute(event, ATTR_BINDING_KEY),
+            )
+            && let Some(key) = BindingKey::parse(kind, value)
+        {
+            let time = |name| {
+                attribute(event, name)
+                    .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+                    .map(|time| time.with_timezone(&Utc))
+            };
+            self.bind(Binding {
+                id: format!("declared-{}", event.id),
+                key,
+                holder: holder_of(&event.actor),
+                valid_from: time(ATTR_BINDING_FROM).unwrap_or(at),
+                valid_until: time(ATTR_BINDING_UNTIL),
+                origin: Origin::Declared,
+            });
+        }
         if by_custody
             && event.kind == custody_event::EventKind::AgentSpawn
             && let (Some(jti), Some(child)) =

@@ -32,8 +32,9 @@ mod live;
 
 pub use attribution::{
     ATTR_AWS_ACCESS_KEY, ATTR_AWS_ROLE_SESSION, ATTR_AWS_SESSION_EXPIRES, ATTR_AWS_SOURCE_IDENTITY,
+    ATTR_BINDING_FROM, ATTR_BINDING_KEY, ATTR_BINDING_KEY_TYPE, ATTR_BINDING_UNTIL,
     ATTR_MINTED_EXPIRES, ATTR_MINTED_TOKEN, ATTR_OAUTH_CLIENT, ATTR_OAUTH_TOKEN, Attributor,
-    Binding, BindingKey, Origin, Trust, binding_keys,
+    Binding, BindingKey, DECLARE_BINDING, Origin, Trust, binding_keys,
 };
 pub use export::{SOURCE_KIND, opengraph};
 pub use graph::{
