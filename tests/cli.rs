@@ -1885,3 +1885,91 @@ fn a_declared_binding_attributes_records_of_its_key_and_survives_a_restart() {
         "unattributed"
     );
 }
+
+#[test]
+fn lineage_prints_the_chain_of_custody_as_a_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let (_, minted) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/agent-tokens",
+        &server.token,
+        Body::Json(
+            json!({"subject": {"type": "human", "id": "alice@example.com"},
+                          "agent": {"id": "release-bot", "run_id": "run-0"}}),
+        ),
+    );
+    let root = minted["access_token"].as_str().unwrap().to_owned();
+    let (status, child) = call(
+        &server,
+        reqwest::Method::POST,
+        "/oauth/token",
+        "",
+        Body::Form(vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+            ),
+            ("subject_token", root),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token".into(),
+            ),
+            ("custody_actor", "auditor".into()),
+            ("custody_run", "run-0.a".into()),
+        ]),
+    );
+    assert_eq!(status, 200, "{child}");
+    let agent_token = child["access_token"].as_str().unwrap().to_owned();
+    let (status, posted) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/events",
+        &agent_token,
+        Body::Json(json!({
+            "kind": "data_access", "action": "s3:GetObject",
+            "observed_at": chrono::Utc::now().to_rfc3339(),
+            "source": {"type": "api"},
+            "actor": {"current": {"type": "agent", "id": "auditor"}},
+            "target": {"resource": "arn:aws:s3:::payroll/q3.csv"},
+            "outcome": {"status": "success"},
+        })),
+    );
+    assert_eq!(status, 200, "{posted}");
+    let id = posted["ids"][0].as_str().unwrap().to_owned();
+
+    let tree = Run::from(server.cli(&["lineage", &id])).success().stdout;
+    let lines: Vec<&str> = tree.lines().collect();
+    assert_eq!(lines[0], "human alice@example.com  (root)", "{tree}");
+    let expected_start = [
+        "   └─ agent release-bot [run run-0]  (agent)",
+        "      spawned by alice@example.com at ",
+        "      └─ agent auditor [run run-0.a]  (actor)",
+        "         spawned by release-bot at ",
+        "         └─ credential custody_token ",
+    ];
+    for (line, start) in lines[1..6].iter().zip(expected_start) {
+        assert!(line.starts_with(start), "{line:?} in\n{tree}");
+    }
+    assert!(lines[2].ends_with("(custody/mint-agent-token)"), "{tree}");
+    assert!(lines[4].ends_with("(oauth/token-exchange)"), "{tree}");
+    assert!(
+        lines[6].starts_with("data_access s3:GetObject at "),
+        "{tree}"
+    );
+    assert_eq!(lines[7], "attribution: authenticated", "{tree}");
+
+    let json = Run::from(server.cli(&["lineage", "--json", &id]))
+        .success()
+        .stdout;
+    let lineage: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(lineage["chain"][2]["principal"]["run_id"], "run-0.a");
+    let missing = Run::from(server.cli(&["lineage", "01a21539-0000-7000-8000-000000000000"]));
+    assert_eq!(missing.code, Some(1));
+    assert!(
+        missing.stderr.contains("no event has id"),
+        "{}",
+        missing.stderr
+    );
+}

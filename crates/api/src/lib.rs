@@ -11,6 +11,7 @@ mod bindings;
 mod collect;
 mod delegate;
 mod error;
+mod lineage;
 mod metrics;
 mod query;
 
@@ -116,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent-tokens", post(delegate::mint))
         .route("/v1/revocations", post(delegate::revoke))
         .route("/v1/bindings", post(bindings::declare))
+        .route("/v1/lineage/{id}", get(lineage::lineage))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())

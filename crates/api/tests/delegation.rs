@@ -462,3 +462,78 @@ async fn only_an_admin_declares_bindings() {
     let anonymous = send(server.request(Method::POST, "/v1/bindings").json(&body)).await;
     assert_eq!(anonymous.status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lineage_of_an_action_names_who_spawned_each_agent() {
+    let server = Server::start().await;
+    let minted = mint(
+        &server,
+        Role::Admin,
+        json!({"subject": {"type": "human", "id": "alice@example.com"},
+               "agent": {"id": "release-bot", "run_id": "run-0"}, "scope": ["repo:read"]}),
+    )
+    .await;
+    let root = minted.json()["access_token"].as_str().unwrap().to_owned();
+    let auditor = exchanged(&server, &root, "auditor", "run-0.a", None).await;
+    let posted = send(
+        server
+            .request(Method::POST, "/v1/events")
+            .bearer_auth(&auditor)
+            .json(&json!({
+                "kind": "data_access", "action": "s3:GetObject",
+                "observed_at": chrono::Utc::now(),
+                "source": {"type": "api"},
+                "actor": {"current": {"type": "agent", "id": "auditor"}},
+                "target": {"resource": "arn:aws:s3:::payroll/q3.csv"},
+                "outcome": {"status": "success"},
+            })),
+    )
+    .await;
+    let id = posted.json()["ids"][0].as_str().unwrap().to_owned();
+    let lineage = send(
+        server
+            .request(Method::GET, &format!("/v1/lineage/{id}"))
+            .bearer_auth(server.token(Role::Viewer)),
+    )
+    .await;
+    assert_eq!(lineage.status, 200, "{}", lineage.body);
+    let lineage = lineage.json();
+    assert_eq!(lineage["attribution"]["method"], "authenticated");
+    let chain = lineage["chain"].as_array().unwrap();
+    let roles: Vec<&str> = chain.iter().map(|l| l["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, ["root", "agent", "actor", "credential"]);
+    assert_eq!(chain[0]["principal"]["id"], "alice@example.com");
+    assert_eq!(chain[1]["principal"]["run_id"], "run-0");
+    assert_eq!(chain[1]["spawned"]["by"]["id"], "alice@example.com");
+    assert_eq!(chain[1]["spawned"]["token"], claims(&root)["jti"]);
+    assert_eq!(chain[2]["principal"]["run_id"], "run-0.a");
+    assert_eq!(chain[2]["spawned"]["by"]["id"], "release-bot");
+    assert_eq!(chain[2]["spawned"]["token"], claims(&auditor)["jti"]);
+    assert_eq!(chain[2]["spawned"]["scope"], "repo:read");
+    assert_eq!(chain[3]["credential"]["id"], claims(&auditor)["jti"]);
+
+    let missing = send(
+        server
+            .request(
+                Method::GET,
+                "/v1/lineage/01a21539-0000-7000-8000-000000000000",
+            )
+            .bearer_auth(server.token(Role::Viewer)),
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+    let bad = send(
+        server
+            .request(Method::GET, "/v1/lineage/not-an-id")
+            .bearer_auth(server.token(Role::Viewer)),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    let ingest = send(
+        server
+            .request(Method::GET, &format!("/v1/lineage/{id}"))
+            .bearer_auth(server.token(Role::Ingest)),
+    )
+    .await;
+    assert_eq!(ingest.status, 403);
+}

@@ -8,6 +8,7 @@
 mod client;
 mod config;
 mod ingest;
+mod lineage;
 mod serve;
 mod show;
 mod token;
@@ -37,6 +38,9 @@ enum Command {
     Events(show::EventsArgs),
     /// Follow events live as they are stored.
     Tail(show::TailArgs),
+    /// Show the chain of custody of one event: who, through whom, and how
+    /// each link is known.
+    Lineage(lineage::LineageArgs),
     /// Manage API tokens in the local store.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -91,6 +95,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Tail(args) => runtime
             .block_on(show::tail(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Lineage(args) => runtime
+            .block_on(lineage::run(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Token(command) => token::run(command).map(|()| ExitCode::SUCCESS),
         Command::Schema { new } => {
