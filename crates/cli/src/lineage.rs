@@ -40,8 +40,12 @@ pub fn tree(lineage: &serde_json::Value) -> String {
             .to_owned()
     };
     let mut out = String::new();
-    let mut depth = 0;
-    for link in lineage["chain"].as_array().into_iter().flatten() {
+    for (depth, link) in lineage["chain"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let indent = "   ".repeat(depth);
         let branch = if depth == 0 { "" } else { "└─ " };
         match text(link, "/role").as_str() {
@@ -77,7 +81,6 @@ pub fn tree(lineage: &serde_json::Value) -> String {
                 }
             }
         }
-        depth += 1;
     }
     out.push_str(&format!(
         "{} {} at {}\n",
