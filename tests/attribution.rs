@@ -1,0 +1,254 @@
+//! The attribution scenario end to end, through the real binary: a human's
+//! agent spawns two sub-agents by token exchange; one assumes an AWS role
+//! and acts with the session; records of that session arriving later from
+//! another source are attributed to that sub-agent under the human, records
+//! of other sessions are not, and the lineage shows the whole chain.
+//!
+//! Records come in as JSON events carrying what the CloudTrail importer
+//! (to come) reads from `userIdentity`: an `aws_role_session` credential,
+//! the session name and the `sourceIdentity`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Server;
+use serde_json::{Value, json};
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Sends a request; `token` is none when empty; `form` sends a form body.
+fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+    form: Option<&[(&str, &str)]>,
+) -> (u16, Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", server.url))
+            .timeout(Duration::from_secs(30));
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(form) = form {
+            request = request.form(form);
+        }
+        let response = request.send().await.expect("calling the server");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
+
+fn exchange(server: &Server, parent: &str, actor: &str, run: &str) -> String {
+    let form = [
+        ("grant_type", EXCHANGE),
+        ("subject_token", parent),
+        ("subject_token_type", ACCESS),
+        ("custody_actor", actor),
+        ("custody_run", run),
+    ];
+    let (status, answer) = call(
+        server,
+        reqwest::Method::POST,
+        "/oauth/token",
+        "",
+        None,
+        Some(&form),
+    );
+    assert_eq!(status, 200, "{answer}");
+    answer["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Posts one event with `token` and returns it as stored.
+fn post(server: &Server, token: &str, event: Value) -> Value {
+    let (status, answer) = call(
+        server,
+        reqwest::Method::POST,
+        "/v1/events",
+        token,
+        Some(event),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["ids"][0].as_str().unwrap();
+    let (_, stored) = call(
+        server,
+        reqwest::Method::GET,
+        &format!("/v1/events/{id}"),
+        &server.token,
+        None,
+        None,
+    );
+    stored["event"].clone()
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339()
+}
+
+/// A record of an assumed-role session, as an importer reports it.
+fn session_record(session: &str, source_identity: &str, action: &str) -> Value {
+    let arn = format!("arn:aws:sts::111122223333:assumed-role/deployer/{session}");
+    json!({
+        "kind": "data_access", "action": action,
+        "observed_at": now(),
+        "source": {"type": "cloudtrail", "name": "org-trail"},
+        "actor": {"current": {"type": "role", "id": arn},
+                  "credential": {"type": "aws_role_session", "id": arn}},
+        "target": {"resource": "arn:aws:s3:::payroll/q3.csv", "system": "aws:111122223333"},
+        "outcome": {"status": "success"},
+        "attributes": {"aws.source_identity": source_identity},
+    })
+}
+
+#[test]
+fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+
+    // alice's agent, and its two sub-agents.
+    let (status, minted) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/agent-tokens",
+        &server.token,
+        Some(
+            json!({"subject": {"type": "human", "id": "alice@example.com"},
+                    "agent": {"id": "release-bot", "run_id": "run-0"},
+                    "scope": ["aws:deploy", "repo:read"], "expires_in": 3600}),
+        ),
+        None,
+    );
+    assert_eq!(status, 200, "{minted}");
+    let release_bot = minted["access_token"].as_str().unwrap().to_owned();
+    let deployer = exchange(&server, &release_bot, "deployer", "run-0.d");
+    let reviewer = exchange(&server, &release_bot, "reviewer", "run-0.r");
+
+    // Both act through the JSON API with their own tokens.
+    let reviewed = post(
+        &server,
+        &reviewer,
+        json!({"kind": "tool_call", "action": "tools/call", "observed_at": now(),
+               "source": {"type": "api"}, "actor": {"current": {"type": "agent", "id": "reviewer"}},
+               "target": {"tool": "read_file", "resource": "file:///repo/deploy.yaml"},
+               "outcome": {"status": "success"}}),
+    );
+    assert_eq!(reviewed["attribution"]["method"], "authenticated");
+    assert_eq!(reviewed["actor"]["current"]["run_id"], "run-0.r");
+    // The deployer assumes the role, naming the session after its run and
+    // setting its run as the source identity.
+    let assumed = post(
+        &server,
+        &deployer,
+        json!({"kind": "credential_use", "action": "sts:AssumeRole", "observed_at": now(),
+               "source": {"type": "api"}, "actor": {"current": {"type": "agent", "id": "deployer"}},
+               "target": {"resource": "arn:aws:iam::111122223333:role/deployer",
+                          "system": "aws:111122223333"},
+               "outcome": {"status": "success"},
+               "attributes": {"aws.role_session_name": "deploy-run-0.d",
+                              "aws.source_identity": "run-0.d"}}),
+    );
+    assert_eq!(assumed["attribution"]["method"], "authenticated");
+
+    // Later, the records of the session arrive, by session name, and by
+    // source identity alone after the session was renamed.
+    let by_name = post(
+        &server,
+        &server.token,
+        session_record("deploy-run-0.d", "run-0.d", "s3:GetObject"),
+    );
+    let by_identity = post(
+        &server,
+        &server.token,
+        session_record("renamed", "run-0.d", "s3:PutObject"),
+    );
+    for record in [&by_name, &by_identity] {
+        assert_eq!(record["attribution"]["method"], "bound", "{record}");
+        assert_eq!(record["actor"]["root"]["id"], "alice@example.com");
+        let agents: Vec<&str> = record["actor"]["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["run_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(agents, ["run-0", "run-0.d"], "{record}");
+        assert!(
+            record["actor"]["current"]["id"]
+                .as_str()
+                .unwrap()
+                .contains("assumed-role/deployer")
+        );
+    }
+    let evidence = |record: &Value| {
+        record["attribution"]["evidence"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(
+        evidence(&by_name).contains("aws_role_session deploy-run-0.d"),
+        "{}",
+        evidence(&by_name)
+    );
+    assert!(
+        evidence(&by_identity).contains("aws_source_identity run-0.d"),
+        "{}",
+        evidence(&by_identity)
+    );
+
+    // Another session's records stay unattributed.
+    let other = post(
+        &server,
+        &server.token,
+        session_record("someone-else", "nobody", "s3:GetObject"),
+    );
+    assert_eq!(other["attribution"]["method"], "unattributed");
+
+    // The lineage of a bound record: alice, her agent, the deployer, each
+    // spawned through Custody, then the role session that acted.
+    let id = by_name["id"].as_str().unwrap();
+    let (status, lineage) = call(
+        &server,
+        reqwest::Method::GET,
+        &format!("/v1/lineage/{id}"),
+        &server.token,
+        None,
+        None,
+    );
+    assert_eq!(status, 200, "{lineage}");
+    let chain = lineage["chain"].as_array().unwrap();
+    assert_eq!(chain[0]["principal"]["id"], "alice@example.com");
+    assert_eq!(chain[1]["principal"]["run_id"], "run-0");
+    assert_eq!(chain[1]["spawned"]["by"]["id"], "alice@example.com");
+    assert_eq!(chain[2]["principal"]["run_id"], "run-0.d");
+    assert_eq!(chain[2]["spawned"]["by"]["id"], "release-bot");
+    assert_eq!(chain[3]["role"], "actor");
+    assert_eq!(
+        chain[3]["spawned"],
+        Value::Null,
+        "the role session was not spawned by Custody"
+    );
+    assert_eq!(lineage["attribution"]["method"], "bound");
+
+    // Everything holds after a restart: the binding is learned again.
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    let later = post(
+        &server,
+        &server.token,
+        session_record("deploy-run-0.d", "run-0.d", "s3:DeleteObject"),
+    );
+    assert_eq!(later["attribution"]["method"], "bound", "{later}");
+    assert_eq!(later["actor"]["root"]["id"], "alice@example.com");
+}
