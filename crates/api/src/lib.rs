@@ -11,6 +11,7 @@ mod bindings;
 mod collect;
 mod delegate;
 mod error;
+mod graph;
 mod lineage;
 mod metrics;
 mod query;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// The delegation service, when enabled.
     pub delegation: Option<Arc<Delegation>>,
+    /// The attribute stage's state, when the server keeps the agent graph.
+    pub graph: Option<custody_graph::Live>,
 }
 
 impl AppState {
@@ -82,7 +85,14 @@ impl AppState {
             limits,
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             delegation: None,
+            graph: None,
         }
+    }
+
+    /// The same state answering the graph's queries from `live`.
+    pub fn with_graph(mut self, live: custody_graph::Live) -> AppState {
+        self.graph = Some(live);
+        self
     }
 
     /// The same state with the delegation service enabled.
@@ -118,6 +128,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/revocations", post(delegate::revoke))
         .route("/v1/bindings", post(bindings::declare))
         .route("/v1/lineage/{id}", get(lineage::lineage))
+        .route("/v1/graph", get(graph::subgraph))
+        .route("/v1/who", get(graph::who))
+        .route("/v1/blast-radius/{node}", get(graph::blast_radius))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())

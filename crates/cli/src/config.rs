@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// it mints [default: http://LISTEN].
     #[arg(long, env = "CUSTODY_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Keep the agent graph in memory and answer its queries (graph, who,
+    /// blast radius). It costs ingest throughput: see BENCHMARKS.md.
+    #[arg(long, env = "CUSTODY_GRAPH")]
+    pub graph: bool,
 }
 
 /// The TOML file's shape.
@@ -49,6 +53,7 @@ struct FileConfig {
     queue_capacity: Option<usize>,
     max_body_bytes: Option<usize>,
     public_url: Option<String>,
+    graph: Option<bool>,
 }
 
 /// The settings `custody serve` runs with.
@@ -65,6 +70,8 @@ pub struct Config {
     /// The URL clients reach the server at, if set; otherwise derived from
     /// the address it listens on.
     pub public_url: Option<String>,
+    /// Whether the agent graph is kept.
+    pub graph: bool,
 }
 
 impl Config {
@@ -109,6 +116,7 @@ impl Config {
             store,
             limits,
             public_url: args.public_url.or(file.public_url),
+            graph: args.graph || file.graph.unwrap_or(false),
         })
     }
 }

@@ -35,9 +35,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in `{}`", config.data_dir.display()))?;
     first_start(&store, &config.data_dir)?;
     // Attribution lives in memory (bindings, sessions), rebuilt from the
-    // stored events, which carry the chains they were attributed. The agent
-    // graph is not kept yet: see `custody_graph::Live`.
-    let live = custody_graph::Live::without_graph(custody_graph::Attributor::default());
+    // stored events, which carry the chains they were attributed; so does the
+    // agent graph, when kept (`--graph`; see `custody_graph::Live` for its
+    // cost).
+    let live = if config.graph {
+        custody_graph::Live::new(
+            custody_graph::Attributor::default(),
+            custody_graph::Graph::default(),
+        )
+    } else {
+        custody_graph::Live::without_graph(custody_graph::Attributor::default())
+    };
     let replayed = {
         let (store, live) = (store.clone(), live.clone());
         tokio::task::spawn_blocking(move || replay(&store, &live)).await??
@@ -49,7 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let engine = Arc::new(
         Engine::builder(Arc::new(store.clone()))
-            .attribute(live)
+            .attribute(live.clone())
             .build(),
     );
     tracing::info!(
@@ -63,7 +71,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => format!("http://{}", listener.local_addr()?),
     };
     let delegation = delegation(&config.data_dir, &public_url)?;
-    let state = AppState::new(engine, store.clone(), config.limits).with_delegation(delegation);
+    let mut state = AppState::new(engine, store.clone(), config.limits).with_delegation(delegation);
+    if config.graph {
+        state = state.with_graph(live);
+    }
     custody_api::serve(listener, state, shutdown_signal())
         .await
         .context("serving the API")?;

@@ -66,6 +66,26 @@ pub enum NodeKind {
 }
 
 impl NodeKind {
+    /// Every kind.
+    pub const ALL: [NodeKind; 11] = [
+        NodeKind::Human,
+        NodeKind::Service,
+        NodeKind::Agent,
+        NodeKind::SubAgent,
+        NodeKind::Run,
+        NodeKind::Credential,
+        NodeKind::Role,
+        NodeKind::Tool,
+        NodeKind::Server,
+        NodeKind::Resource,
+        NodeKind::System,
+    ];
+
+    /// The kind named `name`, as [`NodeKind::as_str`] names it.
+    pub fn parse(name: &str) -> Option<NodeKind> {
+        NodeKind::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
     /// The name used in dumps and the API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -137,6 +157,14 @@ pub struct NodeKey {
 }
 
 impl NodeKey {
+    /// The key written `kind:id` (as [`std::fmt::Display`] writes it), e.g.
+    /// `run:run-0` or `resource:arn:aws:s3:::payroll/q3.csv`.
+    pub fn parse(text: &str) -> Option<NodeKey> {
+        let (kind, id) = text.split_once(':')?;
+        let kind = NodeKind::parse(kind)?;
+        (!id.is_empty()).then(|| NodeKey::new(kind, id))
+    }
+
     /// A key of `kind` for `id`.
     pub fn new(kind: NodeKind, id: impl Into<String>) -> NodeKey {
         NodeKey {
@@ -631,8 +659,8 @@ impl Graph {
     }
 
     /// The lineage edges into `node` from nodes not in `visited`. Where a
-    /// parent both delegated to and spawned the node, the delegation (the
-    /// authority) stands for both.
+    /// parent both delegated to (or deployed) and spawned the node, the
+    /// authority edge stands for both.
     fn lineage_parents(&self, node: u32, visited: &[u32]) -> Vec<(EdgeKind, u32)> {
         let Some(n) = self.nodes.get(node as usize) else {
             return Vec::new();
@@ -642,7 +670,10 @@ impl Graph {
             .copied()
             .filter(|&(kind, from)| match kind {
                 EdgeKind::Deployed | EdgeKind::Delegated => true,
-                EdgeKind::Spawned => !n.incoming.contains(&(EdgeKind::Delegated, from)),
+                EdgeKind::Spawned => {
+                    !n.incoming.contains(&(EdgeKind::Delegated, from))
+                        && !n.incoming.contains(&(EdgeKind::Deployed, from))
+                }
                 _ => false,
             })
             .filter(|(_, from)| !visited.contains(from))

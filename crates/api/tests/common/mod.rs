@@ -49,6 +49,16 @@ impl Server {
 
     /// A server over a store opened with `options`, enforcing `limits`.
     pub async fn start_with(options: StoreOptions, limits: Limits) -> Server {
+        Server::start_full(options, limits, false).await
+    }
+
+    /// A server whose pipeline attributes events and keeps the agent graph,
+    /// as `custody serve --graph` does.
+    pub async fn start_with_graph() -> Server {
+        Server::start_full(store_options(), Limits::default(), true).await
+    }
+
+    async fn start_full(options: StoreOptions, limits: Limits, graph: bool) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), options).unwrap();
         let tokens = Role::ALL
@@ -59,7 +69,16 @@ impl Server {
                 (role, issued.secret)
             })
             .collect();
-        let engine = Arc::new(Engine::builder(Arc::new(store.clone())).build());
+        let live = custody_graph::Live::new(
+            custody_graph::Attributor::default(),
+            custody_graph::Graph::default(),
+        );
+        let engine = Engine::builder(Arc::new(store.clone()));
+        let engine = Arc::new(if graph {
+            engine.attribute(live.clone()).build()
+        } else {
+            engine.build()
+        });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let saved: Arc<std::sync::Mutex<Vec<custody_delegation::IssuerState>>> = Arc::default();
@@ -72,8 +91,11 @@ impl Server {
         };
         let issuer =
             custody_delegation::Issuer::new(url.clone(), "custody", chrono::Duration::hours(1));
-        let state = AppState::new(engine, store.clone(), limits)
+        let mut state = AppState::new(engine, store.clone(), limits)
             .with_delegation(custody_api::Delegation::new(issuer, url.clone(), save));
+        if graph {
+            state = state.with_graph(live);
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(custody_api::serve(listener, state, async move {
             let _ = stopped.await;
