@@ -10,45 +10,11 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::Server;
+use common::{Body, Server, call};
 use serde_json::{Value, json};
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-/// Sends a request; `token` is none when empty; `form` sends a form body.
-fn call(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-    form: Option<&[(&str, &str)]>,
-) -> (u16, Value) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut request = reqwest::Client::new()
-            .request(method, format!("{}{path}", server.url))
-            .timeout(Duration::from_secs(30));
-        if !token.is_empty() {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        if let Some(form) = form {
-            request = request.form(form);
-        }
-        let response = request.send().await.expect("calling the server");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    })
-}
 
 fn exchange(server: &Server, parent: &str, actor: &str, run: &str) -> String {
     let form = [
@@ -63,8 +29,7 @@ fn exchange(server: &Server, parent: &str, actor: &str, run: &str) -> String {
         reqwest::Method::POST,
         "/oauth/token",
         "",
-        None,
-        Some(&form),
+        Body::Form(form.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()),
     );
     assert_eq!(status, 200, "{answer}");
     answer["access_token"].as_str().unwrap().to_owned()
@@ -77,8 +42,7 @@ fn post(server: &Server, token: &str, event: Value) -> Value {
         reqwest::Method::POST,
         "/v1/events",
         token,
-        Some(event),
-        None,
+        Body::Json(event),
     );
     assert_eq!(status, 200, "{answer}");
     let id = answer["ids"][0].as_str().unwrap();
@@ -87,8 +51,7 @@ fn post(server: &Server, token: &str, event: Value) -> Value {
         reqwest::Method::GET,
         &format!("/v1/events/{id}"),
         &server.token,
-        None,
-        None,
+        Body::None,
     );
     stored["event"].clone()
 }
@@ -123,12 +86,11 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
         reqwest::Method::POST,
         "/v1/agent-tokens",
         &server.token,
-        Some(
+        Body::Json(
             json!({"subject": {"type": "human", "id": "alice@example.com"},
                     "agent": {"id": "release-bot", "run_id": "run-0"},
                     "scope": ["aws:deploy", "repo:read"], "expires_in": 3600}),
         ),
-        None,
     );
     assert_eq!(status, 200, "{minted}");
     let release_bot = minted["access_token"].as_str().unwrap().to_owned();
@@ -223,8 +185,7 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
         reqwest::Method::GET,
         &format!("/v1/lineage/{id}"),
         &server.token,
-        None,
-        None,
+        Body::None,
     );
     assert_eq!(status, 200, "{lineage}");
     let chain = lineage["chain"].as_array().unwrap();

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{COMMAND_TIMEOUT, Server, answers, custody, free_port, output_within};
+use common::{Body, COMMAND_TIMEOUT, Server, answers, call, custody, free_port, output_within};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -1530,44 +1530,6 @@ impl Drop for Tail {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Calls the API with `token` (none when empty): a JSON body, or a form.
-fn call(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Body,
-) -> (u16, Value) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut request = reqwest::Client::new()
-            .request(method, format!("{}{path}", server.url))
-            .timeout(Duration::from_secs(30));
-        if !token.is_empty() {
-            request = request.bearer_auth(token);
-        }
-        request = match body {
-            Body::None => request,
-            Body::Json(value) => request.json(&value),
-            Body::Form(form) => request.form(&form),
-        };
-        let response = request.send().await.expect("calling the server");
-        let status = response.status().as_u16();
-        let value = response.json().await.unwrap_or(Value::Null);
-        (status, value)
-    })
-}
-
-/// What a request carries.
-enum Body {
-    None,
-    Json(Value),
-    Form(Vec<(&'static str, String)>),
 }
 
 #[test]

@@ -228,3 +228,44 @@ mod probe {
         answer.starts_with("HTTP/1.1 200")
     }
 }
+
+/// Calls the API with `token` (none when empty): a JSON body, or a form.
+pub fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Body,
+) -> (u16, serde_json::Value) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", server.url))
+            .timeout(Duration::from_secs(30));
+        if !token.is_empty() {
+            request = request.bearer_auth(token);
+        }
+        request = match body {
+            Body::None => request,
+            Body::Json(value) => request.json(&value),
+            Body::Form(form) => request.form(&form),
+        };
+        let response = request.send().await.expect("calling the server");
+        let status = response.status().as_u16();
+        let value = response.json().await.unwrap_or(serde_json::Value::Null);
+        (status, value)
+    })
+}
+
+/// What a request carries.
+pub enum Body {
+    /// Nothing.
+    None,
+    /// A JSON body.
+    Json(serde_json::Value),
+    /// A form body.
+    Form(Vec<(&'static str, String)>),
+}
