@@ -172,14 +172,20 @@ async fn exchange(
             .max(1),
     );
     let now = Utc::now();
-    let (parent, minted) = {
-        let issuer = delegation.read();
-        let parent = issuer.verify(&subject_token, now).map_err(|error| {
-            OauthError::new(
+    // Verified apart, so the lock is not held while a refusal is recorded.
+    let verified = delegation.read().verify(&subject_token, now);
+    let parent = match verified {
+        Ok(parent) => parent,
+        Err(error) => {
+            record_refusal(state, "/oauth/token", &subject_token, &error.to_string()).await;
+            return Err(OauthError::new(
                 "invalid_grant",
                 format!("the subject token is refused: {error}"),
-            )
-        })?;
+            ));
+        }
+    };
+    let (parent, minted) = {
+        let issuer = delegation.read();
         let minted = issuer
             .exchange(&subject_token, &actor, scopes.as_deref(), lifetime, now)
             .map_err(|error| match error {
@@ -384,6 +390,71 @@ async fn record_spawn(
         .ingest_batch_as(vec![event], Utc::now(), &provenance)?;
     ingested.receipt.durable().await?;
     Ok(())
+}
+
+/// Records a refused agent token as a `denied` authentication event, by an
+/// unknown actor: what the token claims is kept as unverified attributes
+/// (cut to 256 characters), never as the event's chain.
+pub(crate) async fn record_refusal(state: &AppState, at: &str, token: &str, reason: &str) {
+    let claims: serde_json::Value = token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let claim = |pointer: &str| {
+        claims
+            .pointer(pointer)
+            .and_then(|v| v.as_str())
+            .map(|v| v.chars().take(256).collect::<String>())
+    };
+    let mut attributes = serde_json::Map::new();
+    for (name, pointer) in [
+        ("custody.unverified_sub", "/sub"),
+        ("custody.unverified_jti", "/jti"),
+        ("custody.unverified_actor", "/act/sub"),
+        ("custody.unverified_run", "/act/custody_run"),
+        ("custody.unverified_iss", "/iss"),
+    ] {
+        if let Some(value) = claim(pointer) {
+            attributes.insert(name.into(), value.into());
+        }
+    }
+    let event = serde_json::json!({
+        "kind": "authentication",
+        "action": "custody/agent-token-refused",
+        "observed_at": Utc::now(),
+        "source": {"type": "custody", "name": "delegation"},
+        "actor": {"current": {"type": "unknown", "id": "unverified agent token"}},
+        "target": {"system": at},
+        "outcome": {"status": "denied", "reason": reason.chars().take(1024).collect::<String>()},
+        "attributes": attributes,
+    });
+    let Ok(event) = custody_event::decode_value(event) else {
+        return;
+    };
+    let provenance = custody_engine::Provenance::Custody {
+        what: format!("an agent token refused at {at}"),
+        chain: event.actor.clone(),
+    };
+    // The answer goes out whatever happens here; a refusal that cannot be
+    // recorded is logged instead.
+    match state
+        .engine
+        .ingest_batch_as(vec![event], Utc::now(), &provenance)
+    {
+        Ok(ingested) => {
+            if let Err(error) = ingested.receipt.durable().await {
+                tracing::warn!(%error, reason, "recording a refused agent token");
+            }
+        }
+        Err(error) => tracing::warn!(%error, reason, "recording a refused agent token"),
+    }
 }
 
 fn token_response(minted: &Minted, now: chrono::DateTime<Utc>) -> Response {

@@ -214,9 +214,14 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(delegation) = &state.delegation {
             let secret = auth::bearer(authorization)?;
             if !secret.starts_with(TOKEN_PREFIX) && secret.matches('.').count() == 2 {
-                let claims = delegation
-                    .verify(secret)
-                    .map_err(|error| ApiError::AgentToken(error.to_string()))?;
+                let claims = match delegation.verify(secret) {
+                    Ok(claims) => claims,
+                    Err(error) => {
+                        let at = parts.uri.path().to_owned();
+                        delegate::record_refusal(state, &at, secret, &error.to_string()).await;
+                        return Err(ApiError::AgentToken(error.to_string()));
+                    }
+                };
                 let chain = claims
                     .chain()
                     .map_err(|error| ApiError::AgentToken(error.to_string()))?;

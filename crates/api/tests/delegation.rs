@@ -537,3 +537,66 @@ async fn the_lineage_of_an_action_names_who_spawned_each_agent() {
     .await;
     assert_eq!(ingest.status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_agent_tokens_are_recorded_with_their_reason() {
+    let server = Server::start().await;
+    let minted = mint(
+        &server,
+        Role::Admin,
+        json!({"subject": {"type": "human", "id": "alice@example.com"},
+               "agent": {"id": "release-bot", "run_id": "run-0"}}),
+    )
+    .await;
+    let root = minted.json()["access_token"].as_str().unwrap().to_owned();
+    let mut parts: Vec<String> = root.split('.').map(str::to_owned).collect();
+    let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    parts[1] = URL_SAFE_NO_PAD.encode(payload.replace("release-bot", "admin-bot"));
+    let tampered = parts.join(".");
+
+    let form = [
+        ("grant_type", TOKEN_EXCHANGE),
+        ("subject_token", tampered.as_str()),
+        ("subject_token_type", ACCESS),
+        ("custody_actor", "x"),
+        ("custody_run", "run-x"),
+    ];
+    assert_eq!(exchange(&server, &form).await.status, 400);
+    let posted = send(
+        server
+            .request(Method::POST, "/v1/events")
+            .bearer_auth(&tampered)
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(posted.status, 401);
+
+    let listed = send(
+        server
+            .request(Method::GET, "/v1/events?kind=authentication&order=oldest")
+            .bearer_auth(server.token(Role::Viewer)),
+    )
+    .await
+    .json();
+    let refusals: Vec<&Value> = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| &record["event"])
+        .collect();
+    assert_eq!(refusals.len(), 2, "{listed}");
+    for (event, at) in refusals.iter().zip(["/oauth/token", "/v1/events"]) {
+        assert_eq!(event["action"], "custody/agent-token-refused");
+        assert_eq!(event["target"]["system"], at);
+        assert_eq!(event["outcome"]["status"], "denied");
+        assert_eq!(event["outcome"]["reason"], "the signature does not verify");
+        // What the token claims is kept, unverified, and is not the chain.
+        assert_eq!(
+            event["attributes"]["custody.unverified_sub"],
+            "alice@example.com"
+        );
+        assert_eq!(event["attributes"]["custody.unverified_actor"], "admin-bot");
+        assert_eq!(event["actor"]["current"]["id"], "unverified agent token");
+        assert!(event["actor"].get("root").is_none());
+    }
+}
