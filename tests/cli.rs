@@ -1935,3 +1935,96 @@ fn lineage_prints_the_chain_of_custody_as_a_tree() {
         missing.stderr
     );
 }
+
+#[test]
+fn graph_and_who_read_the_graph_of_a_server_that_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--graph", "--sensitive", "*payroll*"]);
+    let (_, minted) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/agent-tokens",
+        &server.token,
+        Body::Json(
+            json!({"subject": {"type": "human", "id": "alice@example.com"},
+                          "agent": {"id": "release-bot", "run_id": "run-0"}}),
+        ),
+    );
+    let root = minted["access_token"].as_str().unwrap().to_owned();
+    let (status, child) = call(
+        &server,
+        reqwest::Method::POST,
+        "/oauth/token",
+        "",
+        Body::Form(vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+            ),
+            ("subject_token", root),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token".into(),
+            ),
+            ("custody_actor", "auditor".into()),
+            ("custody_run", "run-0.a".into()),
+        ]),
+    );
+    assert_eq!(status, 200, "{child}");
+    let auditor = child["access_token"].as_str().unwrap().to_owned();
+    for resource in [
+        "arn:aws:s3:::payroll/q3.csv",
+        "arn:aws:s3:::releases/app.tar.gz",
+    ] {
+        let (status, answer) = call(
+            &server,
+            reqwest::Method::POST,
+            "/v1/events",
+            &auditor,
+            Body::Json(json!({
+                "kind": "data_access", "action": "s3:GetObject",
+                "observed_at": chrono::Utc::now().to_rfc3339(),
+                "source": {"type": "api"},
+                "actor": {"current": {"type": "agent", "id": "auditor"}},
+                "target": {"resource": resource},
+                "outcome": {"status": "success"},
+            })),
+        );
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    let graph = Run::from(server.cli(&["graph", "run:run-0", "--depth", "1"]))
+        .success()
+        .stdout;
+    let first = graph.lines().next().unwrap();
+    assert_eq!(
+        first,
+        "run:run-0 (release-bot)  blast radius: resources 2, sensitive_resources 1, \
+         identities_created 1, depth 1, fan_out 1",
+        "{graph}"
+    );
+    assert!(
+        graph.contains("  run:run-0 -delegated-> run:run-0.a  x2"),
+        "{graph}"
+    );
+    let who = Run::from(server.cli(&["who", "arn:aws:s3:::payroll/q3.csv"]))
+        .success()
+        .stdout;
+    assert_eq!(
+        who.trim_end(),
+        "human:alice@example.com -deployed-> run:run-0 -delegated-> run:run-0.a \
+         -read-> resource:arn:aws:s3:::payroll/q3.csv"
+    );
+    let exported = Run::from(server.cli(&["graph", "run:run-0", "--opengraph"]))
+        .success()
+        .stdout;
+    let exported: Value = serde_json::from_str(&exported).unwrap();
+    assert_eq!(exported["metadata"]["source_kind"], "Custody");
+
+    // A server without the graph says how to get it.
+    server.kill();
+    let server = Server::start(dir.path(), &[]);
+    let refused = Run::from(server.cli(&["who", "x"]));
+    assert_eq!(refused.code, Some(1));
+    assert!(refused.stderr.contains("--graph"), "{}", refused.stderr);
+}

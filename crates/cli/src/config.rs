@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// blast radius). It costs ingest throughput: see BENCHMARKS.md.
     #[arg(long, env = "CUSTODY_GRAPH")]
     pub graph: bool,
+    /// A pattern of sensitive resource names, `*` standing for any run of
+    /// characters (e.g. `arn:aws:s3:::payroll*`); repeatable, or
+    /// comma-separated in the environment.
+    #[arg(long = "sensitive", env = "CUSTODY_SENSITIVE", value_delimiter = ',')]
+    pub sensitive: Vec<String>,
 }
 
 /// The TOML file's shape.
@@ -54,6 +59,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     public_url: Option<String>,
     graph: Option<bool>,
+    sensitive: Option<Vec<String>>,
 }
 
 /// The settings `custody serve` runs with.
@@ -72,6 +78,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Whether the agent graph is kept.
     pub graph: bool,
+    /// Patterns of sensitive resource names, for the blast radius.
+    pub sensitive: Vec<String>,
 }
 
 impl Config {
@@ -117,6 +125,11 @@ impl Config {
             limits,
             public_url: args.public_url.or(file.public_url),
             graph: args.graph || file.graph.unwrap_or(false),
+            sensitive: if args.sensitive.is_empty() {
+                file.sensitive.unwrap_or_default()
+            } else {
+                args.sensitive
+            },
         })
     }
 }

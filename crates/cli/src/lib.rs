@@ -7,6 +7,7 @@
 
 mod client;
 mod config;
+mod graph;
 mod ingest;
 mod lineage;
 mod serve;
@@ -41,6 +42,12 @@ enum Command {
     /// Show the chain of custody of one event: who, through whom, and how
     /// each link is known.
     Lineage(lineage::LineageArgs),
+    /// Show a part of the agent graph, with blast radius (server started
+    /// with --graph).
+    Graph(graph::GraphArgs),
+    /// Show every chain that touched a resource (server started with
+    /// --graph).
+    Who(graph::WhoArgs),
     /// Manage API tokens in the local store.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -98,6 +105,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .map(|()| ExitCode::SUCCESS),
         Command::Lineage(args) => runtime
             .block_on(lineage::run(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Graph(args) => runtime
+            .block_on(graph::graph(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Who(args) => runtime
+            .block_on(graph::who(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Token(command) => token::run(command).map(|()| ExitCode::SUCCESS),
         Command::Schema { new } => {

@@ -41,7 +41,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let live = if config.graph {
         custody_graph::Live::new(
             custody_graph::Attributor::default(),
-            custody_graph::Graph::default(),
+            custody_graph::Graph::new(custody_graph::Sensitivity::new(config.sensitive.clone())),
         )
     } else {
         custody_graph::Live::without_graph(custody_graph::Attributor::default())
