@@ -1852,53 +1852,8 @@ fn a_declared_binding_attributes_records_of_its_key_and_survives_a_restart() {
 fn lineage_prints_the_chain_of_custody_as_a_tree() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let (_, minted) = call(
-        &server,
-        reqwest::Method::POST,
-        "/v1/agent-tokens",
-        &server.token,
-        Body::Json(
-            json!({"subject": {"type": "human", "id": "alice@example.com"},
-                          "agent": {"id": "release-bot", "run_id": "run-0"}}),
-        ),
-    );
-    let root = minted["access_token"].as_str().unwrap().to_owned();
-    let (status, child) = call(
-        &server,
-        reqwest::Method::POST,
-        "/oauth/token",
-        "",
-        Body::Form(vec![
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange".into(),
-            ),
-            ("subject_token", root),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:access_token".into(),
-            ),
-            ("custody_actor", "auditor".into()),
-            ("custody_run", "run-0.a".into()),
-        ]),
-    );
-    assert_eq!(status, 200, "{child}");
-    let agent_token = child["access_token"].as_str().unwrap().to_owned();
-    let (status, posted) = call(
-        &server,
-        reqwest::Method::POST,
-        "/v1/events",
-        &agent_token,
-        Body::Json(json!({
-            "kind": "data_access", "action": "s3:GetObject",
-            "observed_at": chrono::Utc::now().to_rfc3339(),
-            "source": {"type": "api"},
-            "actor": {"current": {"type": "agent", "id": "auditor"}},
-            "target": {"resource": "arn:aws:s3:::payroll/q3.csv"},
-            "outcome": {"status": "success"},
-        })),
-    );
-    assert_eq!(status, 200, "{posted}");
+    let auditor = alice_s_auditor(&server);
+    let posted = read_with(&server, &auditor, "arn:aws:s3:::payroll/q3.csv");
     let id = posted["ids"][0].as_str().unwrap().to_owned();
 
     let tree = Run::from(server.cli(&["lineage", &id])).success().stdout;
@@ -1940,57 +1895,12 @@ fn lineage_prints_the_chain_of_custody_as_a_tree() {
 fn graph_and_who_read_the_graph_of_a_server_that_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &["--graph", "--sensitive", "*payroll*"]);
-    let (_, minted) = call(
-        &server,
-        reqwest::Method::POST,
-        "/v1/agent-tokens",
-        &server.token,
-        Body::Json(
-            json!({"subject": {"type": "human", "id": "alice@example.com"},
-                          "agent": {"id": "release-bot", "run_id": "run-0"}}),
-        ),
-    );
-    let root = minted["access_token"].as_str().unwrap().to_owned();
-    let (status, child) = call(
-        &server,
-        reqwest::Method::POST,
-        "/oauth/token",
-        "",
-        Body::Form(vec![
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange".into(),
-            ),
-            ("subject_token", root),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:access_token".into(),
-            ),
-            ("custody_actor", "auditor".into()),
-            ("custody_run", "run-0.a".into()),
-        ]),
-    );
-    assert_eq!(status, 200, "{child}");
-    let auditor = child["access_token"].as_str().unwrap().to_owned();
+    let auditor = alice_s_auditor(&server);
     for resource in [
         "arn:aws:s3:::payroll/q3.csv",
         "arn:aws:s3:::releases/app.tar.gz",
     ] {
-        let (status, answer) = call(
-            &server,
-            reqwest::Method::POST,
-            "/v1/events",
-            &auditor,
-            Body::Json(json!({
-                "kind": "data_access", "action": "s3:GetObject",
-                "observed_at": chrono::Utc::now().to_rfc3339(),
-                "source": {"type": "api"},
-                "actor": {"current": {"type": "agent", "id": "auditor"}},
-                "target": {"resource": resource},
-                "outcome": {"status": "success"},
-            })),
-        );
-        assert_eq!(status, 200, "{answer}");
+        read_with(&server, &auditor, resource);
     }
 
     let graph = Run::from(server.cli(&["graph", "run:run-0", "--depth", "1"]))
@@ -2027,4 +1937,64 @@ fn graph_and_who_read_the_graph_of_a_server_that_keeps_it() {
     let refused = Run::from(server.cli(&["who", "x"]));
     assert_eq!(refused.code, Some(1));
     assert!(refused.stderr.contains("--graph"), "{}", refused.stderr);
+}
+
+/// Mints alice's `release-bot` (run `run-0`) a token and exchanges it for
+/// its sub-agent `auditor` (run `run-0.a`); returns the auditor's token.
+fn alice_s_auditor(server: &Server) -> String {
+    let (status, minted) = call(
+        server,
+        reqwest::Method::POST,
+        "/v1/agent-tokens",
+        &server.token,
+        Body::Json(
+            json!({"subject": {"type": "human", "id": "alice@example.com"},
+                          "agent": {"id": "release-bot", "run_id": "run-0"}}),
+        ),
+    );
+    assert_eq!(status, 200, "{minted}");
+    let (status, child) = call(
+        server,
+        reqwest::Method::POST,
+        "/oauth/token",
+        "",
+        Body::Form(vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+            ),
+            (
+                "subject_token",
+                minted["access_token"].as_str().unwrap().to_owned(),
+            ),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:access_token".into(),
+            ),
+            ("custody_actor", "auditor".into()),
+            ("custody_run", "run-0.a".into()),
+        ]),
+    );
+    assert_eq!(status, 200, "{child}");
+    child["access_token"].as_str().unwrap().to_owned()
+}
+
+/// Posts an S3 read of `resource` with `token`; returns the answer.
+fn read_with(server: &Server, token: &str, resource: &str) -> Value {
+    let (status, answer) = call(
+        server,
+        reqwest::Method::POST,
+        "/v1/events",
+        token,
+        Body::Json(json!({
+            "kind": "data_access", "action": "s3:GetObject",
+            "observed_at": chrono::Utc::now().to_rfc3339(),
+            "source": {"type": "api"},
+            "actor": {"current": {"type": "agent", "id": "auditor"}},
+            "target": {"resource": resource},
+            "outcome": {"status": "success"},
+        })),
+    );
+    assert_eq!(status, 200, "{answer}");
+    answer
 }

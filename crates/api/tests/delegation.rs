@@ -46,6 +46,19 @@ async fn mint(server: &Server, role: Role, body: Value) -> Answer {
     .await
 }
 
+/// Mints a token for alice's `release-bot` in run `run-0`, with `extra`
+/// fields (scope, expiry) in the request; returns the token.
+async fn alice_s_bot(server: &Server, extra: Value) -> String {
+    let mut request = json!({"subject": {"type": "human", "id": "alice@example.com"},
+                             "agent": {"id": "release-bot", "run_id": "run-0"}});
+    if let (Some(request), Value::Object(extra)) = (request.as_object_mut(), extra) {
+        request.extend(extra);
+    }
+    let minted = mint(server, Role::Admin, request).await;
+    assert_eq!(minted.status, 200, "{}", minted.body);
+    minted.json()["access_token"].as_str().unwrap().to_owned()
+}
+
 async fn exchange(server: &Server, form: &[(&str, &str)]) -> Answer {
     send(server.request(Method::POST, "/oauth/token").form(form)).await
 }
@@ -214,14 +227,7 @@ async fn a_chain_is_minted_and_exchanged_down_and_every_mint_is_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_exchanges_are_refused_with_oauth_errors() {
     let server = Server::start().await;
-    let minted = mint(
-        &server,
-        Role::Admin,
-        json!({"subject": {"type": "human", "id": "alice@example.com"},
-               "agent": {"id": "release-bot", "run_id": "run-0"}, "scope": ["repo:read"]}),
-    )
-    .await;
-    let root = minted.json()["access_token"].as_str().unwrap().to_owned();
+    let root = alice_s_bot(&server, json!({"scope": ["repo:read"]})).await;
     let good = [
         ("grant_type", TOKEN_EXCHANGE),
         ("subject_token", root.as_str()),
@@ -317,14 +323,7 @@ async fn bad_exchanges_are_refused_with_oauth_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_run_refuses_its_tokens_and_those_beneath_only() {
     let server = Server::start().await;
-    let minted = mint(
-        &server,
-        Role::Admin,
-        json!({"subject": {"type": "human", "id": "alice@example.com"},
-               "agent": {"id": "release-bot", "run_id": "run-0"}}),
-    )
-    .await;
-    let root = minted.json()["access_token"].as_str().unwrap().to_owned();
+    let root = alice_s_bot(&server, json!({})).await;
     let first = exchanged(&server, &root, "auditor", "run-0.a", None).await;
     let under_first = exchanged(&server, &first, "fetcher", "run-0.a.1", None).await;
     let sibling = exchanged(&server, &root, "tester", "run-0.b", None).await;
@@ -361,14 +360,7 @@ async fn a_revoked_run_refuses_its_tokens_and_those_beneath_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_token_posts_its_own_authenticated_events() {
     let server = Server::start().await;
-    let minted = mint(
-        &server,
-        Role::Admin,
-        json!({"subject": {"type": "human", "id": "alice@example.com"},
-               "agent": {"id": "release-bot", "run_id": "run-0"}}),
-    )
-    .await;
-    let root = minted.json()["access_token"].as_str().unwrap().to_owned();
+    let root = alice_s_bot(&server, json!({})).await;
     let auditor = exchanged(&server, &root, "auditor", "run-0.a", None).await;
     // The event claims another chain; the token says whose action it is.
     let claimed = json!({
@@ -466,14 +458,7 @@ async fn only_an_admin_declares_bindings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lineage_of_an_action_names_who_spawned_each_agent() {
     let server = Server::start().await;
-    let minted = mint(
-        &server,
-        Role::Admin,
-        json!({"subject": {"type": "human", "id": "alice@example.com"},
-               "agent": {"id": "release-bot", "run_id": "run-0"}, "scope": ["repo:read"]}),
-    )
-    .await;
-    let root = minted.json()["access_token"].as_str().unwrap().to_owned();
+    let root = alice_s_bot(&server, json!({"scope": ["repo:read"]})).await;
     let auditor = exchanged(&server, &root, "auditor", "run-0.a", None).await;
     let posted = send(
         server
@@ -541,14 +526,7 @@ async fn the_lineage_of_an_action_names_who_spawned_each_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_agent_tokens_are_recorded_with_their_reason() {
     let server = Server::start().await;
-    let minted = mint(
-        &server,
-        Role::Admin,
-        json!({"subject": {"type": "human", "id": "alice@example.com"},
-               "agent": {"id": "release-bot", "run_id": "run-0"}}),
-    )
-    .await;
-    let root = minted.json()["access_token"].as_str().unwrap().to_owned();
+    let root = alice_s_bot(&server, json!({})).await;
     let mut parts: Vec<String> = root.split('.').map(str::to_owned).collect();
     let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
     parts[1] = URL_SAFE_NO_PAD.encode(payload.replace("release-bot", "admin-bot"));

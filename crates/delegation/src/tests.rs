@@ -35,6 +35,20 @@ fn agent(id: &str, run: &str) -> Principal {
     }
 }
 
+/// A token for alice's `release-bot` in `run`, with scope `a`, for 30
+/// minutes from [`now`].
+fn alice_s_bot(issuer: &Issuer, run: &str) -> crate::Minted {
+    issuer
+        .mint(
+            &human("alice@example.com"),
+            &agent("release-bot", run),
+            &["a"],
+            Duration::minutes(30),
+            now(),
+        )
+        .unwrap()
+}
+
 /// The chain a token carries, as `root -> agent[run] -> ...`.
 fn chain_of(issuer: &Issuer, token: &str) -> String {
     let chain = issuer.verify(token, now()).unwrap().chain().unwrap();
@@ -131,15 +145,7 @@ fn exchange_nests_the_chain_and_narrows_scopes_and_lifetime() {
 #[test]
 fn revoking_a_node_refuses_every_token_beneath_it_only() {
     let mut issuer = issuer();
-    let root = issuer
-        .mint(
-            &human("alice@example.com"),
-            &agent("release-bot", "run-0"),
-            &["a"],
-            Duration::minutes(30),
-            now(),
-        )
-        .unwrap();
+    let root = alice_s_bot(&issuer, "run-0");
     let first = issuer
         .exchange(
             &root.token,
@@ -200,15 +206,7 @@ fn revoking_a_node_refuses_every_token_beneath_it_only() {
 #[test]
 fn every_bad_token_is_refused_with_its_reason() {
     let mut issuer = issuer();
-    let good = issuer
-        .mint(
-            &human("alice@example.com"),
-            &agent("release-bot", "run-0"),
-            &["a"],
-            Duration::minutes(30),
-            now(),
-        )
-        .unwrap();
+    let good = alice_s_bot(&issuer, "run-0");
     fn check_with(issuer: &Issuer, token: &str, at: DateTime<Utc>, expected: TokenError) {
         assert_eq!(issuer.verify(token, at).unwrap_err(), expected, "{token}");
     }
@@ -249,15 +247,7 @@ fn every_bad_token_is_refused_with_its_reason() {
         TokenError::UnknownKey("not-ours".into()),
     );
     let other = Issuer::new("https://custody.example.com", "custody", Duration::hours(1));
-    let foreign = other
-        .mint(
-            &human("alice@example.com"),
-            &agent("release-bot", "run-0"),
-            &["a"],
-            Duration::minutes(30),
-            now(),
-        )
-        .unwrap();
+    let foreign = alice_s_bot(&other, "run-0");
     let kid = foreign.claims.jti.clone();
     let refused = issuer.verify(&foreign.token, now()).unwrap_err();
     assert!(
@@ -278,15 +268,7 @@ fn every_bad_token_is_refused_with_its_reason() {
         TokenError::Signature,
     );
     // A signature of other bytes by the same key.
-    let another = issuer
-        .mint(
-            &human("alice@example.com"),
-            &agent("release-bot", "run-1"),
-            &["a"],
-            Duration::minutes(30),
-            now(),
-        )
-        .unwrap();
+    let another = alice_s_bot(&issuer, "run-1");
     let spliced = with_part(&good.token, 2, another.token.split('.').nth(2).unwrap());
     check(&spliced, now(), TokenError::Signature);
     // A signature that is not base64url.
@@ -300,15 +282,7 @@ fn every_bad_token_is_refused_with_its_reason() {
 
     // Signed by this issuer's key, but for another audience or issuer.
     issuer.audience = "someone-else".into();
-    let elsewhere = issuer
-        .mint(
-            &human("alice@example.com"),
-            &agent("release-bot", "run-0"),
-            &["a"],
-            Duration::minutes(30),
-            now(),
-        )
-        .unwrap();
+    let elsewhere = alice_s_bot(&issuer, "run-0");
     issuer.audience = "custody".into();
     check_with(
         &issuer,
@@ -317,15 +291,7 @@ fn every_bad_token_is_refused_with_its_reason() {
         TokenError::Audience("custody".into()),
     );
     issuer.issuer = "https://evil.example.com".into();
-    let misissued = issuer
-        .mint(
-            &human("alice@example.com"),
-            &agent("release-bot", "run-0"),
-            &["a"],
-            Duration::minutes(30),
-            now(),
-        )
-        .unwrap();
+    let misissued = alice_s_bot(&issuer, "run-0");
     issuer.issuer = "https://custody.example.com".into();
     check_with(
         &issuer,
@@ -353,25 +319,9 @@ fn every_bad_token_is_refused_with_its_reason() {
 #[test]
 fn rotated_keys_keep_verifying_until_their_tokens_expire() {
     let mut issuer = issuer();
-    let before = issuer
-        .mint(
-            &human("alice@example.com"),
-            &agent("release-bot", "run-0"),
-            &["a"],
-            Duration::minutes(30),
-            now(),
-        )
-        .unwrap();
+    let before = alice_s_bot(&issuer, "run-0");
     issuer.rotate(now());
-    let after = issuer
-        .mint(
-            &human("alice@example.com"),
-            &agent("release-bot", "run-1"),
-            &["a"],
-            Duration::minutes(30),
-            now(),
-        )
-        .unwrap();
+    let after = alice_s_bot(&issuer, "run-1");
     let kid = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
     assert_ne!(kid(&before.token), kid(&after.token));
     assert!(issuer.verify(&before.token, now()).is_ok());
@@ -395,15 +345,7 @@ fn rotated_keys_keep_verifying_until_their_tokens_expire() {
 #[test]
 fn a_saved_state_restores_keys_and_revocations() {
     let mut issuer = issuer();
-    let minted = issuer
-        .mint(
-            &human("alice@example.com"),
-            &agent("release-bot", "run-0"),
-            &["a"],
-            Duration::minutes(30),
-            now(),
-        )
-        .unwrap();
+    let minted = alice_s_bot(&issuer, "run-0");
     issuer.rotate(now());
     issuer.revoke("run-9", now());
     let state = issuer.state();
