@@ -152,7 +152,11 @@ pub fn register_token(
 /// Resolves an `Authorization` header value to the caller, or says why not.
 /// The error never repeats the presented secret.
 pub fn authenticate(store: &Store, authorization: Option<&str>) -> Result<Caller, ApiError> {
-    let secret = bearer(authorization)?;
+    authenticate_secret(store, bearer(authorization)?)
+}
+
+/// [`authenticate`] for a bearer secret already taken from its header.
+pub(crate) fn authenticate_secret(store: &Store, secret: &str) -> Result<Caller, ApiError> {
     if !secret.starts_with(TOKEN_PREFIX) {
         return Err(ApiError::Unauthenticated("malformed bearer token"));
     }

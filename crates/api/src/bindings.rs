@@ -74,11 +74,10 @@ pub(crate) async fn declare(
             "valid_until: must be after valid_from".into(),
         ));
     }
-    let key_type = key.to_string();
-    let key_type = key_type.split(' ').next().unwrap_or_default();
+    let key_type = key.kind();
     let mut attributes = serde_json::json!({
         ATTR_BINDING_KEY_TYPE: key_type,
-        ATTR_BINDING_KEY: declaration.key.value.trim(),
+        ATTR_BINDING_KEY: key.value(),
         ATTR_BINDING_FROM: from.to_rfc3339(),
     });
     if let Some(until) = declaration.valid_until {
@@ -90,7 +89,7 @@ pub(crate) async fn declare(
         "observed_at": now,
         "source": {"type": "custody", "name": "bindings"},
         "actor": holder,
-        "target": {"resource": declaration.key.value.trim(), "resource_type": key_type},
+        "target": {"resource": key.value(), "resource_type": key_type},
         "outcome": {"status": "success"},
         "attributes": attributes,
     }))

@@ -209,29 +209,30 @@ impl FromRequestParts<AppState> for Caller {
             }
             None => None,
         };
+        let secret = auth::bearer(authorization)?;
         // An agent token of the delegation service is a JWT, never an API
         // token's `cst_` secret.
-        if let Some(delegation) = &state.delegation {
-            let secret = auth::bearer(authorization)?;
-            if !secret.starts_with(TOKEN_PREFIX) && secret.matches('.').count() == 2 {
-                let claims = match delegation.verify(secret) {
-                    Ok(claims) => claims,
-                    Err(error) => {
-                        let at = parts.uri.path().to_owned();
-                        delegate::record_refusal(state, &at, secret, &error.to_string()).await;
-                        return Err(ApiError::AgentToken(error.to_string()));
-                    }
-                };
-                let chain = claims
-                    .chain()
-                    .map_err(|error| ApiError::AgentToken(error.to_string()))?;
-                return Ok(Caller {
-                    token_id: claims.jti,
-                    role: Role::Ingest,
-                    agent: Some(chain),
-                });
-            }
+        if let Some(delegation) = &state.delegation
+            && !secret.starts_with(TOKEN_PREFIX)
+            && secret.matches('.').count() == 2
+        {
+            let claims = match delegation.verify(secret) {
+                Ok(claims) => claims,
+                Err(error) => {
+                    let at = parts.uri.path().to_owned();
+                    delegate::record_refusal(state, &at, secret, &error.to_string()).await;
+                    return Err(ApiError::AgentToken(error.to_string()));
+                }
+            };
+            let chain = claims
+                .chain()
+                .map_err(|error| ApiError::AgentToken(error.to_string()))?;
+            return Ok(Caller {
+                token_id: claims.jti,
+                role: Role::Ingest,
+                agent: Some(chain),
+            });
         }
-        auth::authenticate(&state.store, authorization)
+        auth::authenticate_secret(&state.store, secret)
     }
 }

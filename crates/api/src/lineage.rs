@@ -23,13 +23,8 @@ pub(crate) async fn lineage(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
-    let id: EventId = id
-        .parse()
-        .map_err(|error| ApiError::BadRequest(format!("event id \"{id}\": {error}")))?;
-    let store = state.store.clone();
-    let body = tokio::task::spawn_blocking(move || build(&store, id))
-        .await
-        .map_err(|error| ApiError::Internal(format!("lineage task failed: {error}")))??;
+    let id = crate::query::event_id(&id)?;
+    let body = crate::query::read(&state, move |store| Ok(build(store, id))).await??;
     Ok(axum::Json(body).into_response())
 }
 

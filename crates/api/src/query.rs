@@ -137,7 +137,7 @@ pub fn parse_time(field: &str, text: &str, now: DateTime<Utc>) -> Result<DateTim
 
 /// Runs a store read on a blocking thread: reads wait on SQLite and must not
 /// hold up the async workers.
-async fn read<T: Send + 'static>(
+pub(crate) async fn read<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Store) -> Result<T, custody_store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -171,15 +171,19 @@ pub(crate) async fn list_events(
     Ok(json_response(body))
 }
 
+/// An event id from a request path.
+pub(crate) fn event_id(text: &str) -> Result<EventId, ApiError> {
+    text.parse()
+        .map_err(|error| ApiError::BadRequest(format!("event id \"{text}\": {error}")))
+}
+
 pub(crate) async fn get_event(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
-    let id: EventId = id
-        .parse()
-        .map_err(|error| ApiError::BadRequest(format!("event id \"{id}\": {error}")))?;
+    let id = event_id(&id)?;
     let stored = read(&state, move |store| store.get(id))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no event has id {id}")))?;

@@ -88,7 +88,31 @@ pub enum BindingKey {
 }
 
 impl BindingKey {
-    /// The key of type `kind` (as [`std::fmt::Display`] names it) and
+    /// The key's type, as [`BindingKey::parse`] reads it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BindingKey::AwsAccessKey(_) => "aws_access_key",
+            BindingKey::AwsRoleSession(_) => "aws_role_session",
+            BindingKey::AwsSourceIdentity(_) => "aws_source_identity",
+            BindingKey::OauthClient(_) => "oauth_client",
+            BindingKey::OauthToken(_) => "oauth_token",
+            BindingKey::CustodyToken(_) => "custody_token",
+        }
+    }
+
+    /// The key's value.
+    pub fn value(&self) -> &str {
+        match self {
+            BindingKey::AwsAccessKey(v)
+            | BindingKey::AwsRoleSession(v)
+            | BindingKey::AwsSourceIdentity(v)
+            | BindingKey::OauthClient(v)
+            | BindingKey::OauthToken(v)
+            | BindingKey::CustodyToken(v) => v,
+        }
+    }
+
+    /// The key of type `kind` (as [`BindingKey::kind`] names it) and
     /// `value`; `None` for an unknown type or an empty value. Custody tokens
     /// are bound by minting, never declared.
     pub fn parse(kind: &str, value: &str) -> Option<BindingKey> {
@@ -110,15 +134,7 @@ impl BindingKey {
 
 impl std::fmt::Display for BindingKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (kind, value) = match self {
-            BindingKey::AwsAccessKey(v) => ("aws_access_key", v),
-            BindingKey::AwsRoleSession(v) => ("aws_role_session", v),
-            BindingKey::AwsSourceIdentity(v) => ("aws_source_identity", v),
-            BindingKey::OauthClient(v) => ("oauth_client", v),
-            BindingKey::OauthToken(v) => ("oauth_token", v),
-            BindingKey::CustodyToken(v) => ("custody_token", v),
-        };
-        write!(f, "{kind} {value}")
+        write!(f, "{} {}", self.kind(), self.value())
     }
 }
 
@@ -351,7 +367,7 @@ impl Attributor {
     fn learn(&mut self, event: &RuntimeEvent) {
         let at = event.observed_at;
         let learned = |key: BindingKey, until: Option<DateTime<Utc>>| Binding {
-            id: format!("learned-{}-{}", event.id, binding_kind(&key)),
+            id: format!("learned-{}-{}", event.id, key.kind()),
             key,
             holder: holder_of(&event.actor),
             valid_from: at,
@@ -533,17 +549,6 @@ fn session_name(id: &str) -> &str {
         id.rsplit('/').next().unwrap_or(id)
     } else {
         id
-    }
-}
-
-fn binding_kind(key: &BindingKey) -> &'static str {
-    match key {
-        BindingKey::AwsAccessKey(_) => "aws_access_key",
-        BindingKey::AwsRoleSession(_) => "aws_role_session",
-        BindingKey::AwsSourceIdentity(_) => "aws_source_identity",
-        BindingKey::OauthClient(_) => "oauth_client",
-        BindingKey::OauthToken(_) => "oauth_token",
-        BindingKey::CustodyToken(_) => "custody_token",
     }
 }
 

@@ -100,12 +100,10 @@ impl Attribute for Live {
                 self.attribute_with(event, &Trust::Authenticated(token.clone()));
             }
             Provenance::Custody { what, chain } => {
+                // Custody's own record needs no resolving: it is taken in
+                // as an attributed event is on replay.
                 custody_engine::recorded_by_custody(event, what, chain);
-                let mut state = self.lock();
-                state.attributor.observe(event);
-                if let Some(graph) = &mut state.graph {
-                    graph.apply(event);
-                }
+                self.replay(event);
             }
         }
     }
