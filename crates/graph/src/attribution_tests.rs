@@ -1,40 +1,12 @@
 //! Attribution scenarios: bindings declared, minted and learned; sessions;
 //! ambiguity; validity.
 
-use chrono::{DateTime, Duration, Utc};
-use custody_event::{EventId, RuntimeEvent, decode_value};
+use chrono::Duration;
+use custody_event::RuntimeEvent;
 use serde_json::{Value, json};
 
+use crate::tests::{at, reported as event};
 use crate::{Attributor, Binding, BindingKey, Origin, Trust};
-
-fn at(second: i64) -> DateTime<Utc> {
-    "2026-11-25T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::seconds(second)
-}
-
-fn event(second: i64, actor: Value, fields: Value) -> RuntimeEvent {
-    let mut json = json!({
-        "kind": "tool_call",
-        "action": "tools/call",
-        "observed_at": at(second),
-        "source": {"type": "gateway", "name": "gw-1"},
-        "actor": actor,
-        "outcome": {"status": "success"},
-    });
-    let Value::Object(fields) = fields else {
-        panic!("fields must be an object")
-    };
-    json.as_object_mut().unwrap().extend(fields);
-    decode_value(json).unwrap().into_event(at(second), next_id)
-}
-
-/// Event ids numbered from 1 in each test (each runs on a thread of its
-/// own), so snapshots are stable.
-fn next_id() -> EventId {
-    thread_local! {
-        static NEXT: std::cell::Cell<u128> = const { std::cell::Cell::new(1) };
-    }
-    EventId(uuid::Uuid::from_u128(NEXT.replace(NEXT.get() + 1)))
-}
 
 /// alice -> orchestrator (run-0) -> the sub-agent `name` in `run`.
 fn sub_agent(name: &str, run: &str) -> Value {

@@ -6,13 +6,13 @@ use serde_json::{Value, json};
 
 use crate::{BlastRadius, EdgeKind, Graph, NodeKey, NodeKind, Sensitivity, Verb};
 
-fn at(second: i64) -> DateTime<Utc> {
+pub(crate) fn at(second: i64) -> DateTime<Utc> {
     "2026-11-25T10:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::seconds(second)
 }
 
-/// An authenticated event by `actor` at `second`, with `fields` replacing
-/// the defaults.
-fn event(second: i64, actor: Value, fields: Value) -> RuntimeEvent {
+/// An event by `actor` at `second` as a source reports it, with `fields`
+/// replacing the defaults.
+pub(crate) fn reported(second: i64, actor: Value, fields: Value) -> RuntimeEvent {
     let mut json = json!({
         "kind": "tool_call",
         "action": "tools/call",
@@ -20,14 +20,23 @@ fn event(second: i64, actor: Value, fields: Value) -> RuntimeEvent {
         "source": {"type": "gateway", "name": "gw-1"},
         "actor": actor,
         "outcome": {"status": "success"},
-        // The graph is built from attributed events.
-        "attribution": {"method": "authenticated"},
     });
     let Value::Object(fields) = fields else {
         panic!("fields must be an object")
     };
     json.as_object_mut().unwrap().extend(fields);
     decode_value(json).unwrap().into_event(at(second), next_id)
+}
+
+/// An authenticated event by `actor` at `second`, with `fields` replacing
+/// the defaults: the graph is built from attributed events.
+fn event(second: i64, actor: Value, fields: Value) -> RuntimeEvent {
+    let mut with = json!({"attribution": {"method": "authenticated"}});
+    let Value::Object(fields) = fields else {
+        panic!("fields must be an object")
+    };
+    with.as_object_mut().unwrap().extend(fields);
+    reported(second, actor, with)
 }
 
 /// Event ids numbered from 1 in each test (each runs on a thread of its
