@@ -14,7 +14,9 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use custody_graph::{Attributor, Binding, BindingKey, Graph, Origin, Sensitivity, Trust};
+use custody_graph::{
+    Attributor, Binding, BindingKey, Graph, NodeKey, NodeKind, Origin, Sensitivity, Trust,
+};
 
 /// The allocator the `custody` binary uses.
 #[global_allocator]
@@ -27,22 +29,9 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let lines: Vec<(String, bool)> = (0..events).map(|i| realistic(i, runs)).collect();
     println!("events: {events} from {runs} runs");
 
-    // Baseline: decoding and stamping, what every event costs anyway.
     let now = Utc::now();
-    let mut decode_times = Vec::with_capacity(events);
-    let mut decoded = Vec::with_capacity(events);
-    for (line, _) in &lines {
-        let started = Instant::now();
-        let event = custody_event::decode(line.as_bytes())
-            .expect("benchmark events are valid")
-            .into_event(now, custody_event::EventId::new_v7);
-        decode_times.push(started.elapsed());
-        decoded.push(event);
-    }
-
     let rss_before = rss_bytes();
     let mut attributor = Attributor::default();
     // Each run's deploy key is declared bound to it.
@@ -57,65 +46,120 @@ fn main() {
             origin: Origin::Declared,
         });
     }
-    let mut times = Vec::with_capacity(events);
+    let mut graph = Graph::new(Sensitivity::new(["*payroll*", "*customer*"]));
+    // Events are made, measured and dropped one at a time: what stays is
+    // what attribution and the graph keep.
+    let mut decode_times = Vec::with_capacity(events);
+    let mut attribute_times = Vec::with_capacity(events);
+    let mut graph_times = Vec::with_capacity(events);
     let mut methods = std::collections::BTreeMap::new();
-    for (event, (_, authenticated)) in decoded.iter_mut().zip(&lines) {
-        let trust = if *authenticated {
+    for i in 0..events {
+        let (line, authenticated) = realistic(i, runs);
+        // Baseline: decoding and stamping, what every event costs anyway.
+        let started = Instant::now();
+        let mut event = custody_event::decode(line.as_bytes())
+            .expect("benchmark events are valid")
+            .into_event(now, custody_event::EventId::new_v7);
+        decode_times.push(nanos(started.elapsed()));
+        let trust = if authenticated {
             Trust::Authenticated("jti".into())
         } else {
             Trust::Reported
         };
         let started = Instant::now();
-        attributor.attribute(event, &trust);
-        times.push(started.elapsed());
+        attributor.attribute(&mut event, &trust);
+        let attributed = Instant::now();
+        graph.apply(&event);
+        attribute_times.push(nanos(attributed - started));
+        graph_times.push(nanos(attributed.elapsed()));
         *methods
             .entry(event.attribution.method.as_str())
             .or_insert(0) += 1;
     }
-    let rss_attributed = rss_bytes();
-    let mut graph = Graph::new(Sensitivity::new(["*payroll*", "*customer*"]));
-    for (event, time) in decoded.iter().zip(times.iter_mut()) {
-        let started = Instant::now();
-        graph.apply(event);
-        *time += started.elapsed();
-    }
     let rss_after = rss_bytes();
 
-    let (d50, d99) = percentiles(&mut decode_times);
-    let (a50, a99) = percentiles(&mut times);
-    println!(
-        "baseline  decode and stamp:               median {:>6.2} µs, p99 {:>6.2} µs",
-        us(d50),
-        us(d99)
-    );
-    println!(
-        "measured  attribute and update the graph: median {:>6.2} µs, p99 {:>6.2} µs",
-        us(a50),
-        us(a99)
-    );
+    let both: Vec<u32> = attribute_times
+        .iter()
+        .zip(&graph_times)
+        .map(|(a, g)| a.saturating_add(*g))
+        .collect();
+    report("baseline  decode and stamp:          ", decode_times);
+    report("measured  attribute and graph:       ", both);
+    report("          of which attribution:      ", attribute_times);
+    report("          of which the graph:        ", graph_times);
     println!("methods   {methods:?}");
     let (nodes, edges) = graph.size();
-    println!("graph     {nodes} nodes, {edges} edges");
-    if let (Some(before), Some(attributed), Some(after)) = (rss_before, rss_attributed, rss_after) {
-        let mb = |bytes: u64| bytes as f64 / 1e6;
+    println!(
+        "graph     {nodes} nodes, {edges} edges, {:.0} MB by its own count ({:.0} bytes per node or edge)",
+        graph.memory() as f64 / 1e6,
+        graph.memory() as f64 / (nodes + edges).max(1) as f64
+    );
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
         println!(
-            "memory    resident growth: attribution {:.0} MB (bindings, sessions, and the \
-             events' longer chains), graph {:.0} MB ({:.0} bytes per node or edge)",
-            mb(attributed.saturating_sub(before)),
-            mb(after.saturating_sub(attributed)),
-            after.saturating_sub(attributed) as f64 / (nodes + edges).max(1) as f64
+            "memory    resident growth of attribution and graph together: {:.0} MB",
+            after.saturating_sub(before) as f64 / 1e6
         );
     }
+    reads(&graph, events, runs);
 }
 
-fn us(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1e6
+/// Reads the live graph answers: a node's blast radius, every chain that
+/// touched a resource, a run's neighbourhood.
+fn reads(graph: &Graph, events: usize, runs: usize) {
+    const READS: usize = 20_000;
+    let run = |i: usize| NodeKey::new(NodeKind::Run, format!("run-{}", (i * 104_729) % runs));
+    let human = |i: usize| NodeKey::new(NodeKind::Human, format!("user{}@example.com", i % 200));
+    let mut times = Vec::with_capacity(READS);
+    for i in 0..READS {
+        let key = if i % 10 == 0 { human(i) } else { run(i) };
+        let started = Instant::now();
+        let view = graph
+            .node_view(&key)
+            .expect("every run and human is a node");
+        std::hint::black_box(view);
+        times.push(nanos(started.elapsed()));
+    }
+    report("read      blast radius (node view):  ", times);
+    let mut times = Vec::with_capacity(READS / 10);
+    for i in 0..READS / 10 {
+        // The resource of event `e`, as `realistic` names it.
+        let e = (i * 7_727) % events;
+        let resource = format!(
+            "file:///srv/{}/src/{}.rs",
+            (e * 7919) % runs % 100,
+            e % 1000
+        );
+        let started = Instant::now();
+        let chains = graph.who(&resource, 100);
+        assert!(!chains.is_empty(), "{resource} was touched");
+        std::hint::black_box(chains);
+        times.push(nanos(started.elapsed()));
+    }
+    report("read      who (100 chains):          ", times);
+    let mut times = Vec::with_capacity(READS / 10);
+    for i in 0..READS / 10 {
+        let started = Instant::now();
+        std::hint::black_box(graph.subgraph(&run(i), 2, 5000, None));
+        times.push(nanos(started.elapsed()));
+    }
+    report("read      run subgraph (depth 2):    ", times);
 }
 
-fn percentiles(times: &mut [Duration]) -> (Duration, Duration) {
+fn nanos(duration: Duration) -> u32 {
+    u32::try_from(duration.as_nanos()).unwrap_or(u32::MAX)
+}
+
+/// Prints the median, p99 and slowest of `times` (nanoseconds).
+fn report(label: &str, mut times: Vec<u32>) {
     times.sort_unstable();
     let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    (at(0.5), at(0.99))
+    let us = |nanos: u32| f64::from(nanos) / 1e3;
+    println!(
+        "{label} median {:>8.2} µs, p99 {:>8.2} µs, slowest {:>8.2} ms",
+        us(at(0.5)),
+        us(at(0.99)),
+        us(times.last().copied().unwrap_or_default()) / 1e3
+    );
 }
 
 /// Resident memory from `/proc/self/statm` (`None` where there is none).

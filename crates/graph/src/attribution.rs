@@ -23,12 +23,12 @@
 //! `aws_role_session`, `oauth_token`, `custody_token`), and the attributes
 //! named by the `ATTR_*` constants, which importers fill from their records.
 
-use std::collections::VecDeque;
-
 use chrono::{DateTime, Duration, Utc};
 use custody_event::{
     Actor, AttributionMethod, CredentialKind, EventId, Evidence, Principal, RuntimeEvent,
 };
+
+use hashlink::LinkedHashMap;
 
 use crate::graph::Verb;
 
@@ -212,9 +212,9 @@ struct SessionSeen {
 #[derive(Debug)]
 pub struct Attributor {
     bindings: Map<BindingKey, Vec<Binding>>,
-    sessions: Map<String, Vec<SessionSeen>>,
-    /// Sessions in the order last seen, for forgetting the oldest.
-    session_order: VecDeque<(DateTime<Utc>, String)>,
+    /// Sessions, the one sighted longest ago first, as it is the first to
+    /// forget.
+    sessions: LinkedHashMap<String, Vec<SessionSeen>, foldhash::fast::RandomState>,
     window: Duration,
     max_sessions: usize,
 }
@@ -233,8 +233,7 @@ impl Attributor {
     pub fn new(window: Duration, max_sessions: usize) -> Attributor {
         Attributor {
             bindings: Map::default(),
-            sessions: Map::default(),
-            session_order: VecDeque::new(),
+            sessions: LinkedHashMap::default(),
             window,
             max_sessions: max_sessions.max(1),
         }
@@ -460,46 +459,23 @@ impl Attributor {
             event: event.id,
             chain: holder_of(&event.actor),
         };
-        let chains = self.sessions.entry(session.clone()).or_default();
-        match chains
-            .iter_mut()
-            .find(|c| same_chain(&c.chain, &seen.chain))
-        {
-            Some(known) if known.at <= seen.at => *known = seen,
-            Some(_) => {}
-            None => chains.push(seen),
+        // Most recently sighted last: the front is the one to forget first.
+        if self.sessions.to_back(session.as_str()).is_none() {
+            self.sessions.insert(session.clone(), Vec::new());
         }
-        self.session_order
-            .push_back((event.observed_at, session.clone()));
-        while self.sessions.len() > self.max_sessions {
-            let Some((at, oldest)) = self.session_order.pop_front() else {
-                break;
-            };
-            // A session sighted again since is not the oldest: skip the
-            // stale entry.
-            if self.last_sighting(&oldest) <= Some(at) {
-                self.sessions.remove(&oldest);
+        if let Some(chains) = self.sessions.get_mut(session.as_str()) {
+            match chains
+                .iter_mut()
+                .find(|c| same_chain(&c.chain, &seen.chain))
+            {
+                Some(known) if known.at <= seen.at => *known = seen,
+                Some(_) => {}
+                None => chains.push(seen),
             }
         }
-        // The queue holds one entry per sighting. Once it holds twice as many
-        // as there are sessions, keep only each session's latest: the work is
-        // paid for by the sightings that grew it.
-        if self.session_order.len() > 2 * self.sessions.len().max(1024) {
-            let latest: Map<String, DateTime<Utc>> = self
-                .sessions
-                .iter()
-                .filter_map(|(session, chains)| {
-                    Some((session.clone(), chains.iter().map(|seen| seen.at).max()?))
-                })
-                .collect();
-            self.session_order
-                .retain(|(at, session)| latest.get(session) == Some(at));
+        while self.sessions.len() > self.max_sessions {
+            self.sessions.pop_front();
         }
-    }
-
-    /// When a session was last sighted, if remembered.
-    fn last_sighting(&self, session: &str) -> Option<DateTime<Utc>> {
-        self.sessions.get(session)?.iter().map(|seen| seen.at).max()
     }
 }
 

@@ -29,13 +29,15 @@
 
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
+use std::hash::BuildHasher as _;
 
 use chrono::{DateTime, Utc};
 use custody_event::{
     AttributionMethod, EventId, EventKind, Principal, PrincipalKind, RuntimeEvent,
 };
 
-type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use crate::arena::{Chunked, Index, NONE, Name, Names};
+
 type Set<T> = HashSet<T, foldhash::fast::RandomState>;
 
 /// What a node is.
@@ -318,20 +320,39 @@ impl Verb {
     }
 }
 
-/// One node of the graph.
-#[derive(Debug, Clone)]
+/// One node of the graph. Times are nanoseconds since the epoch; links are
+/// indices, [`NONE`] for none.
+#[derive(Debug)]
 struct Node {
-    key: NodeKey,
-    name: Option<String>,
-    first_seen: DateTime<Utc>,
-    last_seen: DateTime<Utc>,
-    /// Kept only by nodes that are hops of some chain (identities); boxed,
-    /// as most nodes (resources, tools, credentials) never need one.
-    radius: Option<Box<Radius>>,
-    /// Edges from this node, by kind and far end.
-    out: Vec<(EdgeKind, u32)>,
-    /// Edges into this node, by kind and near end.
-    incoming: Vec<(EdgeKind, u32)>,
+    first_seen: i64,
+    last_seen: i64,
+    id: Name,
+    name: Option<Name>,
+    /// Its blast radius in `Graph::radii`: kept only by nodes that are hops
+    /// of some chain (identities), as most nodes never need one.
+    radius: u32,
+    /// The newest edge from this node; the rest follow `Edge::next_out`.
+    first_out: u32,
+    /// The newest edge into this node; the rest follow `Edge::next_in`.
+    first_in: u32,
+    kind: NodeKind,
+    /// A resource whose name matches a sensitivity pattern.
+    sensitive: bool,
+}
+
+/// One edge, linked into its two ends' lists.
+#[derive(Debug)]
+struct Edge {
+    first_seen: i64,
+    last_seen: i64,
+    count: u64,
+    first_event: EventId,
+    last_event: EventId,
+    from: u32,
+    to: u32,
+    next_out: u32,
+    next_in: u32,
+    kind: EdgeKind,
 }
 
 /// The blast radius state a node keeps for its subtree.
@@ -348,8 +369,8 @@ struct Radius {
     fan_out: usize,
 }
 
-/// An edge's endpoints and kind.
-type EdgeKey = (u32, EdgeKind, u32);
+/// Edges a subgraph looks at per node it may return.
+const SCAN_PER_NODE: usize = 20;
 
 /// The longest lineage path followed, in edges.
 const MAX_LINEAGE: usize = 64;
@@ -391,15 +412,32 @@ pub struct Subgraph {
     pub edges: Vec<EdgeView>,
 }
 
-/// The agent graph, in memory.
-#[derive(Debug, Default)]
+/// The agent graph, in memory. Nodes, edges and names live in chunks that
+/// never move and are found through sharded hash indexes (see `arena.rs`),
+/// so a growing graph never stalls the event that grows it.
+#[derive(Default)]
 pub struct Graph {
-    /// Node indices by kind (as `usize`) and id, so lookups need no
-    /// allocation.
-    index: Vec<Map<Box<str>, u32>>,
-    nodes: Vec<Node>,
-    edges: Map<EdgeKey, EdgeSeen>,
+    nodes: Chunked<Node>,
+    edges: Chunked<Edge>,
+    radii: Chunked<Radius>,
+    names: Names,
+    /// Nodes by the hash of their kind and id.
+    node_index: Index,
+    /// Edges by the hash of their ends and kind.
+    edge_index: Index,
+    /// Seeded per graph: ids come from untrusted sources.
+    hasher: foldhash::fast::RandomState,
     sensitivity: Sensitivity,
+}
+
+impl fmt::Debug for Graph {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Graph")
+            .field("nodes", &self.nodes.len())
+            .field("edges", &self.edges.len())
+            .field("sensitivity", &self.sensitivity)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Graph {
@@ -409,14 +447,6 @@ impl Graph {
             sensitivity,
             ..Graph::default()
         }
-    }
-
-    /// The index of the node `key`, if any.
-    fn lookup(&self, key: &NodeKey) -> Option<u32> {
-        self.index
-            .get(key.kind as usize)?
-            .get(key.id.as_str())
-            .copied()
     }
 
     /// Adds what `event` says to the graph and to the blast radius of every
@@ -450,6 +480,9 @@ impl Graph {
             path.push(self.node(kind, &root.id, root.name.as_deref(), at));
         }
         let hops = actor.agents.iter().chain(std::iter::once(&actor.current));
+        // Whether every link so far was seen before: their children, depth
+        // and fan-out are then counted already.
+        let mut seen_before = true;
         for (depth, principal) in hops.enumerate() {
             // Every hop after the first has an agent above it.
             let below_agent = depth > 0;
@@ -460,7 +493,7 @@ impl Graph {
                 } else {
                     EdgeKind::Delegated
                 };
-                self.link(&path, kind, hop, at, id);
+                seen_before = self.link(&path, kind, hop, at, id, seen_before);
             }
             path.push(hop);
         }
@@ -512,7 +545,7 @@ impl Graph {
                 _ => EdgeKind::Used,
             };
             self.edge(current, edge, node, at, id);
-            let sensitive = !credential && self.sensitivity.is_sensitive(resource);
+            let sensitive = self.nodes.get(node).is_some_and(|n| n.sensitive);
             self.each_hop(&path, |radius| {
                 if credential {
                     if edge == EdgeKind::Created {
@@ -533,53 +566,60 @@ impl Graph {
 
     /// The blast radius of a node, if the graph has it.
     pub fn blast_radius(&self, key: &NodeKey) -> Option<BlastRadius> {
-        let node = self.nodes.get(self.lookup(key)? as usize)?;
-        let Some(radius) = &node.radius else {
-            return Some(BlastRadius::default());
-        };
-        Some(BlastRadius {
-            systems: radius.systems.len(),
-            resources: radius.resources.len(),
-            sensitive_resources: radius.sensitive,
-            identities_created: radius.identities_created.len(),
-            credentials_created: radius.credentials_created.len(),
-            privileged_actions: radius.privileged_actions,
-            depth: radius.depth,
-            fan_out: radius.fan_out,
-        })
+        let node = self.lookup(key.kind, &key.id)?;
+        Some(self.radius_of(node))
     }
 
     /// What the graph knows of a node.
     pub fn node_view(&self, key: &NodeKey) -> Option<NodeView> {
-        self.view(self.lookup(key)?)
+        self.view(self.lookup(key.kind, &key.id)?)
     }
 
-    /// The nodes and edges reachable from `root` along outgoing edges, at
-    /// most `depth` edges away, and at most `limit` nodes (breadth first, so
-    /// the nearest are kept).
-    pub fn subgraph(&self, root: &NodeKey, depth: usize, limit: usize) -> Option<Subgraph> {
-        let start = self.lookup(root)?;
+    /// The nodes and edges reachable from `root` along outgoing edges last
+    /// seen at `since` or later, at most `depth` edges away, and at most
+    /// `limit` nodes: breadth first, each node's newest edges first, so the
+    /// nearest and the latest are kept. At most 20 edges per node allowed
+    /// are looked at.
+    pub fn subgraph(
+        &self,
+        root: &NodeKey,
+        depth: usize,
+        limit: usize,
+        since: Option<DateTime<Utc>>,
+    ) -> Option<Subgraph> {
+        let start = self.lookup(root.kind, &root.id)?;
+        let since = since.map_or(i64::MIN, nanos);
         let mut seen: Set<u32> = Set::default();
         seen.insert(start);
         let mut order = vec![start];
         let mut frontier = vec![start];
         let mut edges = Vec::new();
+        // Edges looked at, at most: a node with millions of edges (a shared
+        // service account) must not make one request walk them all.
+        let mut budget = limit.saturating_mul(SCAN_PER_NODE);
         for _ in 0..depth {
             let mut next = Vec::new();
             for &node in &frontier {
-                let Some(out) = self.nodes.get(node as usize).map(|n| &n.out) else {
-                    continue;
-                };
-                for &(kind, to) in out {
-                    if !seen.contains(&to) {
+                for edge in self.out_edges(node) {
+                    if budget == 0 {
+                        break;
+                    }
+                    budget -= 1;
+                    let Some(e) = self.edges.get(edge) else {
+                        continue;
+                    };
+                    if e.last_seen < since {
+                        continue;
+                    }
+                    if !seen.contains(&e.to) {
                         if seen.len() >= limit {
                             continue;
                         }
-                        seen.insert(to);
-                        order.push(to);
-                        next.push(to);
+                        seen.insert(e.to);
+                        order.push(e.to);
+                        next.push(e.to);
                     }
-                    edges.extend(self.edge_view(node, kind, to));
+                    edges.extend(self.edge_view(edge));
                 }
             }
             frontier = next;
@@ -593,8 +633,8 @@ impl Graph {
     /// Every chain that touched `resource` (or a tool, server, system or
     /// credential with that id): from each identity with an edge into it up
     /// to the roots above, along `deployed`, `delegated` and `spawned`
-    /// edges. At most `limit` chains; a chain is root first and ends with
-    /// the edge into the resource.
+    /// edges. At most `limit` chains, the latest identities first; a chain
+    /// is root first and ends with the edge into the resource.
     pub fn who(&self, id: &str, limit: usize) -> Vec<Vec<EdgeView>> {
         let targets = [
             NodeKind::Resource,
@@ -605,17 +645,14 @@ impl Graph {
             NodeKind::Role,
         ]
         .into_iter()
-        .filter_map(|kind| self.lookup(&NodeKey::new(kind, id)));
+        .filter_map(|kind| self.lookup(kind, id));
         let mut chains = Vec::new();
         for target in targets {
-            let Some(node) = self.nodes.get(target as usize) else {
-                continue;
-            };
-            for &(kind, actor) in &node.incoming {
-                let Some(last) = self.edge_view(actor, kind, target) else {
+            for edge in self.in_edges(target) {
+                let (Some(last), Some(e)) = (self.edge_view(edge), self.edges.get(edge)) else {
                     continue;
                 };
-                for mut path in self.paths_up(actor, limit.saturating_sub(chains.len())) {
+                for mut path in self.paths_up(e.from, limit.saturating_sub(chains.len())) {
                     path.push(last.clone());
                     chains.push(path);
                 }
@@ -627,110 +664,59 @@ impl Graph {
         chains
     }
 
-    /// The lineage edges from the roots down to `node`: every path of
-    /// `deployed`, `delegated` and `spawned` edges, each root first, at most
-    /// `limit` of them. A node no lineage edge reaches has one empty path.
-    fn paths_up(&self, node: u32, limit: usize) -> Vec<Vec<EdgeView>> {
-        let mut done: Vec<Vec<EdgeView>> = Vec::new();
-        // Partial paths from `node` up: the node reached, the nodes on the
-        // way (to never loop), the edges so far, nearest first.
-        let mut open: Vec<(u32, Vec<u32>, Vec<EdgeView>)> = vec![(node, vec![node], Vec::new())];
-        while let Some((at, visited, path)) = open.pop() {
-            if done.len() >= limit {
-                break;
-            }
-            let parents = self.lineage_parents(at, &visited);
-            if parents.is_empty() || path.len() >= MAX_LINEAGE {
-                let mut path = path;
-                path.reverse();
-                done.push(path);
-                continue;
-            }
-            for (kind, parent) in parents {
-                if let Some(edge) = self.edge_view(parent, kind, at) {
-                    let (mut visited, mut path) = (visited.clone(), path.clone());
-                    visited.push(parent);
-                    path.push(edge);
-                    open.push((parent, visited, path));
-                }
-            }
-        }
-        done
-    }
-
-    /// The lineage edges into `node` from nodes not in `visited`. Where a
-    /// parent both delegated to (or deployed) and spawned the node, the
-    /// authority edge stands for both.
-    fn lineage_parents(&self, node: u32, visited: &[u32]) -> Vec<(EdgeKind, u32)> {
-        let Some(n) = self.nodes.get(node as usize) else {
-            return Vec::new();
-        };
-        n.incoming
-            .iter()
-            .copied()
-            .filter(|&(kind, from)| match kind {
-                EdgeKind::Deployed | EdgeKind::Delegated => true,
-                EdgeKind::Spawned => {
-                    !n.incoming.contains(&(EdgeKind::Delegated, from))
-                        && !n.incoming.contains(&(EdgeKind::Deployed, from))
-                }
-                _ => false,
-            })
-            .filter(|(_, from)| !visited.contains(from))
-            .collect()
-    }
-
-    fn key_of(&self, node: u32) -> NodeKey {
-        self.nodes
-            .get(node as usize)
-            .map(|n| n.key.clone())
-            .unwrap_or_else(|| NodeKey::new(NodeKind::Resource, ""))
-    }
-
-    fn view(&self, node: u32) -> Option<NodeView> {
-        let n = self.nodes.get(node as usize)?;
-        Some(NodeView {
-            key: n.key.clone(),
-            name: n.name.clone(),
-            first_seen: n.first_seen,
-            last_seen: n.last_seen,
-            blast_radius: self.blast_radius(&n.key).unwrap_or_default(),
-        })
-    }
-
-    fn edge_view(&self, from: u32, kind: EdgeKind, to: u32) -> Option<EdgeView> {
-        let seen = self.edges.get(&(from, kind, to))?;
-        Some(EdgeView {
-            from: self.key_of(from),
-            kind,
-            to: self.key_of(to),
-            seen: seen.clone(),
-        })
-    }
-
     /// How many nodes and edges the graph holds.
     pub fn size(&self) -> (usize, usize) {
         (self.nodes.len(), self.edges.len())
     }
 
+    /// About how many bytes the graph holds: its nodes, edges, names,
+    /// indexes and blast radius sets.
+    pub fn memory(&self) -> usize {
+        let set = |set: &Set<u32>| set.capacity() * (std::mem::size_of::<u32>() + 1);
+        let radii: usize = self
+            .radii
+            .iter()
+            .map(|(_, r)| {
+                std::mem::size_of::<Radius>()
+                    + set(&r.systems)
+                    + set(&r.resources)
+                    + set(&r.identities_created)
+                    + set(&r.credentials_created)
+                    + set(&r.children)
+            })
+            .sum();
+        self.nodes.len() * std::mem::size_of::<Node>()
+            + self.edges.len() * std::mem::size_of::<Edge>()
+            + radii
+            + self.names.capacity()
+            + self.node_index.capacity()
+            + self.edge_index.capacity()
+    }
+
     /// The edge from `from` to `to` of `kind`, if seen.
-    pub fn edge_seen(&self, from: &NodeKey, kind: EdgeKind, to: &NodeKey) -> Option<&EdgeSeen> {
-        let (from, to) = (self.lookup(from)?, self.lookup(to)?);
-        self.edges.get(&(from, kind, to))
+    pub fn edge_seen(&self, from: &NodeKey, kind: EdgeKind, to: &NodeKey) -> Option<EdgeSeen> {
+        let from = self.lookup(from.kind, &from.id)?;
+        let to = self.lookup(to.kind, &to.id)?;
+        let edge = self.find_edge(self.edge_hash(from, kind, to), from, kind, to)?;
+        self.edges.get(edge).map(seen)
     }
 
     /// The whole graph as sorted text, one node or edge a line, with every
     /// node's blast radius: for snapshot tests and debugging.
     pub fn dump(&self) -> String {
-        let mut nodes: Vec<&Node> = self.nodes.iter().collect();
-        nodes.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut nodes: Vec<(NodeKey, u32)> = self
+            .nodes
+            .iter()
+            .map(|(index, _)| (self.key_of(index), index))
+            .collect();
+        nodes.sort();
         let mut out = String::new();
-        for node in nodes {
-            let _ = write!(out, "{}", node.key);
-            if let Some(name) = &node.name {
-                let _ = write!(out, " ({name})");
+        for (key, index) in nodes {
+            let _ = write!(out, "{key}");
+            if let Some(name) = self.nodes.get(index).and_then(|n| n.name) {
+                let _ = write!(out, " ({})", self.names.get(name));
             }
-            let radius = self.blast_radius(&node.key).unwrap_or_default();
+            let radius = self.radius_of(index);
             if radius != BlastRadius::default() {
                 let _ = write!(
                     out,
@@ -748,16 +734,13 @@ impl Graph {
             }
             out.push('\n');
         }
-        let key = |index: u32| {
-            self.nodes
-                .get(index as usize)
-                .map(|node| node.key.to_string())
-                .unwrap_or_default()
-        };
         let mut edges: Vec<(String, &str, String, u64)> = self
             .edges
             .iter()
-            .map(|(&(from, kind, to), seen)| (key(from), kind.as_str(), key(to), seen.count))
+            .map(|(_, e)| {
+                let (from, to) = (self.key_of(e.from), self.key_of(e.to));
+                (from.to_string(), e.kind.as_str(), to.to_string(), e.count)
+            })
             .collect();
         edges.sort();
         for (from, kind, to, count) in edges {
@@ -766,36 +749,178 @@ impl Graph {
         out
     }
 
-    /// The node of `kind` and `id`, added when new; its sightings widen to
-    /// `at`.
-    fn node(&mut self, kind: NodeKind, id: &str, name: Option<&str>, at: DateTime<Utc>) -> u32 {
-        let slot = kind as usize;
-        if self.index.len() <= slot {
-            self.index.resize_with(slot + 1, Map::default);
+    /// The lineage edges from the roots down to `node`: every path of
+    /// `deployed`, `delegated` and `spawned` edges, each root first, at most
+    /// `limit` of them. A node no lineage edge reaches has one empty path.
+    ///
+    /// Every partial path opened ends as at least one path, so no more are
+    /// opened than `limit` allows: a node delegated to by thousands (a
+    /// shared service account) costs `limit` steps, not thousands.
+    fn paths_up(&self, node: u32, limit: usize) -> Vec<Vec<EdgeView>> {
+        let mut done: Vec<Vec<EdgeView>> = Vec::new();
+        // Partial paths from `node` up: the node reached, the nodes on the
+        // way (to never loop), the edges so far, nearest first.
+        let mut open: Vec<(u32, Vec<u32>, Vec<EdgeView>)> = vec![(node, vec![node], Vec::new())];
+        while let Some((at, visited, path)) = open.pop() {
+            if done.len() >= limit {
+                break;
+            }
+            let room = limit.saturating_sub(done.len() + open.len());
+            let parents: Vec<(u32, u32)> = if path.len() >= MAX_LINEAGE {
+                Vec::new()
+            } else {
+                self.lineage_parents(at)
+                    .filter(|(parent, _)| !visited.contains(parent))
+                    .take(room.max(1))
+                    .collect()
+            };
+            if parents.is_empty() {
+                let mut path = path;
+                path.reverse();
+                done.push(path);
+                continue;
+            }
+            for (parent, edge) in parents {
+                if let Some(edge) = self.edge_view(edge) {
+                    let (mut visited, mut path) = (visited.clone(), path.clone());
+                    visited.push(parent);
+                    path.push(edge);
+                    open.push((parent, visited, path));
+                }
+            }
         }
-        if let Some(&index) = self.index.get(slot).and_then(|ids| ids.get(id)) {
-            if let Some(node) = self.nodes.get_mut(index as usize) {
+        done
+    }
+
+    /// The lineage edges into `node`, newest first, as (parent, edge). Where
+    /// a parent both delegated to (or deployed) and spawned the node, the
+    /// authority edge stands for both.
+    fn lineage_parents(&self, node: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.in_edges(node).filter_map(move |edge| {
+            let e = self.edges.get(edge)?;
+            let lineage = match e.kind {
+                EdgeKind::Deployed | EdgeKind::Delegated => true,
+                EdgeKind::Spawned => {
+                    [EdgeKind::Delegated, EdgeKind::Deployed]
+                        .into_iter()
+                        .all(|kind| {
+                            self.find_edge(self.edge_hash(e.from, kind, node), e.from, kind, node)
+                                .is_none()
+                        })
+                }
+                _ => false,
+            };
+            lineage.then_some((e.from, edge))
+        })
+    }
+
+    /// The edges leaving `node`, newest first.
+    fn out_edges(&self, node: u32) -> impl Iterator<Item = u32> + '_ {
+        let first = self.nodes.get(node).map_or(NONE, |n| n.first_out);
+        std::iter::successors(Some(first), |&edge| {
+            self.edges.get(edge).map(|e| e.next_out)
+        })
+        .take_while(|&edge| edge != NONE)
+    }
+
+    /// The edges entering `node`, newest first.
+    fn in_edges(&self, node: u32) -> impl Iterator<Item = u32> + '_ {
+        let first = self.nodes.get(node).map_or(NONE, |n| n.first_in);
+        std::iter::successors(Some(first), |&edge| self.edges.get(edge).map(|e| e.next_in))
+            .take_while(|&edge| edge != NONE)
+    }
+
+    fn key_of(&self, node: u32) -> NodeKey {
+        self.nodes.get(node).map_or_else(
+            || NodeKey::new(NodeKind::Resource, ""),
+            |n| NodeKey::new(n.kind, self.names.get(n.id)),
+        )
+    }
+
+    fn view(&self, node: u32) -> Option<NodeView> {
+        let n = self.nodes.get(node)?;
+        Some(NodeView {
+            key: self.key_of(node),
+            name: n.name.map(|name| self.names.get(name).to_owned()),
+            first_seen: time(n.first_seen),
+            last_seen: time(n.last_seen),
+            blast_radius: self.radius_of(node),
+        })
+    }
+
+    fn edge_view(&self, edge: u32) -> Option<EdgeView> {
+        let e = self.edges.get(edge)?;
+        Some(EdgeView {
+            from: self.key_of(e.from),
+            kind: e.kind,
+            to: self.key_of(e.to),
+            seen: seen(e),
+        })
+    }
+
+    fn radius_of(&self, node: u32) -> BlastRadius {
+        let Some(radius) = self.nodes.get(node).and_then(|n| self.radii.get(n.radius)) else {
+            return BlastRadius::default();
+        };
+        BlastRadius {
+            systems: radius.systems.len(),
+            resources: radius.resources.len(),
+            sensitive_resources: radius.sensitive,
+            identities_created: radius.identities_created.len(),
+            credentials_created: radius.credentials_created.len(),
+            privileged_actions: radius.privileged_actions,
+            depth: radius.depth,
+            fan_out: radius.fan_out,
+        }
+    }
+
+    fn node_hash(&self, kind: NodeKind, id: &str) -> u64 {
+        self.hasher.hash_one((kind as u8, id))
+    }
+
+    /// The index of the node of `kind` and `id`, if any.
+    fn lookup(&self, kind: NodeKind, id: &str) -> Option<u32> {
+        self.lookup_hashed(self.node_hash(kind, id), kind, id)
+    }
+
+    fn lookup_hashed(&self, hash: u64, kind: NodeKind, id: &str) -> Option<u32> {
+        self.node_index.find(hash, |node| {
+            self.nodes
+                .get(node)
+                .is_some_and(|n| n.kind == kind && self.names.get(n.id) == id)
+        })
+    }
+
+    /// The node of `kind` and `id`, added when new; its sightings widen to
+    /// `at`. [`NONE`] only if the graph holds `u32::MAX` nodes.
+    fn node(&mut self, kind: NodeKind, id: &str, name: Option<&str>, at: DateTime<Utc>) -> u32 {
+        let at = nanos(at);
+        let hash = self.node_hash(kind, id);
+        if let Some(index) = self.lookup_hashed(hash, kind, id) {
+            if let Some(node) = self.nodes.get_mut(index) {
                 node.first_seen = node.first_seen.min(at);
                 node.last_seen = node.last_seen.max(at);
-                if node.name.is_none() {
-                    node.name = name.map(str::to_owned);
+                if let (None, Some(name)) = (node.name, name) {
+                    node.name = Some(self.names.add(name));
                 }
             }
             return index;
         }
-        let index = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
-        self.nodes.push(Node {
-            key: NodeKey::new(kind, id),
-            name: name.map(str::to_owned),
+        let node = Node {
             first_seen: at,
             last_seen: at,
-            radius: None,
-            out: Vec::new(),
-            incoming: Vec::new(),
-        });
-        if let Some(ids) = self.index.get_mut(slot) {
-            ids.insert(id.into(), index);
-        }
+            id: self.names.add(id),
+            name: name.map(|name| self.names.add(name)),
+            radius: NONE,
+            first_out: NONE,
+            first_in: NONE,
+            kind,
+            sensitive: kind == NodeKind::Resource && self.sensitivity.is_sensitive(id),
+        };
+        let Some(index) = self.nodes.push(node) else {
+            return NONE;
+        };
+        self.node_index.insert(hash, index);
         index
     }
 
@@ -833,7 +958,8 @@ impl Graph {
         let Some(&current) = path.last() else { return };
         if event.kind == EventKind::AgentSpawn {
             let child = self.hop(principal, true, at);
-            self.link(path, EdgeKind::Spawned, child, at, id);
+            let path_seen_before = false;
+            self.link(path, EdgeKind::Spawned, child, at, id, path_seen_before);
             self.each_hop(path, |radius| {
                 radius.identities_created.insert(child);
             });
@@ -841,7 +967,9 @@ impl Graph {
         }
         let node = self.hop(principal, false, at);
         match verb {
-            Verb::Assume => self.edge(current, EdgeKind::Assumed, node, at, id),
+            Verb::Assume => {
+                self.edge(current, EdgeKind::Assumed, node, at, id);
+            }
             Verb::Create => {
                 self.edge(current, EdgeKind::Created, node, at, id);
                 self.each_hop(path, |radius| {
@@ -853,10 +981,25 @@ impl Graph {
     }
 
     /// Adds an edge of `kind` from the last hop of `path` to `child`, one
-    /// hop below it, and carries depth and fan-out up `path`.
-    fn link(&mut self, path: &[u32], kind: EdgeKind, child: u32, at: DateTime<Utc>, id: EventId) {
-        let Some(&parent) = path.last() else { return };
-        self.edge(parent, kind, child, at, id);
+    /// hop below it, and carries depth and fan-out up `path`, unless the
+    /// path (`path_seen_before`) and the edge were both seen before, which
+    /// carried them already. Returns whether they were.
+    fn link(
+        &mut self,
+        path: &[u32],
+        kind: EdgeKind,
+        child: u32,
+        at: DateTime<Utc>,
+        id: EventId,
+        path_seen_before: bool,
+    ) -> bool {
+        let Some(&parent) = path.last() else {
+            return false;
+        };
+        let sighting = self.edge(parent, kind, child, at, id);
+        if path_seen_before && sighting == Sighting::Again {
+            return true;
+        }
         let children = self
             .radius(parent)
             .map(|radius| {
@@ -871,6 +1014,7 @@ impl Graph {
                 radius.depth = radius.depth.max(path.len() - position);
             }
         }
+        false
     }
 
     /// Applies `f` to the blast radius of every hop of `path`.
@@ -882,45 +1026,116 @@ impl Graph {
         }
     }
 
-    fn edge(&mut self, from: u32, kind: EdgeKind, to: u32, at: DateTime<Utc>, id: EventId) {
-        let mut new = false;
-        self.edges
-            .entry((from, kind, to))
-            .and_modify(|seen| {
+    fn edge_hash(&self, from: u32, kind: EdgeKind, to: u32) -> u64 {
+        self.hasher.hash_one((from, kind as u8, to))
+    }
+
+    fn find_edge(&self, hash: u64, from: u32, kind: EdgeKind, to: u32) -> Option<u32> {
+        self.edge_index.find(hash, |edge| {
+            self.edges
+                .get(edge)
+                .is_some_and(|e| e.from == from && e.kind == kind && e.to == to)
+        })
+    }
+
+    fn edge(
+        &mut self,
+        from: u32,
+        kind: EdgeKind,
+        to: u32,
+        at: DateTime<Utc>,
+        id: EventId,
+    ) -> Sighting {
+        if from == NONE || to == NONE {
+            return Sighting::New;
+        }
+        let when = nanos(at);
+        let hash = self.edge_hash(from, kind, to);
+        if let Some(edge) = self.find_edge(hash, from, kind, to) {
+            if let Some(seen) = self.edges.get_mut(edge) {
                 seen.count += 1;
-                if at < seen.first_seen {
-                    seen.first_seen = at;
+                if when < seen.first_seen {
+                    seen.first_seen = when;
                     seen.first_event = id;
                 }
-                if at >= seen.last_seen {
-                    seen.last_seen = at;
+                if when >= seen.last_seen {
+                    seen.last_seen = when;
                     seen.last_event = id;
                 }
-            })
-            .or_insert_with(|| {
-                new = true;
-                EdgeSeen {
-                    first_seen: at,
-                    last_seen: at,
-                    count: 1,
-                    first_event: id,
-                    last_event: id,
-                }
-            });
-        if new {
-            if let Some(node) = self.nodes.get_mut(from as usize) {
-                node.out.push((kind, to));
             }
-            if let Some(node) = self.nodes.get_mut(to as usize) {
-                node.incoming.push((kind, from));
-            }
+            return Sighting::Again;
         }
+        let next_out = self.nodes.get(from).map_or(NONE, |n| n.first_out);
+        let next_in = self.nodes.get(to).map_or(NONE, |n| n.first_in);
+        let Some(edge) = self.edges.push(Edge {
+            first_seen: when,
+            last_seen: when,
+            count: 1,
+            first_event: id,
+            last_event: id,
+            from,
+            to,
+            next_out,
+            next_in,
+            kind,
+        }) else {
+            return Sighting::New;
+        };
+        self.edge_index.insert(hash, edge);
+        if let Some(node) = self.nodes.get_mut(from) {
+            node.first_out = edge;
+        }
+        if let Some(node) = self.nodes.get_mut(to) {
+            node.first_in = edge;
+        }
+        Sighting::New
     }
 
     fn radius(&mut self, node: u32) -> Option<&mut Radius> {
-        let node = self.nodes.get_mut(node as usize)?;
-        Some(&mut **node.radius.get_or_insert_with(Box::default))
+        let slot = self.nodes.get(node)?.radius;
+        let slot = if slot == NONE {
+            let slot = self.radii.push(Radius::default())?;
+            if let Some(n) = self.nodes.get_mut(node) {
+                n.radius = slot;
+            }
+            slot
+        } else {
+            slot
+        };
+        self.radii.get_mut(slot)
     }
+}
+
+/// Whether an edge sighted was new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sighting {
+    New,
+    Again,
+}
+
+/// An edge's sightings as the graph reports them.
+fn seen(edge: &Edge) -> EdgeSeen {
+    EdgeSeen {
+        first_seen: time(edge.first_seen),
+        last_seen: time(edge.last_seen),
+        count: edge.count,
+        first_event: edge.first_event,
+        last_event: edge.last_event,
+    }
+}
+
+/// A time as nanoseconds since the epoch, clamped to what that can hold
+/// (the years 1677 to 2262).
+fn nanos(at: DateTime<Utc>) -> i64 {
+    at.timestamp_nanos_opt().unwrap_or(if at.timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
+}
+
+fn time(nanos: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(nanos)
 }
 
 /// Whether the hop at `path_len - 1` is the root, so its edge to the next

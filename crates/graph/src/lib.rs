@@ -25,6 +25,7 @@
     )
 )]
 
+mod arena;
 mod attribution;
 mod export;
 mod graph;

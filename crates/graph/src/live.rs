@@ -1,12 +1,12 @@
-//! The engine's attribute stage: attribution, and optionally the agent
-//! graph, updated for every event as it passes.
+//! The engine's attribute stage: attribution, and the agent graph unless
+//! turned off, updated for every event as it passes.
 //!
 //! Attribution must finish before the event moves on (detection and
-//! decisions read its chain): it runs inline under a lock held for a
-//! microsecond or two. The graph is optional: on a 2-core machine, updating
-//! it inline cost a quarter of ingest throughput on a store of 1.5 million
-//! events, so the server keeps it off until the graph's queries and a
-//! cheaper layout arrive.
+//! decisions read its chain), and so must the graph, which holds the blast
+//! radius that thresholds and policies will read: both run inline under one
+//! lock, held for a few microseconds. The graph's storage grows without
+//! pauses (see `arena.rs`); `custody serve --no-graph` keeps attribution
+//! only, for less memory and some more ingest throughput.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 

@@ -310,31 +310,36 @@ fn a_spawned_and_delegated_sub_agent_has_one_lineage() {
 fn a_subgraph_exports_as_bloodhound_opengraph() {
     let graph = deep_chain();
     let alice = NodeKey::new(NodeKind::Human, "alice@example.com");
-    let near = graph.subgraph(&alice, 2, 100).unwrap();
+    let near = graph.subgraph(&alice, 2, 100, None).unwrap();
     let keys: Vec<String> = near.nodes.iter().map(|n| n.key.to_string()).collect();
     assert_eq!(
         keys,
         [
             "human:alice@example.com",
             "run:run-0",
-            "tool:read_file",
-            "server:filesystem",
-            "resource:file:///repo/1.rs",
             "run:run-1",
+            "resource:file:///repo/1.rs",
+            "server:filesystem",
+            "tool:read_file",
         ]
     );
     assert_eq!(near.edges.len(), 5);
     assert_eq!(
-        graph.subgraph(&alice, 10, 3).unwrap().nodes.len(),
+        graph.subgraph(&alice, 10, 3, None).unwrap().nodes.len(),
         3,
         "limited"
     );
     assert!(
         graph
-            .subgraph(&NodeKey::new(NodeKind::Human, "bob"), 2, 10)
+            .subgraph(&NodeKey::new(NodeKind::Human, "bob"), 2, 10, None)
             .is_none()
     );
-    let exported = crate::opengraph(&graph.subgraph(&alice, 1, 100).unwrap());
+    // Since second 5, run-0 has only delegated: its reads were at second 1.
+    let recent = graph.subgraph(&alice, 2, 100, Some(at(5))).unwrap();
+    let keys: Vec<String> = recent.nodes.iter().map(|n| n.key.to_string()).collect();
+    assert_eq!(keys, ["human:alice@example.com", "run:run-0", "run:run-1"]);
+    assert_eq!(recent.edges.len(), 2);
+    let exported = crate::opengraph(&graph.subgraph(&alice, 1, 100, None).unwrap());
     insta::assert_snapshot!(serde_json::to_string_pretty(&exported).unwrap());
 }
 
