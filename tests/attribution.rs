@@ -56,6 +56,19 @@ fn post(server: &Server, token: &str, event: Value) -> Value {
     stored["event"].clone()
 }
 
+/// The blast radius of a node, written `kind:id`.
+fn blast_radius(server: &Server, node: &str) -> Value {
+    let (status, answer) = call(
+        server,
+        reqwest::Method::GET,
+        &format!("/v1/blast-radius/{node}"),
+        &server.token,
+        Body::None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    answer["blast_radius"].clone()
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339()
 }
@@ -78,7 +91,7 @@ fn session_record(session: &str, source_identity: &str, action: &str) -> Value {
 #[test]
 fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--sensitive", "*payroll*"]);
 
     // alice's agent, and its two sub-agents.
     let (status, minted) = call(
@@ -202,9 +215,27 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
     );
     assert_eq!(lineage["attribution"]["method"], "bound");
 
-    // Everything holds after a restart: the binding is learned again.
+    // The blast radius of alice's agent counts what its sub-agents touched:
+    // the reviewer's file, the deployer's role and, through the bound
+    // session, the payroll object (sensitive) in the AWS account; the
+    // unattributed session's records count for no one.
+    let expected = json!({
+        "systems": 1, "resources": 3, "sensitive_resources": 1,
+        "identities_created": 2, "credentials_created": 0, "privileged_actions": 0,
+        "depth": 2, "fan_out": 2,
+    });
+    assert_eq!(blast_radius(&server, "run:run-0"), expected);
+    let alice = blast_radius(&server, "human:alice@example.com");
+    assert_eq!(
+        (alice["resources"].clone(), alice["depth"].clone()),
+        (json!(3), json!(3))
+    );
+
+    // Everything holds after a restart: the binding is learned again, and
+    // the graph is rebuilt from the store.
     server.kill();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--sensitive", "*payroll*"]);
+    assert_eq!(blast_radius(&server, "run:run-0"), expected);
     let later = post(
         &server,
         &server.token,

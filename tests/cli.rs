@@ -1894,7 +1894,7 @@ fn lineage_prints_the_chain_of_custody_as_a_tree() {
 #[test]
 fn graph_and_who_read_the_graph_of_a_server_that_keeps_it() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--graph", "--sensitive", "*payroll*"]);
+    let server = Server::start(dir.path(), &["--sensitive", "*payroll*"]);
     let auditor = alice_s_auditor(&server);
     for resource in [
         "arn:aws:s3:::payroll/q3.csv",
@@ -1931,12 +1931,12 @@ fn graph_and_who_read_the_graph_of_a_server_that_keeps_it() {
     let exported: Value = serde_json::from_str(&exported).unwrap();
     assert_eq!(exported["metadata"]["source_kind"], "Custody");
 
-    // A server without the graph says how to get it.
+    // A server told to keep no graph says so.
     server.kill();
-    let server = Server::start(dir.path(), &[]);
+    let server = Server::start(dir.path(), &["--no-graph"]);
     let refused = Run::from(server.cli(&["who", "x"]));
     assert_eq!(refused.code, Some(1));
-    assert!(refused.stderr.contains("--graph"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("--no-graph"), "{}", refused.stderr);
 }
 
 /// Mints alice's `release-bot` (run `run-0`) a token and exchanges it for

@@ -1,5 +1,5 @@
 //! The agent graph's queries, when the server keeps the graph
-//! (`custody serve --graph`): a subgraph (JSON or BloodHound OpenGraph),
+//! (`custody serve` keeps it unless `--no-graph`): a subgraph (JSON or BloodHound OpenGraph),
 //! every chain that touched a resource, and a node's blast radius.
 
 use axum::extract::{Path, State};
@@ -26,6 +26,10 @@ pub(crate) struct GraphParams {
     /// The most nodes (default and at most 5000).
     #[serde(default)]
     limit: Option<usize>,
+    /// Only edges last seen at or after this time: RFC 3339, or an age
+    /// such as `2h`.
+    #[serde(default)]
+    since: Option<String>,
     /// `json` (default) or `opengraph`.
     #[serde(default)]
     format: Option<String>,
@@ -53,7 +57,12 @@ pub(crate) async fn subgraph(
             )));
         }
     };
-    let found = read(&state, |graph| graph.subgraph(&root, depth, limit))?
+    let since = params
+        .since
+        .as_deref()
+        .map(|since| crate::query::parse_time("since", since, chrono::Utc::now()))
+        .transpose()?;
+    let found = read(&state, |graph| graph.subgraph(&root, depth, limit, since))?
         .ok_or_else(|| ApiError::NotFound(format!("no node {root} in the graph")))?;
     let body = if opengraph {
         custody_graph::opengraph(&found)
@@ -125,7 +134,7 @@ fn read<R>(state: &AppState, f: impl FnOnce(&Graph) -> R) -> Result<R, ApiError>
         .and_then(|live| live.read(f))
         .ok_or_else(|| {
             ApiError::NotFound(
-                "this server does not keep the agent graph (start it with --graph)".into(),
+                "this server keeps no agent graph (it was started with --no-graph)".into(),
             )
         })
 }

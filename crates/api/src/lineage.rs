@@ -80,19 +80,21 @@ fn link(role: &str, principal: &Principal, spawn: Option<RuntimeEvent>) -> serde
 }
 
 /// The `agent_spawn` event, by Custody, that started `principal`'s run: the
-/// newest spawn targeting its id whose target names that run.
+/// newest spawn, recorded by Custody, whose target is that agent in that
+/// run. Found through the postings of the run's id, which only the run's own
+/// events and its spawn name as a target.
 fn spawn_of(store: &Store, principal: &Principal) -> Result<Option<RuntimeEvent>, StoreError> {
     let Some(run) = &principal.run_id else {
         return Ok(None);
     };
     let mut query = EventQuery {
-        target: Some(principal.id.clone()),
+        target: Some(run.clone()),
         kinds: vec![EventKind::AgentSpawn],
         limit: 100,
         ..EventQuery::default()
     };
-    // Bounded: an agent id spawned more than a few hundred times is looked
-    // up over its latest pages only.
+    // Bounded: a run id reused by hundreds of spawns is looked up over its
+    // latest pages only.
     for _ in 0..5 {
         let page = store.query(&query)?;
         for stored in &page.events {

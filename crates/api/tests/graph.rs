@@ -136,6 +136,15 @@ async fn the_graph_answers_who_and_blast_radius_and_exports() {
         nodes.contains(&"run:run-0.a") && nodes.contains(&"run:run-0.b"),
         "{nodes:?}"
     );
+    // Nothing was seen after 2100: the root alone.
+    let later = get(
+        &server,
+        "/v1/graph?root=human:alice@example.com&depth=2&since=2100-01-01T00:00:00Z",
+    )
+    .await
+    .json();
+    assert_eq!(later["nodes"].as_array().unwrap().len(), 1, "{later}");
+    assert_eq!(later["edges"], json!([]));
     let exported = get(&server, "/v1/graph?root=run:run-0&depth=1&format=opengraph")
         .await
         .json();
@@ -155,6 +164,7 @@ async fn the_graph_answers_who_and_blast_radius_and_exports() {
         ("/v1/graph?root=run:run-0&depth=11", 400),
         ("/v1/graph?root=run:run-0&format=dot", 400),
         ("/v1/graph?depth=2", 400),
+        ("/v1/graph?root=run:run-0&since=yesterday", 400),
     ] {
         assert_eq!(get(&server, path).await.status, status, "{path}");
     }
@@ -172,5 +182,5 @@ async fn a_server_without_the_graph_says_so() {
     let server = Server::start().await;
     let answer = get(&server, "/v1/who?resource=x").await;
     assert_eq!(answer.status, 404);
-    assert!(answer.body.contains("--graph"), "{}", answer.body);
+    assert!(answer.body.contains("--no-graph"), "{}", answer.body);
 }

@@ -37,10 +37,11 @@ pub struct ServeArgs {
     /// it mints [default: http://LISTEN].
     #[arg(long, env = "CUSTODY_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Keep the agent graph in memory and answer its queries (graph, who,
-    /// blast radius). It costs ingest throughput: see BENCHMARKS.md.
-    #[arg(long, env = "CUSTODY_GRAPH")]
-    pub graph: bool,
+    /// Keep no agent graph: attribution only, no graph, who or blast-radius
+    /// queries, less memory and some more ingest throughput (see
+    /// BENCHMARKS.md).
+    #[arg(long, env = "CUSTODY_NO_GRAPH")]
+    pub no_graph: bool,
     /// A pattern of sensitive resource names, `*` standing for any run of
     /// characters (e.g. `arn:aws:s3:::payroll*`); repeatable, or
     /// comma-separated in the environment.
@@ -134,7 +135,7 @@ impl Config {
             store,
             limits,
             public_url: args.public_url.or(file.public_url),
-            graph: args.graph || file.graph.unwrap_or(false),
+            graph: !args.no_graph && file.graph.unwrap_or(true),
             sensitive: if args.sensitive.is_empty() {
                 file.sensitive.unwrap_or_default()
             } else {
@@ -174,7 +175,7 @@ mod tests {
         std::fs::write(
             &file,
             "data_dir = \"/var/lib/custody\"\nlisten = \"0.0.0.0:8080\"\ndurability = \"normal\"\n\
-             pending_postings = 1000\nsensitive = [\"*payroll*\"]\ngraph = true\n",
+             pending_postings = 1000\nsensitive = [\"*payroll*\"]\ngraph = false\n",
         )
         .unwrap();
 
@@ -193,8 +194,8 @@ mod tests {
         assert_eq!(from_file.store.durability, Durability::Normal);
         assert_eq!(from_file.store.max_pending_postings, 1000);
         assert_eq!(from_file.sensitive, ["*payroll*"]);
-        assert!(from_file.graph);
-        assert!(!defaults.graph);
+        assert!(!from_file.graph);
+        assert!(defaults.graph);
         assert_eq!(
             defaults.store.max_pending_postings,
             StoreOptions::default().max_pending_postings

@@ -1,5 +1,5 @@
 //! `custody graph ROOT` and `custody who RESOURCE`: the agent graph's
-//! queries, from a server started with `--graph`.
+//! queries, from a server that keeps the graph (not `--no-graph`).
 
 use clap::Args;
 
@@ -17,6 +17,9 @@ pub struct GraphArgs {
     /// How many edges away.
     #[arg(long, default_value_t = 2)]
     depth: usize,
+    /// Only edges seen since this time: RFC 3339, or an age such as `2h`.
+    #[arg(long)]
+    since: Option<String>,
     /// The answer as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -44,6 +47,9 @@ pub async fn graph(args: GraphArgs) -> anyhow::Result<()> {
         ("root", args.root.clone()),
         ("depth", args.depth.to_string()),
     ];
+    if let Some(since) = &args.since {
+        query.push(("since", since.clone()));
+    }
     if args.opengraph {
         query.push(("format", "opengraph".into()));
     }

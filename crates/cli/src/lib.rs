@@ -42,11 +42,9 @@ enum Command {
     /// Show the chain of custody of one event: who, through whom, and how
     /// each link is known.
     Lineage(lineage::LineageArgs),
-    /// Show a part of the agent graph, with blast radius (server started
-    /// with --graph).
+    /// Show a part of the agent graph, with blast radius.
     Graph(graph::GraphArgs),
-    /// Show every chain that touched a resource (server started with
-    /// --graph).
+    /// Show every chain that touched a resource.
     Who(graph::WhoArgs),
     /// Manage API tokens in the local store.
     #[command(subcommand)]

@@ -36,8 +36,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     first_start(&store, &config.data_dir)?;
     // Attribution lives in memory (bindings, sessions), rebuilt from the
     // stored events, which carry the chains they were attributed; so does the
-    // agent graph, when kept (`--graph`; see `custody_graph::Live` for its
-    // cost).
+    // agent graph, unless `--no-graph`.
     let live = if config.graph {
         custody_graph::Live::new(
             custody_graph::Attributor::default(),

@@ -667,12 +667,14 @@ impl Target {
     }
 
     /// Every identifier the target names, most specific first: what a query
-    /// by target matches.
+    /// by target matches. A target principal's run counts, so a run's
+    /// `agent_spawn` is found by the run's id.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         [
             self.resource.as_deref(),
             self.tool.as_deref(),
             self.principal.as_ref().map(|p| p.id.as_str()),
+            self.principal.as_ref().and_then(|p| p.run_id.as_deref()),
             self.server.as_deref(),
             self.system.as_deref(),
         ]

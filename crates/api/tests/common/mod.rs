@@ -53,7 +53,7 @@ impl Server {
     }
 
     /// A server whose pipeline attributes events and keeps the agent graph,
-    /// as `custody serve --graph` does.
+    /// as `custody serve` does.
     pub async fn start_with_graph() -> Server {
         Server::start_full(store_options(), Limits::default(), true).await
     }
