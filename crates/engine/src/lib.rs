@@ -33,7 +33,7 @@ pub mod stages;
 
 pub use decision::{Decision, Reason, ReasonSource, Verdict};
 pub use pipeline::{Engine, EngineBuilder, Evaluated, Ingested};
-pub use record::{Receipt, Record, RecordError};
+pub use record::{Receipt, Record, RecordError, Reservation};
 pub use stages::{
     Act, ActionRecord, Attribute, CUSTODY_EVIDENCE, Decide, Detect, Normalize, Provenance, Signal,
     authenticate, recorded_by_custody,

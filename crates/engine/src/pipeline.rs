@@ -87,8 +87,13 @@ impl Engine {
         received_at: DateTime<Utc>,
         provenance: &Provenance,
     ) -> (Evaluated, Result<Receipt, RecordError>) {
+        // The caller needs the decision even when the event cannot be
+        // queued; it then holds a refused receipt and must not proceed as
+        // if the call were recorded.
+        let room = self.record.reserve(1);
         let evaluated = self.process(event, received_at, provenance);
-        let receipt = self.record.record(vec![evaluated.clone()]);
+        let receipt =
+            room.and_then(|room| self.record.record_reserved(vec![evaluated.clone()], room));
         (evaluated, receipt)
     }
 
@@ -109,12 +114,15 @@ impl Engine {
         received_at: DateTime<Utc>,
         provenance: &Provenance,
     ) -> Result<Ingested, RecordError> {
+        // Room first: a batch refused after the stages saw it would leave
+        // them holding what the store never took.
+        let room = self.record.reserve(events.len())?;
         let evaluated: Vec<Evaluated> = events
             .into_iter()
             .map(|event| self.process(event, received_at, provenance))
             .collect();
         let ids = evaluated.iter().map(|e| e.event.id).collect();
-        let receipt = self.record.record(evaluated)?;
+        let receipt = self.record.record_reserved(evaluated, room)?;
         Ok(Ingested { ids, receipt })
     }
 
@@ -244,14 +252,33 @@ mod tests {
         }
     }
 
+    /// A recorder whose queue is full.
     struct Full;
+
+    impl Full {
+        const ERROR: RecordError = RecordError::QueueFull {
+            queued: 10,
+            capacity: 10,
+        };
+    }
 
     impl Record for Full {
         fn record(&self, _batch: Vec<Evaluated>) -> Result<Receipt, RecordError> {
-            Err(RecordError::QueueFull {
-                queued: 10,
-                capacity: 10,
-            })
+            Err(Full::ERROR)
+        }
+
+        fn reserve(&self, _events: usize) -> Result<crate::Reservation, RecordError> {
+            Err(Full::ERROR)
+        }
+    }
+
+    /// Counts the events it attributes.
+    #[derive(Default, Clone)]
+    struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Attribute for Counting {
+        fn attribute(&self, _event: &mut RuntimeEvent, _provenance: &Provenance) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -412,15 +439,21 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_is_reported_not_dropped() {
-        let engine = Engine::builder(Arc::new(Full)).build();
+    fn a_full_queue_is_reported_before_the_stages_see_the_batch() {
+        let seen = Counting::default();
+        let engine = Engine::builder(Arc::new(Full))
+            .attribute(seen.clone())
+            .build();
         let error = engine.ingest_batch(vec![event()], Utc::now()).unwrap_err();
+        assert_eq!(error, Full::ERROR);
         assert_eq!(
-            error,
-            RecordError::QueueFull {
-                queued: 10,
-                capacity: 10
-            }
+            seen.0.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "a refused batch teaches attribution nothing: its retry will"
         );
+        // The inline path still decides, and says the event was not queued.
+        let (evaluated, receipt) = engine.evaluate(event(), Utc::now());
+        assert_eq!(evaluated.decision.verdict, Verdict::Allow);
+        assert_eq!(receipt.unwrap_err(), Full::ERROR);
     }
 }

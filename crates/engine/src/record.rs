@@ -15,6 +15,75 @@ pub trait Record: Send + Sync {
     /// Queues a batch; every event in it becomes durable together or not at
     /// all.
     fn record(&self, batch: Vec<Evaluated>) -> Result<Receipt, RecordError>;
+
+    /// Holds room for a batch of `events` before its events go through the
+    /// stages, so a batch that attribution has learned from and the graph
+    /// has counted is never then refused for want of room (and counted
+    /// again when its source retries). A recorder without a bounded queue
+    /// holds nothing, as this default does.
+    fn reserve(&self, events: usize) -> Result<Reservation, RecordError> {
+        let _ = events;
+        Ok(Reservation::nothing())
+    }
+
+    /// [`Record::record`] into room held by `reservation`.
+    fn record_reserved(
+        &self,
+        batch: Vec<Evaluated>,
+        reservation: Reservation,
+    ) -> Result<Receipt, RecordError> {
+        drop(reservation);
+        self.record(batch)
+    }
+}
+
+/// Room held in a recorder's queue by [`Record::reserve`]: given back when
+/// dropped, unless the recorder [`Reservation::keep`]s it for the batch it
+/// records.
+pub struct Reservation {
+    events: u64,
+    release: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+}
+
+impl Reservation {
+    /// Room for `events`, handed back through `release` unless kept.
+    pub fn new(events: u64, release: impl FnOnce(u64) + Send + Sync + 'static) -> Reservation {
+        Reservation {
+            events,
+            release: Some(Box::new(release)),
+        }
+    }
+
+    /// Holds no room.
+    pub fn nothing() -> Reservation {
+        Reservation {
+            events: 0,
+            release: None,
+        }
+    }
+
+    /// Takes the room for good (the batch now fills it) and says how much
+    /// it was.
+    pub fn keep(mut self) -> u64 {
+        self.release = None;
+        self.events
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release(self.events);
+        }
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a batch was not recorded.

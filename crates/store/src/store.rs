@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use custody_engine::{Evaluated, Receipt, Record, RecordError};
+use custody_engine::{Evaluated, Receipt, Record, RecordError, Reservation};
 use custody_event::EventId;
 use rusqlite::Connection;
 use tokio::sync::broadcast;
@@ -260,6 +260,19 @@ impl Record for Store {
     /// writer; never blocks on IO.
     fn record(&self, batch: Vec<Evaluated>) -> Result<Receipt, RecordError> {
         self.inner.writer.submit(batch)
+    }
+
+    /// Holds room in the write queue; refused at once when it is full.
+    fn reserve(&self, events: usize) -> Result<Reservation, RecordError> {
+        self.inner.writer.reserve(events)
+    }
+
+    fn record_reserved(
+        &self,
+        batch: Vec<Evaluated>,
+        reservation: Reservation,
+    ) -> Result<Receipt, RecordError> {
+        self.inner.writer.submit_reserved(batch, reservation)
     }
 }
 

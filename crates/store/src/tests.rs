@@ -488,6 +488,38 @@ fn a_full_queue_refuses_and_drops_nothing() {
 }
 
 #[test]
+fn room_reserved_counts_as_queued_until_filled_or_given_back() {
+    let (_dir, store) = open_with(StoreOptions {
+        queue_capacity: 10,
+        ..StoreOptions::default()
+    });
+    store.pause_writer(true);
+    let batch = |name: &str, n: usize| -> Vec<Evaluated> {
+        (0..n)
+            .map(|i| event(&format!("{name}{i}"), 0, json!({})))
+            .collect()
+    };
+    let held = store.reserve(6).unwrap();
+    let given_back = store.reserve(4).unwrap();
+    assert_eq!(store.stats().queued_events, 10);
+    assert!(matches!(
+        store.reserve(1).unwrap_err(),
+        RecordError::QueueFull { queued: 10, .. }
+    ));
+    assert!(store.record(batch("refused", 1)).is_err());
+    drop(given_back);
+    assert_eq!(store.stats().queued_events, 6);
+    // The held room takes its batch without a second check, even a batch
+    // one larger than the room, which was counted when it was taken.
+    let filled = store.record_reserved(batch("held", 7), held).unwrap();
+    assert_eq!(store.stats().queued_events, 7);
+    store.pause_writer(false);
+    filled.blocking_durable().unwrap();
+    assert_eq!(store.stats().queued_events, 0);
+    assert_eq!(store.count().unwrap(), 7);
+}
+
+#[test]
 fn queued_batches_commit_in_groups_of_at_most_max_group_events() {
     let (_dir, store) = open_with(StoreOptions {
         max_group_events: 5,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
-use custody_engine::{Evaluated, Receipt, RecordError};
+use custody_engine::{Evaluated, Receipt, RecordError, Reservation};
 use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
@@ -122,6 +122,62 @@ impl Writer {
             thread: Mutex::new(Some(thread)),
             checkpointer: Mutex::new(Some(checkpointer)),
         })
+    }
+
+    /// Holds room for `events` in the queue, or refuses at once when they
+    /// would overfill it. The room counts as queued until the reservation
+    /// is dropped or filled by [`Writer::submit_reserved`].
+    pub(crate) fn reserve(&self, events: usize) -> Result<Reservation, RecordError> {
+        let size = events as u64;
+        let queue = self.shared.lock();
+        if queue.closed {
+            return Err(RecordError::Closed);
+        }
+        // Under the lock, as in `submit`: no two callers take the last room.
+        self.check_room(size)?;
+        self.shared.queued.fetch_add(size, Ordering::SeqCst);
+        drop(queue);
+        let shared = Arc::clone(&self.shared);
+        Ok(Reservation::new(size, move |size| {
+            shared.queued.fetch_sub(size, Ordering::SeqCst);
+        }))
+    }
+
+    /// Queues a batch into room `reservation` holds; a batch larger than
+    /// the room takes the difference without a check, as it was counted
+    /// when the room was taken.
+    pub(crate) fn submit_reserved(
+        &self,
+        batch: Vec<Evaluated>,
+        reservation: Reservation,
+    ) -> Result<Receipt, RecordError> {
+        let (done, receipt) = Receipt::channel();
+        let events = batch
+            .into_iter()
+            .map(PreparedEvent::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| RecordError::Failed(error.to_string()))?;
+        let mut queue = self.shared.lock();
+        if queue.closed {
+            return Err(RecordError::Closed);
+        }
+        if events.is_empty() {
+            drop(queue);
+            drop(reservation);
+            let _ = done.send(Ok(()));
+            return Ok(receipt);
+        }
+        let held = reservation.keep();
+        let size = events.len() as u64;
+        if size >= held {
+            self.shared.queued.fetch_add(size - held, Ordering::SeqCst);
+        } else {
+            self.shared.queued.fetch_sub(held - size, Ordering::SeqCst);
+        }
+        queue.batches.push_back(Batch { events, done });
+        drop(queue);
+        self.shared.ready.notify_one();
+        Ok(receipt)
     }
 
     /// Prepares a batch on the caller's thread and queues it, or refuses it
