@@ -1,13 +1,14 @@
 //! Tokens of external issuers, signed in the test with RS256, PS256 and
 //! ES256 keys: the chain they carry, and every way they are refused.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use chrono::Duration;
 use custody_event::{CredentialKind, PrincipalKind};
-use jsonwebtoken::{EncodingKey, Header, jwk::Jwk};
+use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 
+use crate::testing::{self, TestKey};
 use crate::tests::{now, with_part};
 use crate::{
     Accepted, Algorithm, ExternalConfig, ExternalIssuer, Issuer, JwksError, KeySet, RootKind,
@@ -16,74 +17,8 @@ use crate::{
 
 const IDP: &str = "https://idp.example.com";
 
-/// A key made for the test: it signs tokens, and its JWK goes in the
-/// issuer's JWKS.
-#[derive(Clone)]
-struct TestKey {
-    kid: String,
-    alg: Algorithm,
-    encoding: EncodingKey,
-    jwk: Value,
-}
-
-impl TestKey {
-    /// An RSA key (one per test run: generating one is slow) for `alg`.
-    fn rsa(kid: &str, alg: Algorithm) -> TestKey {
-        static DER: OnceLock<Vec<u8>> = OnceLock::new();
-        let der = DER.get_or_init(|| {
-            use rsa::pkcs1::EncodeRsaPrivateKey as _;
-            let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
-            key.to_pkcs1_der().unwrap().as_bytes().to_vec()
-        });
-        TestKey::new(kid, alg, EncodingKey::from_rsa_der(der))
-    }
-
-    /// A fresh P-256 key, for ES256.
-    fn ec(kid: &str) -> TestKey {
-        use p256::pkcs8::EncodePrivateKey as _;
-        let key = p256::ecdsa::SigningKey::random(&mut rsa::rand_core::OsRng);
-        let der = key.to_pkcs8_der().unwrap();
-        TestKey::new(
-            kid,
-            Algorithm::ES256,
-            EncodingKey::from_ec_der(der.as_bytes()),
-        )
-    }
-
-    fn new(kid: &str, alg: Algorithm, encoding: EncodingKey) -> TestKey {
-        let mut jwk =
-            serde_json::to_value(Jwk::from_encoding_key(&encoding, alg).unwrap()).unwrap();
-        jwk["kid"] = kid.into();
-        jwk["use"] = "sig".into();
-        TestKey {
-            kid: kid.into(),
-            alg,
-            encoding,
-            jwk,
-        }
-    }
-
-    /// The same key with its JWK edited by `edit`.
-    fn with_jwk(mut self, edit: impl FnOnce(&mut Value)) -> TestKey {
-        edit(&mut self.jwk);
-        self
-    }
-
-    /// `claims` signed by this key, its kid in the header.
-    fn sign(&self, claims: &Value) -> String {
-        self.sign_as(self.alg, Some(&self.kid), claims)
-    }
-
-    fn sign_as(&self, alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
-        let mut header = Header::new(alg);
-        header.kid = kid.map(str::to_owned);
-        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
-    }
-}
-
 fn jwks(keys: &[&TestKey]) -> KeySet {
-    let keys: Vec<&Value> = keys.iter().map(|key| &key.jwk).collect();
-    KeySet::from_jwks(json!({ "keys": keys }).to_string().as_bytes()).unwrap()
+    KeySet::from_jwks(testing::jwks(keys).to_string().as_bytes()).unwrap()
 }
 
 /// Alice's `auditor`, run `run-0.a`, spawned by her `release-bot` (run
@@ -293,7 +228,7 @@ fn every_bad_external_token_is_refused_with_its_reason() {
             ..Header::new(Algorithm::HS256)
         },
         &good,
-        &EncodingKey::from_secret(rsa.jwk["n"].as_str().unwrap().as_bytes()),
+        &EncodingKey::from_secret(rsa.jwk()["n"].as_str().unwrap().as_bytes()),
     )
     .unwrap();
     let none = with_part(
@@ -472,10 +407,10 @@ fn a_jwks_keeps_only_keys_that_verify_signatures() {
     let rsa = TestKey::rsa("rsa-1", Algorithm::RS256);
     let ec = TestKey::ec("ec-1");
     let document = json!({"keys": [
-        rsa.jwk,
-        ec.clone().with_jwk(|jwk| jwk["use"] = "enc".into()).jwk,
+        rsa.jwk(),
+        ec.clone().with_jwk(|jwk| jwk["use"] = "enc".into()).jwk(),
         {"kty": "oct", "kid": "shared", "k": "c2VjcmV0"},
-        ec.clone().with_jwk(|jwk| jwk["alg"] = "RS256".into()).jwk,
+        ec.clone().with_jwk(|jwk| jwk["alg"] = "RS256".into()).jwk(),
         {"kty": "EC", "kid": "p521", "crv": "P-521", "x": "AA", "y": "AA"},
     ]});
     let keys = KeySet::from_jwks(document.to_string().as_bytes()).unwrap();

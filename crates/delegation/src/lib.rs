@@ -36,6 +36,8 @@
 mod checks;
 mod external;
 mod jwks;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 mod verifier;
 
 use std::collections::{BTreeSet, HashMap};
