@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{Body, Server, call};
+use common::{Body, Server, call, exchange_form};
 use custody_delegation::Algorithm;
 use custody_delegation::testing::{TestKey, jwks};
 use reqwest::Method;
@@ -97,13 +97,30 @@ fn external_tokens_vouch_for_their_act_chains_and_are_refused_as_custody_s_are()
         &server.token,
         Body::None,
     );
-    let actions: Vec<&Value> = alice_s_events["events"]
+    let methods: Vec<&Value> = alice_s_events["events"]
         .as_array()
         .unwrap()
         .iter()
         .map(|record| &record["event"]["attribution"]["method"])
         .collect();
-    assert_eq!(actions, [&json!("authenticated")], "{alice_s_events}");
+    assert_eq!(methods, [&json!("authenticated")], "{alice_s_events}");
+
+    // Only Custody's own tokens are exchanged for a sub-agent's.
+    let (status, refused) = call(
+        &server,
+        Method::POST,
+        "/oauth/token",
+        "",
+        exchange_form(&alice_s, "fetcher", "run-1.a.1"),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(
+        refused["error_description"],
+        format!(
+            "the subject token is refused: wrong issuer, expected `{}`",
+            server.url
+        )
+    );
 
     // An issuer nobody trusts, and a signature by a key not the issuer's.
     let stranger = file_key.sign(&claims(
@@ -133,26 +150,34 @@ fn external_tokens_vouch_for_their_act_chains_and_are_refused_as_custody_s_are()
         &server.token,
         Body::None,
     );
-    let recorded: Vec<(&Value, &Value)> = recorded["events"]
+    let recorded: Vec<(&Value, &Value, &Value)> = recorded["events"]
         .as_array()
         .unwrap()
         .iter()
         .map(|record| {
             let event = &record["event"];
             (
+                &event["target"]["system"],
                 &event["outcome"]["reason"],
                 &event["attributes"]["custody.unverified_iss"],
             )
         })
         .collect();
+    let wrong_issuer = format!("wrong issuer, expected `{}`", server.url);
     assert_eq!(
         recorded,
         [
             (
+                &json!("/oauth/token"),
+                &json!(wrong_issuer),
+                &json!(FILE_IDP)
+            ),
+            (
+                &json!("/v1/events"),
                 &json!(refusals[0].1),
                 &json!("https://stranger.example.com")
             ),
-            (&json!(refusals[1].1), &json!(URL_IDP)),
+            (&json!("/v1/events"), &json!(refusals[1].1), &json!(URL_IDP)),
         ]
     );
 

@@ -16,8 +16,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{Duration, Utc};
 use custody_delegation::{
-    ACCESS_TOKEN_TYPE, Accepted, ExchangeError, ExternalIssuer, Issuer, IssuerState, Minted,
-    TokenError, Verifier,
+    ACCESS_TOKEN_TYPE, Accepted, Claims, ExchangeError, ExternalIssuer, Issuer, IssuerState,
+    Minted, TokenError, Verifier,
 };
 use custody_event::{Principal, PrincipalKind};
 use serde::Deserialize;
@@ -100,6 +100,23 @@ impl Delegation {
 
     fn verify(&self, token: &str) -> Result<Accepted, TokenError> {
         Verifier::new(&self.read(), &self.trusted).verify(token, Utc::now())
+    }
+
+    /// Verifies the subject token of an exchange. Only Custody's own tokens
+    /// are exchanged, since only they carry scopes Custody granted: one of
+    /// another issuer, trusted or not, is refused as such.
+    fn verify_subject(
+        &self,
+        token: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Claims, TokenError> {
+        let issuer = self.read();
+        match custody_delegation::claimed_issuer(token) {
+            Ok(claimed) if claimed != issuer.issuer() => {
+                Err(TokenError::Issuer(issuer.issuer().to_owned()))
+            }
+            _ => issuer.verify(token, now),
+        }
     }
 
     /// The fetcher of the keys of the issuer `token` claims, if any.
@@ -220,7 +237,7 @@ async fn exchange(
     );
     let now = Utc::now();
     // Verified apart, so the lock is not held while a refusal is recorded.
-    let verified = delegation.read().verify(&subject_token, now);
+    let verified = delegation.verify_subject(&subject_token, now);
     let parent = match verified {
         Ok(parent) => parent,
         Err(error) => {

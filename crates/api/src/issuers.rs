@@ -73,6 +73,8 @@ impl TrustedIssuer {
             last_on_demand: tokio::sync::Mutex::new(None),
         });
         fetcher.refresh().await;
+        // A zero period would make the timer panic.
+        let refresh = refresh.max(Duration::from_secs(1));
         tokio::spawn(refresh_every(Arc::downgrade(&fetcher), refresh));
         Ok(TrustedIssuer {
             issuer,

@@ -21,7 +21,8 @@ const DEFAULT_REFRESH: Duration = Duration::from_secs(10 * 60);
 /// Flags of `custody serve`; each also reads an environment variable.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
-    /// A TOML file with any of the settings below.
+    /// A TOML file with any of the settings below, and the external agent
+    /// token issuers to trust (`[[issuers]]` tables, see docs/api.md).
     #[arg(long, env = "CUSTODY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the store lives [default: ./custody-data].
