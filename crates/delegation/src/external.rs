@@ -208,7 +208,10 @@ impl ExternalIssuer {
             &["exp", "iss", "aud", "sub"],
         )?;
         checks::check_times(now, claims.exp, claims.nbf, config.leeway)?;
-        let token_id = claims.jti.clone().unwrap_or_else(|| digest(token));
+        let token_id = match claims.jti.as_deref() {
+            Some(jti) if !jti.trim().is_empty() => jti.to_owned(),
+            _ => digest(token),
+        };
         let chain = self.chain(&claims, &token_id)?;
         Ok(Accepted {
             chain,

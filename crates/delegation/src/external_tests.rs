@@ -112,12 +112,13 @@ fn the_configuration_says_what_custody_s_private_claims_would() {
     let token = key.sign(&claims(|c| {
         c["sub"] = "ci-pipeline".into();
         c["act"] = json!({"sub": "deployer", "run": "build-42", "custody_run": "ignored"});
-        c.as_object_mut().unwrap().remove("jti");
+        c["jti"] = "".into();
     }));
     let accepted = verifier.verify(&token, now()).unwrap();
     assert_eq!(accepted.chain.root.unwrap().kind, PrincipalKind::Service);
     assert_eq!(accepted.chain.current.run_id.as_deref(), Some("build-42"));
-    // Without a `jti`, the token is known by its digest, and revocable by it.
+    // Without a `jti` (here an empty one), the token is known by its digest,
+    // and revocable by it.
     assert!(
         accepted.token_id.starts_with("sha256:"),
         "{}",
@@ -125,6 +126,11 @@ fn the_configuration_says_what_custody_s_private_claims_would() {
     );
     assert_eq!(accepted.token_id.len(), "sha256:".len() + 64);
     assert_eq!(accepted.chain.credential.unwrap().id, accepted.token_id);
+    let without = key.sign(&claims(|c| {
+        c.as_object_mut().unwrap().remove("jti");
+    }));
+    let digest = verifier.verify(&without, now()).unwrap().token_id;
+    assert!(digest.starts_with("sha256:") && digest != accepted.token_id);
     let mut custody = custody;
     custody.revoke(accepted.token_id.clone(), now());
     let verifier = Verifier::new(&custody, &trusted);
@@ -132,6 +138,7 @@ fn the_configuration_says_what_custody_s_private_claims_would() {
         verdict(&verifier, &token),
         Err(TokenError::Revoked(accepted.token_id))
     );
+    assert!(verdict(&verifier, &without).is_ok(), "another token");
 }
 
 #[test]

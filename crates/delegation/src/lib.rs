@@ -20,7 +20,8 @@
 //! issuer revoked.
 //!
 //! *Invariant:* verification refuses before it trusts: the header's
-//! algorithm and key id are checked before any claim is read, and every
+//! algorithm and key id are checked before any claim is read (but the `iss`
+//! a token claims, read only to pick the issuer that verifies it), and every
 //! refusal says why ([`TokenError`]).
 
 #![cfg_attr(
@@ -77,7 +78,8 @@ pub enum TokenError {
         /// The issuer's, comma-separated.
         accepted: String,
     },
-    /// The header names no key id, and the issuer has more than one key.
+    /// The header names no key id. Custody's own tokens always name one; an
+    /// external issuer's may not only when its JWKS has a single key.
     #[error("the header names no key id")]
     MissingKeyId,
     /// The header names a key id no key of the issuer has.
