@@ -11,7 +11,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Body, COMMAND_TIMEOUT, Server, answers, call, custody, free_port, output_within};
+use common::{
+    Body, COMMAND_TIMEOUT, Server, answers, call, custody, exchange_form, free_port, output_within,
+};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -1577,19 +1579,7 @@ fn delegation_keys_and_revocations_survive_a_restart() {
             reqwest::Method::POST,
             "/oauth/token",
             "",
-            Body::Form(vec![
-                (
-                    "grant_type",
-                    "urn:ietf:params:oauth:grant-type:token-exchange".into(),
-                ),
-                ("subject_token", token.to_owned()),
-                (
-                    "subject_token_type",
-                    "urn:ietf:params:oauth:token-type:access_token".into(),
-                ),
-                ("custody_actor", "auditor".into()),
-                ("custody_run", run.to_owned()),
-            ]),
+            exchange_form(token, "auditor", run),
         )
     };
     let (status, child) = exchange(&server, &root, "run-0.a");
@@ -1958,22 +1948,11 @@ fn alice_s_auditor(server: &Server) -> String {
         reqwest::Method::POST,
         "/oauth/token",
         "",
-        Body::Form(vec![
-            (
-                "grant_type",
-                "urn:ietf:params:oauth:grant-type:token-exchange".into(),
-            ),
-            (
-                "subject_token",
-                minted["access_token"].as_str().unwrap().to_owned(),
-            ),
-            (
-                "subject_token_type",
-                "urn:ietf:params:oauth:token-type:access_token".into(),
-            ),
-            ("custody_actor", "auditor".into()),
-            ("custody_run", "run-0.a".into()),
-        ]),
+        exchange_form(
+            minted["access_token"].as_str().unwrap(),
+            "auditor",
+            "run-0.a",
+        ),
     );
     assert_eq!(status, 200, "{child}");
     child["access_token"].as_str().unwrap().to_owned()

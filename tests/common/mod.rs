@@ -260,6 +260,24 @@ pub fn call(
     })
 }
 
+/// The form of an RFC 8693 exchange of `subject` for a token of its
+/// sub-agent `actor` in `run`.
+pub fn exchange_form(subject: &str, actor: &str, run: &str) -> Body {
+    Body::Form(vec![
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+        ),
+        ("subject_token", subject.to_owned()),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token".into(),
+        ),
+        ("custody_actor", actor.to_owned()),
+        ("custody_run", run.to_owned()),
+    ])
+}
+
 /// What a request carries.
 pub enum Body {
     /// Nothing.

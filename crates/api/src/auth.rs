@@ -77,17 +77,33 @@ impl FromStr for Role {
 /// The identity behind an authenticated request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Caller {
-    /// The token's id (never its secret).
+    /// The token's id (never its secret). For an agent token of an external
+    /// issuer, `ID issued by ISS`: token ids are unique only within their
+    /// issuer, and the events the token vouches for keep this as evidence.
     pub token_id: String,
     /// The token's role.
     pub role: Role,
-    /// When the caller presented an agent token of the delegation service
-    /// rather than an API token: the chain it carries. Such a caller has the
-    /// `ingest` role, and the events it posts are its own actions.
+    /// When the caller presented an agent token (of the delegation service
+    /// or a trusted external issuer) rather than an API token: the chain it
+    /// carries. Such a caller has the `ingest` role, and the events it posts
+    /// are its own actions.
     pub agent: Option<custody_event::Actor>,
 }
 
 impl Caller {
+    /// The holder of an accepted agent token: it may post its own events.
+    pub fn agent(accepted: custody_delegation::Accepted) -> Caller {
+        let token_id = match accepted.external_issuer {
+            Some(issuer) => format!("{} issued by {issuer}", accepted.token_id),
+            None => accepted.token_id,
+        };
+        Caller {
+            token_id,
+            role: Role::Ingest,
+            agent: Some(accepted.chain),
+        }
+    }
+
     /// Refuses the request unless the caller's role permits `needed`.
     pub fn require(&self, needed: Role) -> Result<(), ApiError> {
         if self.role.permits(needed) {

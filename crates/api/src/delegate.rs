@@ -1,6 +1,7 @@
 //! The delegation service over HTTP: OAuth 2.0 authorization server
 //! metadata (RFC 8414), the JWKS, RFC 8693 token exchange, minting a root
-//! agent token, and revocation.
+//! agent token, and revocation; and the verification of every agent token
+//! presented to the API, Custody's or a trusted external issuer's.
 //!
 //! The metadata, the JWKS and the token endpoint are open, as OAuth needs
 //! them to be: the token endpoint is authenticated by the subject token it
@@ -14,13 +15,17 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{Duration, Utc};
-use custody_delegation::{ACCESS_TOKEN_TYPE, Claims, ExchangeError, Issuer, IssuerState, Minted};
+use custody_delegation::{
+    ACCESS_TOKEN_TYPE, Accepted, Claims, ExchangeError, ExternalIssuer, Issuer, IssuerState,
+    Minted, TokenError, Verifier,
+};
 use custody_event::{Principal, PrincipalKind};
 use serde::Deserialize;
 
 use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
+use crate::issuers::{JwksFetcher, TrustedIssuer, UNKNOWN_KEY_WAIT};
 
 /// The RFC 8693 grant type.
 pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -37,6 +42,10 @@ pub struct Delegation {
     /// The URL clients reach this server at; the issuer's URL.
     public_url: String,
     save: SaveState,
+    /// The external issuers whose tokens are accepted too.
+    trusted: Vec<Arc<ExternalIssuer>>,
+    /// Those whose keys come from a URL.
+    fetchers: Vec<Arc<JwksFetcher>>,
 }
 
 impl std::fmt::Debug for Delegation {
@@ -55,12 +64,67 @@ impl Delegation {
             issuer: RwLock::new(issuer),
             public_url: public_url.into().trim_end_matches('/').to_owned(),
             save,
+            trusted: Vec::new(),
+            fetchers: Vec::new(),
         }
     }
 
-    /// Verifies a token as the issuer does.
-    pub fn verify(&self, token: &str) -> Result<Claims, custody_delegation::TokenError> {
-        self.read().verify(token, Utc::now())
+    /// The same service accepting the agent tokens of `trusted` issuers
+    /// too.
+    pub fn trusting(mut self, trusted: Vec<TrustedIssuer>) -> Delegation {
+        for issuer in trusted {
+            self.trusted.push(issuer.issuer);
+            self.fetchers.extend(issuer.fetcher);
+        }
+        self
+    }
+
+    /// Verifies an agent token of Custody's issuer or of a trusted one,
+    /// against Custody's revocations. A token naming a key its issuer
+    /// lacks, when that issuer's keys come from a URL, waits briefly for
+    /// them to be fetched again, then is verified once more.
+    pub async fn accept(&self, token: &str) -> Result<Accepted, TokenError> {
+        let first = self.verify(token);
+        if !matches!(
+            first,
+            Err(TokenError::UnknownKey(_) | TokenError::NoKeys { .. })
+        ) {
+            return first;
+        }
+        let Some(fetcher) = self.fetcher_for(token) else {
+            return first;
+        };
+        fetcher.refresh_on_demand(UNKNOWN_KEY_WAIT).await;
+        self.verify(token)
+    }
+
+    fn verify(&self, token: &str) -> Result<Accepted, TokenError> {
+        Verifier::new(&self.read(), &self.trusted).verify(token, Utc::now())
+    }
+
+    /// Verifies the subject token of an exchange. Only Custody's own tokens
+    /// are exchanged, since only they carry scopes Custody granted: one of
+    /// another issuer, trusted or not, is refused as such.
+    fn verify_subject(
+        &self,
+        token: &str,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Claims, TokenError> {
+        let issuer = self.read();
+        match custody_delegation::claimed_issuer(token) {
+            Ok(claimed) if claimed != issuer.issuer() => {
+                Err(TokenError::Issuer(issuer.issuer().to_owned()))
+            }
+            _ => issuer.verify(token, now),
+        }
+    }
+
+    /// The fetcher of the keys of the issuer `token` claims, if any.
+    fn fetcher_for(&self, token: &str) -> Option<&Arc<JwksFetcher>> {
+        let issuer = custody_delegation::claimed_issuer(token).ok()?;
+        self.fetchers
+            .iter()
+            .find(|fetcher| fetcher.issuer() == issuer)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Issuer> {
@@ -173,7 +237,7 @@ async fn exchange(
     );
     let now = Utc::now();
     // Verified apart, so the lock is not held while a refusal is recorded.
-    let verified = delegation.read().verify(&subject_token, now);
+    let verified = delegation.verify_subject(&subject_token, now);
     let parent = match verified {
         Ok(parent) => parent,
         Err(error) => {

@@ -12,6 +12,7 @@ mod collect;
 mod delegate;
 mod error;
 mod graph;
+mod issuers;
 mod lineage;
 mod metrics;
 mod query;
@@ -35,6 +36,9 @@ pub use auth::{
 pub use collect::{BatchAnswer, ItemError};
 pub use delegate::{Delegation, SaveState, TOKEN_EXCHANGE};
 pub use error::ApiError;
+pub use issuers::{
+    FETCH_TIMEOUT, MAX_JWKS_BYTES, ON_DEMAND_INTERVAL, TrustedIssuer, UNKNOWN_KEY_WAIT,
+};
 pub use metrics::Metrics;
 pub use query::{EventParams, parse_time};
 
@@ -210,28 +214,20 @@ impl FromRequestParts<AppState> for Caller {
             None => None,
         };
         let secret = auth::bearer(authorization)?;
-        // An agent token of the delegation service is a JWT, never an API
-        // token's `cst_` secret.
+        // An agent token, Custody's or a trusted issuer's, is a JWT, never
+        // an API token's `cst_` secret.
         if let Some(delegation) = &state.delegation
             && !secret.starts_with(TOKEN_PREFIX)
             && secret.matches('.').count() == 2
         {
-            let claims = match delegation.verify(secret) {
-                Ok(claims) => claims,
+            return match delegation.accept(secret).await {
+                Ok(accepted) => Ok(Caller::agent(accepted)),
                 Err(error) => {
                     let at = parts.uri.path().to_owned();
                     delegate::record_refusal(state, &at, secret, &error.to_string()).await;
-                    return Err(ApiError::AgentToken(error.to_string()));
+                    Err(ApiError::AgentToken(error.to_string()))
                 }
             };
-            let chain = claims
-                .chain()
-                .map_err(|error| ApiError::AgentToken(error.to_string()))?;
-            return Ok(Caller {
-                token_id: claims.jti,
-                role: Role::Ingest,
-                agent: Some(chain),
-            });
         }
         auth::authenticate_secret(&state.store, secret)
     }

@@ -1,20 +1,28 @@
 //! The server's settings, from flags, the environment and a TOML file.
 //!
 //! A flag wins over its environment variable, which wins over the file,
-//! which wins over the default.
+//! which wins over the default. Trusted external token issuers are set in
+//! the file only (`[[issuers]]`): each has too many settings for a flag.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use custody_delegation::{ExternalConfig, RootKind};
 use custody_store::{Durability, StoreOptions};
 use serde::Deserialize;
+
+/// How often a JWKS fetched from a URL is fetched again, unless
+/// configured.
+const DEFAULT_REFRESH: Duration = Duration::from_secs(10 * 60);
 
 /// Flags of `custody serve`; each also reads an environment variable.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
-    /// A TOML file with any of the settings below.
+    /// A TOML file with any of the settings below, and the external agent
+    /// token issuers to trust (`[[issuers]]` tables, see docs/api.md).
     #[arg(long, env = "CUSTODY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Where the store lives [default: ./custody-data].
@@ -67,6 +75,56 @@ struct FileConfig {
     graph: Option<bool>,
     sensitive: Option<Vec<String>>,
     pending_postings: Option<usize>,
+    #[serde(default)]
+    issuers: Vec<IssuerTable>,
+}
+
+/// One `[[issuers]]` table: an external issuer whose agent tokens are
+/// accepted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerTable {
+    issuer: String,
+    audience: OneOrMany,
+    jwks_url: Option<String>,
+    jwks_file: Option<PathBuf>,
+    algorithms: Option<Vec<String>>,
+    leeway_seconds: Option<u32>,
+    root_type: Option<String>,
+    run_claim: Option<String>,
+    agent_claim: Option<String>,
+    refresh_seconds: Option<u64>,
+}
+
+/// A string, or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A trusted external issuer, as configured.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// What its tokens must be.
+    pub config: ExternalConfig,
+    /// Where its keys come from.
+    pub keys: KeysFrom,
+}
+
+/// Where an external issuer's JWKS comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeysFrom {
+    /// A file, read once at start.
+    File(PathBuf),
+    /// A URL, fetched at start and every `refresh`.
+    Url {
+        /// https, or http to a loopback address.
+        url: reqwest::Url,
+        /// How often it is fetched again.
+        refresh: Duration,
+    },
 }
 
 /// The settings `custody serve` runs with.
@@ -87,6 +145,8 @@ pub struct Config {
     pub graph: bool,
     /// Patterns of sensitive resource names, for the blast radius.
     pub sensitive: Vec<String>,
+    /// External issuers whose agent tokens are accepted.
+    pub issuers: Vec<Trust>,
 }
 
 impl Config {
@@ -105,6 +165,8 @@ impl Config {
             .map_err(|why| {
                 anyhow::anyhow!("{}: durability: {why}", display(args.config.as_deref()))
             })?;
+        let issuers = trusted_issuers(file.issuers)
+            .map_err(|why| anyhow::anyhow!("{}: {why}", display(args.config.as_deref())))?;
         let mut store = StoreOptions::default();
         if let Some(durability) = args.durability.or(file_durability) {
             store.durability = durability;
@@ -141,7 +203,113 @@ impl Config {
             } else {
                 args.sensitive
             },
+            issuers,
         })
+    }
+}
+
+/// The `[[issuers]]` tables, checked; an error names the table
+/// (`issuers[1]`), its issuer and the key at fault.
+fn trusted_issuers(tables: Vec<IssuerTable>) -> Result<Vec<Trust>, String> {
+    let mut trusted: Vec<Trust> = Vec::with_capacity(tables.len());
+    for (index, table) in tables.into_iter().enumerate() {
+        let name = format!("issuers[{index}] (`{}`)", table.issuer);
+        let trust = trust(table).map_err(|why| format!("{name}: {why}"))?;
+        if let Some(first) = trusted
+            .iter()
+            .position(|other| other.config.issuer == trust.config.issuer)
+        {
+            return Err(format!("{name}: the same issuer as issuers[{first}]"));
+        }
+        trusted.push(trust);
+    }
+    Ok(trusted)
+}
+
+/// One `[[issuers]]` table, checked.
+fn trust(table: IssuerTable) -> Result<Trust, String> {
+    if table.issuer.trim().is_empty() {
+        return Err("`issuer` must not be empty".into());
+    }
+    let audiences = match table.audience {
+        OneOrMany::One(audience) => vec![audience],
+        OneOrMany::Many(audiences) => audiences,
+    };
+    if audiences.is_empty() || audiences.iter().any(|a| a.trim().is_empty()) {
+        return Err("`audience` must name at least one audience, none empty".into());
+    }
+    let keys = match (table.jwks_url, table.jwks_file, table.refresh_seconds) {
+        (Some(url), None, refresh) => KeysFrom::Url {
+            url: jwks_url(&url)?,
+            refresh: match refresh {
+                Some(0) => return Err("`refresh_seconds` must be at least 1".into()),
+                Some(seconds) => Duration::from_secs(seconds),
+                None => DEFAULT_REFRESH,
+            },
+        },
+        (None, Some(path), None) => KeysFrom::File(path),
+        (None, Some(_), Some(_)) => {
+            return Err("`refresh_seconds` applies to `jwks_url` only".into());
+        }
+        (Some(_), Some(_), _) => return Err("set `jwks_url` or `jwks_file`, not both".into()),
+        (None, None, _) => return Err("set `jwks_url` or `jwks_file`".into()),
+    };
+    let mut config = ExternalConfig::new(table.issuer, audiences);
+    if let Some(names) = table.algorithms {
+        if names.is_empty() {
+            return Err("`algorithms` must name at least one".into());
+        }
+        config.algorithms = names
+            .iter()
+            .map(|name| ExternalConfig::algorithm(name))
+            .collect::<Result<_, _>>()
+            .map_err(|why| format!("`algorithms`: {why}"))?;
+    }
+    if let Some(seconds) = table.leeway_seconds {
+        config.leeway = chrono::Duration::seconds(seconds.into());
+    }
+    if let Some(kind) = table.root_type {
+        config.root = kind
+            .parse::<RootKind>()
+            .map_err(|why| format!("`root_type`: {why}"))?;
+    }
+    for (key, claim) in [
+        ("run_claim", &table.run_claim),
+        ("agent_claim", &table.agent_claim),
+    ] {
+        if claim
+            .as_deref()
+            .is_some_and(|claim| claim.trim().is_empty())
+        {
+            return Err(format!("`{key}` must not be empty"));
+        }
+    }
+    config.run_claim = table.run_claim.unwrap_or(config.run_claim);
+    config.agent_claim = table.agent_claim;
+    Ok(Trust { config, keys })
+}
+
+/// A JWKS URL: https, or plain http to a loopback address only, since
+/// anyone on the path could otherwise swap the keys.
+fn jwks_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|why| format!("`jwks_url` `{text}`: {why}"))?;
+    let host = url.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback());
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        "http" => Err(format!(
+            "`jwks_url` `{text}` is plain http, which is accepted only to a loopback \
+             address (127.0.0.1, [::1], localhost): use https"
+        )),
+        other => Err(format!(
+            "`jwks_url` `{text}`: the scheme `{other}` is not https"
+        )),
     }
 }
 
@@ -213,6 +381,134 @@ mod tests {
         assert_eq!(flagged.store.max_pending_postings, 50);
         assert_eq!(flagged.sensitive, ["*secret*"]);
         assert_eq!(flagged.data_dir, PathBuf::from("/var/lib/custody"));
+    }
+
+    /// The settings of a config file holding `text`, or the error.
+    fn load(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("custody.toml");
+        std::fs::write(&file, text).unwrap();
+        Config::load(ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn trusted_issuers_are_read_from_the_file() {
+        let config = load(
+            r#"
+            [[issuers]]
+            issuer = "https://idp.example.com"
+            audience = "custody"
+            jwks_file = "/etc/custody/idp.json"
+
+            [[issuers]]
+            issuer = "https://login.example.org"
+            audience = ["custody", "api://custody"]
+            jwks_url = "https://login.example.org/keys"
+            algorithms = ["ES256", "PS256"]
+            leeway_seconds = 5
+            root_type = "service"
+            run_claim = "run"
+            agent_claim = "client_id"
+            refresh_seconds = 60
+            "#,
+        )
+        .unwrap();
+        let [file, url] = config.issuers.as_slice() else {
+            panic!("two issuers: {:?}", config.issuers);
+        };
+        assert_eq!(file.keys, KeysFrom::File("/etc/custody/idp.json".into()));
+        assert_eq!(
+            file.config,
+            ExternalConfig::new("https://idp.example.com", vec!["custody".into()])
+        );
+        assert_eq!(
+            url.keys,
+            KeysFrom::Url {
+                url: "https://login.example.org/keys".parse().unwrap(),
+                refresh: Duration::from_secs(60)
+            }
+        );
+        let mut expected = ExternalConfig::new(
+            "https://login.example.org",
+            vec!["custody".into(), "api://custody".into()],
+        );
+        expected.algorithms = vec![
+            custody_delegation::Algorithm::ES256,
+            custody_delegation::Algorithm::PS256,
+        ];
+        expected.leeway = chrono::Duration::seconds(5);
+        expected.root = RootKind::Service;
+        expected.run_claim = "run".into();
+        expected.agent_claim = Some("client_id".into());
+        assert_eq!(url.config, expected);
+        let loopback = load(
+            "[[issuers]]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"http://[::1]:8080/jwks\"\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(&loopback.issuers[0].keys, KeysFrom::Url { refresh, .. } if *refresh == DEFAULT_REFRESH)
+        );
+    }
+
+    #[test]
+    fn bad_issuers_stop_serve_naming_the_table_and_the_key() {
+        let table = |rest: &str| {
+            format!(
+                "[[issuers]]\nissuer = \"https://idp.example.com\"\naudience = \"custody\"\n{rest}"
+            )
+        };
+        let url = "jwks_url = \"https://idp.example.com/jwks\"\n";
+        for (text, expected) in [
+            (table(""), "set `jwks_url` or `jwks_file`"),
+            (
+                table("jwks_file = \"k.json\"\njwks_url = \"https://x/\"\n"),
+                "not both",
+            ),
+            (
+                table("jwks_url = \"http://idp.example.com/jwks\"\n"),
+                "is plain http, which is accepted only to a loopback address",
+            ),
+            (
+                table("jwks_url = \"ftp://x/\"\n"),
+                "the scheme `ftp` is not https",
+            ),
+            (
+                table("jwks_url = \"not a url\"\n"),
+                "`jwks_url` `not a url`",
+            ),
+            (
+                table("jwks_file = \"k.json\"\nrefresh_seconds = 5\n"),
+                "`refresh_seconds` applies to `jwks_url` only",
+            ),
+            (
+                table(&format!("{url}algorithms = [\"HS256\"]\n")),
+                "`algorithms`: algorithm `HS256` is not accepted",
+            ),
+            (
+                table(&format!("{url}algorithms = [\"none\"]\n")),
+                "algorithm `none` is not accepted",
+            ),
+            (
+                table(&format!("{url}root_type = \"agent\"\n")),
+                "`root_type`: `agent` is neither `human` nor `service`",
+            ),
+            (
+                table(&format!("{url}audience = []\n")).replacen("audience = \"custody\"\n", "", 1),
+                "`audience` must name at least one",
+            ),
+            (table(&format!("{url}lewey = 3\n")), "unknown field `lewey`"),
+            (
+                format!("{}{}", table(url), table(url)),
+                "issuers[1] (`https://idp.example.com`): the same issuer as issuers[0]",
+            ),
+        ] {
+            let error = format!("{:#}", load(&text).unwrap_err());
+            assert!(error.contains("custody.toml"), "{error}");
+            assert!(error.contains(expected), "{text}\n{error}");
+        }
     }
 
     #[test]

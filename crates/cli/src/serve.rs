@@ -10,7 +10,7 @@ use custody_engine::Engine;
 use custody_store::Store;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, KeysFrom, Trust};
 
 /// File in the data directory holding the admin token made on first start.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -31,6 +31,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let _lock = lock_data_dir(&config.data_dir)?;
+    let public_url = match &config.public_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", listener.local_addr()?),
+    };
+    // Before the store opens: a bad JWKS file should stop the server first.
+    let trusted = trusted_issuers(&config.issuers, &public_url).await?;
     let store = Store::open(&config.data_dir, config.store.clone())
         .with_context(|| format!("opening the store in `{}`", config.data_dir.display()))?;
     first_start(&store, &config.data_dir)?;
@@ -65,11 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         durability = ?config.store.durability,
         "custody is serving"
     );
-    let public_url = match &config.public_url {
-        Some(url) => url.clone(),
-        None => format!("http://{}", listener.local_addr()?),
-    };
-    let delegation = delegation(&config.data_dir, &public_url)?;
+    let delegation = delegation(&config.data_dir, &public_url)?.trusting(trusted);
     let mut state = AppState::new(engine, store.clone(), config.limits).with_delegation(delegation);
     if config.graph {
         state = state.with_graph(live);
@@ -191,6 +193,46 @@ fn delegation(data_dir: &Path, public_url: &str) -> anyhow::Result<custody_api::
         save_delegation(&path, state).map_err(|error| std::io::Error::other(format!("{error:#}")))
     });
     Ok(custody_api::Delegation::new(issuer, public_url, save))
+}
+
+/// The external issuers whose agent tokens are accepted. Keys in a file
+/// are read now, and a bad file stops the server, naming it; keys at a URL
+/// are fetched now, and a failure is logged, the server starting anyway
+/// and refusing the issuer's tokens, saying why, until a fetch succeeds.
+async fn trusted_issuers(
+    issuers: &[Trust],
+    public_url: &str,
+) -> anyhow::Result<Vec<custody_api::TrustedIssuer>> {
+    let mut trusted = Vec::with_capacity(issuers.len());
+    for Trust { config, keys } in issuers {
+        let issuer = &config.issuer;
+        anyhow::ensure!(
+            issuer.trim_end_matches('/') != public_url.trim_end_matches('/'),
+            "issuer `{issuer}` is this server's own (its public URL): it needs no trust"
+        );
+        trusted.push(match keys {
+            KeysFrom::File(path) => {
+                let keys =
+                    read_jwks(path).with_context(|| format!("the JWKS of issuer `{issuer}`"))?;
+                for why in keys.left_out() {
+                    tracing::warn!(issuer, path = %path.display(), %why, "left a JWKS key out");
+                }
+                custody_api::TrustedIssuer::with_keys(config.clone(), keys)
+            }
+            KeysFrom::Url { url, refresh } => {
+                custody_api::TrustedIssuer::fetching(config.clone(), url.clone(), *refresh)
+                    .await
+                    .context("making the HTTP client that fetches JWKS")?
+            }
+        });
+    }
+    Ok(trusted)
+}
+
+/// The keys of the JWKS file at `path`.
+fn read_jwks(path: &Path) -> anyhow::Result<custody_delegation::KeySet> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading `{}`", path.display()))?;
+    custody_delegation::KeySet::from_jwks(&bytes).with_context(|| format!("`{}`", path.display()))
 }
 
 /// Replaces the delegation file with `state`, owner-only, atomically: a

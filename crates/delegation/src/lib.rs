@@ -12,8 +12,16 @@
 //! Keys are Ed25519 (`EdDSA`), rotated by [`Issuer::rotate`]; retired keys
 //! stay in the JWKS until the tokens they signed have expired.
 //!
+//! Custody also trusts tokens of external issuers ([`ExternalIssuer`]: an
+//! identity provider whose keys are a JWKS) whose `act` claims nest a chain
+//! the same way. A [`Verifier`] routes a token to its issuer by the `iss` it
+//! claims; every token, Custody's or not, runs the same checks
+//! (`checks.rs`) and is refused if its chain passes through a node Custody's
+//! issuer revoked.
+//!
 //! *Invariant:* verification refuses before it trusts: the header's
-//! algorithm and key id are checked before any claim is read, and every
+//! algorithm and key id are checked before any claim is read (but the `iss`
+//! a token claims, read only to pick the issuer that verifies it), and every
 //! refusal says why ([`TokenError`]).
 
 #![cfg_attr(
@@ -26,6 +34,13 @@
     )
 )]
 
+mod checks;
+mod external;
+mod jwks;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+mod verifier;
+
 use std::collections::{BTreeSet, HashMap};
 
 use base64::Engine as _;
@@ -33,8 +48,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use custody_event::{Actor, Principal, PrincipalKind};
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
+
+pub use checks::claimed_issuer;
+pub use external::{DEFAULT_ALGORITHMS, ExternalConfig, ExternalIssuer, RootKind};
+pub use jsonwebtoken::Algorithm;
+pub use jwks::{JwksError, KeySet};
+pub use verifier::{Accepted, Verifier};
 
 /// The token type of RFC 8693 exchange requests and responses.
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -48,13 +69,41 @@ pub enum TokenError {
     /// Not three base64url parts with a JSON header.
     #[error("not a JWT: {0}")]
     Malformed(String),
-    /// The header names an algorithm Custody does not accept (`none`
-    /// included).
-    #[error("algorithm `{0}` is not accepted, only EdDSA")]
-    Algorithm(String),
-    /// The header names no key id, or one no key of the issuer has.
+    /// The header names an algorithm the issuer does not accept (`none`
+    /// and the HMAC ones never are).
+    #[error("algorithm `{alg}` is not accepted, only {accepted}")]
+    Algorithm {
+        /// The header's algorithm.
+        alg: String,
+        /// The issuer's, comma-separated.
+        accepted: String,
+    },
+    /// The header names no key id. Custody's own tokens always name one; an
+    /// external issuer's may not only when its JWKS has a single key.
+    #[error("the header names no key id")]
+    MissingKeyId,
+    /// The header names a key id no key of the issuer has.
     #[error("unknown key id `{0}`")]
     UnknownKey(String),
+    /// The key the header names is not for the header's algorithm: the
+    /// JWKS gives the key another `alg`, or a key type that cannot verify
+    /// it.
+    #[error("key `{kid}` is not for algorithm `{alg}`")]
+    KeyAlgorithm {
+        /// The key's id.
+        kid: String,
+        /// The header's algorithm.
+        alg: String,
+    },
+    /// The issuer's keys come from a URL that has not answered with a
+    /// usable JWKS since the server started.
+    #[error("no keys fetched yet from {url}: {why}")]
+    NoKeys {
+        /// Where the keys come from.
+        url: String,
+        /// Why the last fetch failed.
+        why: String,
+    },
     /// The signature does not verify: the token was altered or signed by
     /// another key.
     #[error("the signature does not verify")]
@@ -65,18 +114,25 @@ pub enum TokenError {
     /// Before its `nbf`.
     #[error("not valid yet")]
     NotYetValid,
-    /// Its `aud` is not this audience.
-    #[error("wrong audience, expected `{0}`")]
-    Audience(String),
+    /// Its `aud` is none of the issuer's audiences.
+    #[error("wrong audience, expected `{}`", .0.join("` or `"))]
+    Audience(Vec<String>),
     /// Its `iss` is not this issuer.
     #[error("wrong issuer, expected `{0}`")]
     Issuer(String),
+    /// Its `iss` is neither Custody's issuer nor one it trusts.
+    #[error("issuer `{0}` is not trusted")]
+    UnknownIssuer(String),
     /// A claim is missing or of the wrong shape.
     #[error("claim `{0}` is missing or malformed")]
     Claim(String),
     /// The `act` chain is empty, too deep or names an empty actor.
     #[error("the act chain is malformed: {0}")]
     Chain(String),
+    /// It has no `act` claim, so it names no agent, and its issuer is not
+    /// configured to read the agent from another claim.
+    #[error("the token names no agent: it has no `act` claim")]
+    NoAgent,
     /// A node of its chain, or the token itself, was revoked.
     #[error("revoked: `{0}` was revoked")]
     Revoked(String),
@@ -145,27 +201,6 @@ pub struct Claims {
 impl Claims {
     /// The chain the token carries, root first.
     pub fn chain(&self) -> Result<Actor, TokenError> {
-        let mut acts: Vec<&Act> = Vec::new();
-        let mut next = Some(&self.act);
-        while let Some(act) = next {
-            if acts.len() >= MAX_CHAIN_DEPTH {
-                return Err(TokenError::Chain(format!(
-                    "deeper than {MAX_CHAIN_DEPTH} agents"
-                )));
-            }
-            if act.sub.trim().is_empty() {
-                return Err(TokenError::Chain("an actor has an empty `sub`".into()));
-            }
-            acts.push(act);
-            next = act.act.as_deref();
-        }
-        let agent = |act: &Act| Principal {
-            kind: PrincipalKind::Agent,
-            id: act.sub.clone(),
-            name: None,
-            version: None,
-            run_id: act.custody_run.clone(),
-        };
         let root_kind = match self.custody_sub_type.as_str() {
             "human" => PrincipalKind::Human,
             "service" => PrincipalKind::Service,
@@ -173,45 +208,28 @@ impl Claims {
                 return Err(TokenError::Claim(format!("custody_sub_type ({other})")));
             }
         };
-        let (current, above) = acts
-            .split_first()
-            .ok_or_else(|| TokenError::Chain("no actor".into()))?;
-        Ok(Actor {
-            root: Some(Principal {
-                kind: root_kind,
-                id: self.sub.clone(),
-                name: None,
-                version: None,
-                run_id: None,
-            }),
-            // `above` runs from the current actor's parent up; a chain lists
-            // the agent nearest the root first.
-            agents: above.iter().rev().map(|act| agent(act)).collect(),
-            current: agent(current),
-            credential: Some(custody_event::Credential {
+        let hops = checks::walk(
+            &self.act,
+            |act| checks::Hop {
+                agent: &act.sub,
+                run: act.custody_run.as_deref(),
+            },
+            |act| act.act.as_deref(),
+        )?;
+        checks::chain(
+            Some(checks::principal(root_kind, &self.sub, None)),
+            &hops,
+            custody_event::Credential {
                 kind: custody_event::CredentialKind::CustodyToken,
                 id: self.jti.clone(),
                 issuer: Some(self.iss.clone()),
-            }),
-        })
+            },
+        )
     }
 
     /// The scopes, as a set.
     pub fn scopes(&self) -> BTreeSet<&str> {
         self.scope.split_whitespace().collect()
-    }
-
-    /// Every node of the chain a revocation can name: the token id, the
-    /// root, and each agent and run.
-    fn nodes(&self) -> Vec<&str> {
-        let mut nodes = vec![self.jti.as_str(), self.sub.as_str()];
-        let mut next = Some(&self.act);
-        while let Some(act) = next {
-            nodes.push(&act.sub);
-            nodes.extend(act.custody_run.as_deref());
-            next = act.act.as_deref();
-        }
-        nodes
     }
 }
 
@@ -478,53 +496,32 @@ impl Issuer {
 
     /// Verifies a token and returns its claims, or why it is refused.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, TokenError> {
-        let header = read_header(token)?;
+        let (header, alg) = checks::read_header(token, &[Algorithm::EdDSA])?;
+        let kid = header.kid.ok_or(TokenError::MissingKeyId)?;
         let key = self
             .keys
             .iter()
-            .find(|key| header.kid.as_deref() == Some(key.kid.as_str()))
-            .ok_or_else(|| TokenError::UnknownKey(header.kid.clone().unwrap_or_default()))?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        // Times are checked below against `now`, not the system clock.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.set_audience(&[&self.audience]);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub", "jti"]);
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
-            .map_err(|error| self.refusal(&error))?
-            .claims;
-        let now = now.timestamp();
-        if now >= claims.exp {
-            return Err(TokenError::Expired);
-        }
-        if now < claims.nbf {
-            return Err(TokenError::NotYetValid);
-        }
-        claims.chain()?;
-        if let Some(node) = claims
-            .nodes()
-            .into_iter()
-            .find(|n| self.revoked.contains_key(*n))
-        {
-            return Err(TokenError::Revoked(node.to_owned()));
-        }
+            .find(|key| key.kid == kid)
+            .ok_or(TokenError::UnknownKey(kid))?;
+        let claims: Claims = checks::decode(
+            token,
+            &key.decoding,
+            alg,
+            &self.issuer,
+            std::slice::from_ref(&self.audience),
+            &["exp", "nbf", "iat", "iss", "aud", "sub", "jti"],
+        )?;
+        checks::check_times(now, claims.exp, Some(claims.nbf), Duration::zero())?;
+        self.refuse_revoked(&claims.chain()?)?;
         Ok(claims)
     }
 
-    fn refusal(&self, error: &jsonwebtoken::errors::Error) -> TokenError {
-        use jsonwebtoken::errors::ErrorKind;
-        match error.kind() {
-            ErrorKind::InvalidSignature => TokenError::Signature,
-            ErrorKind::InvalidAudience => TokenError::Audience(self.audience.clone()),
-            ErrorKind::InvalidIssuer => TokenError::Issuer(self.issuer.clone()),
-            ErrorKind::ExpiredSignature => TokenError::Expired,
-            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-            ErrorKind::MissingRequiredClaim(claim) => TokenError::Claim(claim.clone()),
-            ErrorKind::InvalidAlgorithm => TokenError::Algorithm("mismatched".into()),
-            ErrorKind::Json(error) => TokenError::Claim(error.to_string()),
-            ErrorKind::Base64(_) => TokenError::Malformed("a part is not base64url".into()),
-            other => TokenError::Malformed(format!("{other:?}")),
+    /// Refuses a chain that passes through a revoked node: its token, its
+    /// root, an agent or a run. The chain may be of any issuer's token.
+    pub(crate) fn refuse_revoked(&self, chain: &Actor) -> Result<(), TokenError> {
+        match checks::nodes(chain).find(|node| self.revoked.contains_key(*node)) {
+            Some(node) => Err(TokenError::Revoked(node.to_owned())),
+            None => Ok(()),
         }
     }
 
@@ -576,37 +573,6 @@ fn act_of(agent: &Principal, parent: Option<Act>) -> Result<Act, ExchangeError> 
     }
 }
 
-/// The header fields checked before anything else.
-#[derive(Deserialize)]
-struct RawHeader {
-    alg: String,
-    #[serde(default)]
-    kid: Option<String>,
-}
-
-/// Reads a token's header and refuses any algorithm but EdDSA, `none`
-/// first among them.
-fn read_header(token: &str) -> Result<RawHeader, TokenError> {
-    let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(TokenError::Malformed(
-            "a JWT has three dot-separated parts".into(),
-        ));
-    };
-    let bytes = URL_SAFE_NO_PAD
-        .decode(header)
-        .map_err(|_| TokenError::Malformed("the header is not base64url".into()))?;
-    let header: RawHeader = serde_json::from_slice(&bytes).map_err(|error| {
-        TokenError::Malformed(format!("the header is not a JOSE header: {error}"))
-    })?;
-    if header.alg != "EdDSA" {
-        return Err(TokenError::Algorithm(header.alg));
-    }
-    Ok(header)
-}
-
 /// A fresh Ed25519 key with a random key id.
 fn new_key() -> Key {
     key_from(
@@ -638,5 +604,7 @@ fn key_from(kid: String, seed: [u8; 32], retired_at: Option<DateTime<Utc>>) -> K
     }
 }
 
+#[cfg(test)]
+mod external_tests;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use custody_event::{Principal, PrincipalKind};
 
 use crate::{ExchangeError, Issuer, TokenError};
 
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     "2026-11-25T10:00:00Z".parse().unwrap()
 }
 
@@ -37,7 +37,7 @@ fn agent(id: &str, run: &str) -> Principal {
 
 /// A token for alice's `release-bot` in `run`, with scope `a`, for 30
 /// minutes from [`now`].
-fn alice_s_bot(issuer: &Issuer, run: &str) -> crate::Minted {
+pub(crate) fn alice_s_bot(issuer: &Issuer, run: &str) -> crate::Minted {
     issuer
         .mint(
             &human("alice@example.com"),
@@ -60,7 +60,7 @@ fn chain_of(issuer: &Issuer, token: &str) -> String {
 }
 
 /// Replaces part `index` (0 header, 1 payload, 2 signature) of a token.
-fn with_part(token: &str, index: usize, part: &str) -> String {
+pub(crate) fn with_part(token: &str, index: usize, part: &str) -> String {
     let mut parts: Vec<&str> = token.split('.').collect();
     parts[index] = part;
     parts.join(".")
@@ -230,13 +230,19 @@ fn every_bad_token_is_refused_with_its_reason() {
     check(
         &with_part(&with_part(&good.token, 0, &none), 2, ""),
         now(),
-        TokenError::Algorithm("none".into()),
+        TokenError::Algorithm {
+            alg: "none".into(),
+            accepted: "EdDSA".into(),
+        },
     );
     let hs256 = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","kid":"x"}"#);
     check(
         &with_part(&good.token, 0, &hs256),
         now(),
-        TokenError::Algorithm("HS256".into()),
+        TokenError::Algorithm {
+            alg: "HS256".into(),
+            accepted: "EdDSA".into(),
+        },
     );
 
     // A key id the issuer never had, and a token of another issuer.
@@ -245,6 +251,12 @@ fn every_bad_token_is_refused_with_its_reason() {
         &with_part(&good.token, 0, &stranger),
         now(),
         TokenError::UnknownKey("not-ours".into()),
+    );
+    let nameless = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA"}"#);
+    check(
+        &with_part(&good.token, 0, &nameless),
+        now(),
+        TokenError::MissingKeyId,
     );
     let other = Issuer::new("https://custody.example.com", "custody", Duration::hours(1));
     let foreign = alice_s_bot(&other, "run-0");
@@ -288,7 +300,7 @@ fn every_bad_token_is_refused_with_its_reason() {
         &issuer,
         &elsewhere.token,
         now(),
-        TokenError::Audience("custody".into()),
+        TokenError::Audience(vec!["custody".into()]),
     );
     issuer.issuer = "https://evil.example.com".into();
     let misissued = alice_s_bot(&issuer, "run-0");
