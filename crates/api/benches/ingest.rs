@@ -154,17 +154,17 @@ fn http(
         .expect("token")
         .secret;
     let engine = Engine::builder(Arc::new(store.clone()));
-    // The attribute stage `custody serve` runs: attribution, no graph.
-    // `CUSTODY_BENCH_ATTRIBUTE=reported` keeps the events' own claims
-    // instead; `graph` also keeps the agent graph, for comparison.
+    // The attribute stage `custody serve` runs: attribution and the graph.
+    // `CUSTODY_BENCH_ATTRIBUTE=attribution` keeps no graph (`--no-graph`);
+    // `reported` keeps the events' own claims, for comparison.
     let engine = match std::env::var("CUSTODY_BENCH_ATTRIBUTE").as_deref() {
         Ok("reported") => engine,
-        Ok("graph") => engine.attribute(custody_graph::Live::new(
+        Ok("attribution") => engine.attribute(custody_graph::Live::without_graph(
+            custody_graph::Attributor::default(),
+        )),
+        _ => engine.attribute(custody_graph::Live::new(
             custody_graph::Attributor::default(),
             custody_graph::Graph::default(),
-        )),
-        _ => engine.attribute(custody_graph::Live::without_graph(
-            custody_graph::Attributor::default(),
         )),
     };
     let engine = Arc::new(engine.build());
