@@ -10,6 +10,7 @@ mod config;
 mod graph;
 mod ingest;
 mod lineage;
+mod replay;
 mod serve;
 mod show;
 mod token;
@@ -20,6 +21,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 pub use config::{Config, ServeArgs};
+pub use replay::{Replayed, replay};
 
 /// Identity runtime attribution and containment for AI agents.
 #[derive(Debug, Parser)]

@@ -53,11 +53,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let replayed = {
         let (store, live) = (store.clone(), live.clone());
-        tokio::task::spawn_blocking(move || replay(&store, &live)).await??
+        tokio::task::spawn_blocking(move || crate::replay(&store, &live)).await??
     };
     tracing::info!(
-        events = replayed.0,
-        seconds = replayed.1.as_secs_f64(),
+        events = replayed.events,
+        skipped = replayed.skipped,
+        seconds = replayed.took.as_secs_f64(),
         "rebuilt attribution from the store"
     );
     let engine = Arc::new(
@@ -140,30 +141,6 @@ fn first_start(store: &Store, data_dir: &Path) -> anyhow::Result<()> {
     );
     println!("{secret}");
     Ok(())
-}
-
-/// Feeds every stored event, in commit order, to the attribute stage's
-/// memory: its bindings and sessions (and its graph, when kept). Returns how many, and how long
-/// it took.
-fn replay(store: &Store, live: &custody_graph::Live) -> anyhow::Result<(u64, std::time::Duration)> {
-    const PAGE: usize = 10_000;
-    let started = std::time::Instant::now();
-    let (mut after, mut count) = (0, 0u64);
-    loop {
-        let page = store.scan(after, PAGE)?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for stored in &page {
-            match stored.event() {
-                Ok(event) => live.replay(&event),
-                Err(error) => {
-                    tracing::warn!(%error, "skipping a stored event that no longer parses")
-                }
-            }
-            count += 1;
-        }
-    }
-    Ok((count, started.elapsed()))
 }
 
 /// The delegation service, with the keys and revocations saved in the data

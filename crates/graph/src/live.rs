@@ -67,6 +67,17 @@ impl Live {
         }
     }
 
+    /// [`Live::replay`] for many events, under one lock.
+    pub fn replay_all(&self, events: &[RuntimeEvent]) {
+        let mut state = self.lock();
+        for event in events {
+            state.attributor.observe(event);
+            if let Some(graph) = &mut state.graph {
+                graph.apply(event);
+            }
+        }
+    }
+
     /// Attributes an event whose submitter proved its chain (`trust`) and
     /// adds it to the graph.
     pub fn attribute_with(&self, event: &mut RuntimeEvent, trust: &Trust) {

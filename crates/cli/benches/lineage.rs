@@ -4,7 +4,7 @@
 //! memory the agent graph holds at that size.
 //!
 //! ```sh
-//! cargo bench -p custody-api --bench lineage -- [EVENTS] [RUNS]    # defaults: 1000000 10000
+//! cargo bench -p custody-cli --bench lineage -- [EVENTS] [RUNS]    # defaults: 1000000 10000
 //! ```
 //!
 //! Each run is an orchestrator agent minted for one of 200 humans, which
@@ -171,27 +171,22 @@ fn fill(store: &Store, live: &Live, events: usize, runs: usize) -> Vec<EventId> 
 /// Rebuilds attribution and the graph from the store, as `custody serve`
 /// does on start; returns a sample of event ids.
 fn replay(store: &Store, live: &Live) -> Vec<EventId> {
-    let started = Instant::now();
-    let (mut after, mut count, mut sample) = (0, 0u64, Vec::new());
-    loop {
-        let page = store.scan(after, 10_000).expect("scanning");
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        for stored in &page {
-            let event = stored.event().expect("stored events parse");
-            if count.is_multiple_of(5000) {
-                sample.push(event.id);
-            }
-            live.replay(&event);
-            count += 1;
-        }
-    }
-    let took = started.elapsed();
+    let replayed = custody_cli::replay(store, live).expect("replaying the store");
     println!(
-        "replay    {count} events in {:.1} s ({:.0} events/s): the start-up cost of `custody serve`",
-        took.as_secs_f64(),
-        count as f64 / took.as_secs_f64()
+        "replay    {} events in {:.1} s ({:.0} events/s): the start-up cost of `custody serve`",
+        replayed.events,
+        replayed.took.as_secs_f64(),
+        replayed.events as f64 / replayed.took.as_secs_f64()
     );
+    // Every 5,000th event, read again by sequence number.
+    let mut sample = Vec::new();
+    let mut after = 0;
+    while sample.len() < READS {
+        let page = store.scan(after, 1).expect("scanning");
+        let Some(stored) = page.first() else { break };
+        sample.push(stored.event().expect("stored events parse").id);
+        after = stored.seq + 5000;
+    }
     sample
 }
 
