@@ -189,6 +189,22 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
         session_record("someone-else", "nobody", "s3:GetObject"),
     );
     assert_eq!(other["attribution"]["method"], "unattributed");
+    // What nothing explains is listed as such, and only that.
+    let (status, listed) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/events?attribution=unattributed",
+        &server.token,
+        Body::None,
+    );
+    assert_eq!(status, 200, "{listed}");
+    let unexplained: Vec<&Value> = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| &record["event"]["id"])
+        .collect();
+    assert_eq!(unexplained, [&other["id"]], "{listed}");
 
     // The lineage of a bound record: alice, her agent, the deployer, each
     // spawned through Custody, then the role session that acted.

@@ -13,7 +13,7 @@ use axum::http::header;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use custody_event::{EventId, EventKind, RuntimeEvent};
+use custody_event::{EventId, RuntimeEvent};
 use custody_store::{Cursor, EventQuery, Order, Store, StoredEvent};
 use futures_util::Stream;
 use futures_util::StreamExt as _;
@@ -35,6 +35,9 @@ pub struct EventParams {
     pub until: Option<String>,
     /// Kinds, comma-separated.
     pub kind: Option<String>,
+    /// Attribution methods, comma-separated: `unattributed` lists the
+    /// events nothing explains.
+    pub attribution: Option<String>,
     /// The current actor's id.
     pub actor: Option<String>,
     /// The id at the root of the chain.
@@ -54,18 +57,8 @@ pub struct EventParams {
 impl EventParams {
     /// The store query these parameters ask for.
     pub fn to_query(&self, now: DateTime<Utc>) -> Result<EventQuery, ApiError> {
-        let kinds = match &self.kind {
-            Some(kinds) => kinds
-                .split(',')
-                .filter(|k| !k.trim().is_empty())
-                .map(|k| {
-                    k.trim()
-                        .parse::<EventKind>()
-                        .map_err(|why| ApiError::BadRequest(format!("kind: {why}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            None => Vec::new(),
-        };
+        let kinds = list("kind", self.kind.as_deref())?;
+        let attributions = list("attribution", self.attribution.as_deref())?;
         let order = match self.order.as_deref() {
             None | Some("newest") => Order::Newest,
             Some("oldest") => Order::Oldest,
@@ -100,6 +93,7 @@ impl EventParams {
                 .map(|t| parse_time("until", t, now))
                 .transpose()?,
             kinds,
+            attributions,
             actor: self.actor.clone(),
             root: self.root.clone(),
             run: self.run.clone(),
@@ -109,6 +103,23 @@ impl EventParams {
             cursor,
         })
     }
+}
+
+/// The comma-separated values of parameter `name`; none when absent.
+fn list<T: std::str::FromStr<Err = String>>(
+    name: &str,
+    text: Option<&str>,
+) -> Result<Vec<T>, ApiError> {
+    text.into_iter()
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(|value| {
+            value
+                .parse::<T>()
+                .map_err(|why| ApiError::BadRequest(format!("{name}: {why}")))
+        })
+        .collect()
 }
 
 /// Reads a time as RFC 3339 or as an age before `now` (`30s`, `15m`, `2h`,
@@ -240,7 +251,7 @@ pub(crate) async fn stream_events(
     ] {
         if given {
             return Err(ApiError::BadRequest(format!(
-                "{name}: the live stream takes only kind, actor, root, run and target"
+                "{name}: the live stream takes only kind, attribution, actor, root, run and target"
             )));
         }
     }
@@ -284,6 +295,8 @@ fn matches(filter: &EventQuery, event: &RuntimeEvent) -> bool {
         wanted.as_deref().is_none_or(|w| have == Some(w))
     };
     (filter.kinds.is_empty() || filter.kinds.contains(&event.kind))
+        && (filter.attributions.is_empty()
+            || filter.attributions.contains(&event.attribution.method))
         && equals(&filter.actor, Some(event.actor.current.id.as_str()))
         && equals(&filter.root, event.actor.root_id())
         && equals(&filter.run, event.actor.run_id())
@@ -326,6 +339,8 @@ fn json_response(body: String) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use custody_event::{AttributionMethod, EventKind};
+
     use super::*;
 
     #[test]
@@ -365,6 +380,13 @@ mod tests {
         );
         check(
             EventParams {
+                attribution: Some("unattributed,guessed".into()),
+                ..Default::default()
+            },
+            "attribution: unknown attribution method \"guessed\"",
+        );
+        check(
+            EventParams {
                 limit: Some(0),
                 ..Default::default()
             },
@@ -393,11 +415,16 @@ mod tests {
         );
         let query = EventParams {
             kind: Some("tool_call, other".into()),
+            attribution: Some("bound,unattributed".into()),
             ..Default::default()
         }
         .to_query(now)
         .unwrap();
         assert_eq!(query.kinds, [EventKind::ToolCall, EventKind::Other]);
+        assert_eq!(
+            query.attributions,
+            [AttributionMethod::Bound, AttributionMethod::Unattributed]
+        );
         assert_eq!(query.limit, 100);
     }
 }

@@ -16,6 +16,10 @@ pub struct Filters {
     /// privilege_change, other.
     #[arg(long)]
     kind: Option<String>,
+    /// Only actions attributed so (comma-separated): authenticated, bound,
+    /// correlated, unattributed (what nothing explains).
+    #[arg(long)]
+    attribution: Option<String>,
     /// Only actions by this actor id.
     #[arg(long)]
     actor: Option<String>,
@@ -35,6 +39,7 @@ impl Filters {
     fn query(&self) -> Vec<(&'static str, String)> {
         [
             ("kind", &self.kind),
+            ("attribution", &self.attribution),
             ("actor", &self.actor),
             ("root", &self.root),
             ("run", &self.run),

@@ -752,6 +752,14 @@ pub enum AttributionMethod {
 }
 
 impl AttributionMethod {
+    /// Every method.
+    pub const ALL: [AttributionMethod; 4] = [
+        AttributionMethod::Authenticated,
+        AttributionMethod::Bound,
+        AttributionMethod::Correlated,
+        AttributionMethod::Unattributed,
+    ];
+
     /// The method's name in the JSON form.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -760,6 +768,23 @@ impl AttributionMethod {
             AttributionMethod::Correlated => "correlated",
             AttributionMethod::Unattributed => "unattributed",
         }
+    }
+}
+
+impl std::str::FromStr for AttributionMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AttributionMethod::ALL
+            .into_iter()
+            .find(|method| method.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = AttributionMethod::ALL.iter().map(|m| m.as_str()).collect();
+                format!(
+                    "unknown attribution method \"{s}\", expected one of: {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 

@@ -4,7 +4,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use custody_engine::Decision;
-use custody_event::{EventKind, RuntimeEvent};
+use custody_event::{AttributionMethod, EventKind, RuntimeEvent};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
@@ -24,6 +24,8 @@ pub struct EventQuery {
     pub until: Option<DateTime<Utc>>,
     /// Only events of one of these kinds; every kind when empty.
     pub kinds: Vec<EventKind>,
+    /// Only events attributed by one of these methods; any when empty.
+    pub attributions: Vec<AttributionMethod>,
     /// Only events whose current actor has this id.
     pub actor: Option<String>,
     /// Only events whose chain has this root id.
@@ -48,6 +50,7 @@ impl Default for EventQuery {
             since: None,
             until: None,
             kinds: Vec::new(),
+            attributions: Vec::new(),
             actor: None,
             root: None,
             run: None,
@@ -434,6 +437,15 @@ pub(crate) fn plan(q: &EventQuery, limit: usize) -> Plan {
             q.kinds
                 .iter()
                 .map(|kind| Value::Integer(crate::schema::kind_code(*kind))),
+        );
+    }
+    if !q.attributions.is_empty() {
+        let marks = vec!["?"; q.attributions.len()].join(", ");
+        filters.push(format!("e.attribution IN ({marks})"));
+        filter_values.extend(
+            q.attributions
+                .iter()
+                .map(|method| Value::Integer(crate::schema::attribution_code(*method))),
         );
     }
     // CROSS JOIN keeps the listed sequence numbers as the outer loop: each

@@ -29,6 +29,7 @@ pub struct PreparedEvent {
     observed_at: i64,
     received_at: i64,
     kind: i64,
+    attribution: i64,
     actor: i64,
     chain_root: Option<i64>,
     run_id: Option<i64>,
@@ -65,6 +66,7 @@ impl PreparedEvent {
             kind,
             observed_at,
             received_at,
+            attribution,
             ..
         } = event;
         Ok(PreparedEvent {
@@ -72,6 +74,7 @@ impl PreparedEvent {
             observed_at: observed_at.timestamp_micros(),
             received_at: received_at.timestamp_micros(),
             kind: crate::schema::kind_code(kind),
+            attribution: crate::schema::attribution_code(attribution.method),
             actor: named.actor,
             chain_root: named.root,
             run_id: named.run,
@@ -168,8 +171,8 @@ pub(crate) fn insert_group<'a>(
     {
         let mut insert_event = tx.prepare_cached(
             "INSERT INTO events
-                 (id, observed_at, received_at, kind, actor, chain_root, run_id, verdict, body, decision)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 (id, observed_at, received_at, kind, actor, chain_root, run_id, verdict, body, decision, attribution)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (id) DO NOTHING",
         )?;
         for event in events {
@@ -184,6 +187,7 @@ pub(crate) fn insert_group<'a>(
                 event.verdict,
                 event.body,
                 event.decision,
+                event.attribution,
             ])?;
             let seq = (inserted == 1).then(|| tx.last_insert_rowid());
             if let Some(seq) = seq {

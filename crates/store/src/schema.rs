@@ -71,6 +71,19 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         revoked_at INTEGER
     ) STRICT;",
+    // Version 2. How each event's chain is known (`attribution_code`), so
+    // the events nothing explains can be listed. An index led by a column
+    // of four values grows at four points, each in time order: appends,
+    // not random inserts. Events stored before it get theirs from their
+    // bodies.
+    "ALTER TABLE events ADD COLUMN attribution INTEGER;
+    UPDATE events SET attribution = CASE json_extract(body, '$.attribution.method')
+        WHEN 'authenticated' THEN 1
+        WHEN 'bound' THEN 2
+        WHEN 'correlated' THEN 3
+        ELSE 4
+    END;
+    CREATE INDEX events_attribution ON events (attribution, observed_at);",
 ];
 
 /// The hash an identifier is stored and indexed under: the first 64 bits of
@@ -93,6 +106,18 @@ pub(crate) fn kind_code(kind: custody_event::EventKind) -> i64 {
         EventKind::Authentication => 6,
         EventKind::PrivilegeChange => 7,
         EventKind::Other => 8,
+    }
+}
+
+/// The number an attribution method is stored as; part of the schema,
+/// never renumbered.
+pub(crate) fn attribution_code(method: custody_event::AttributionMethod) -> i64 {
+    use custody_event::AttributionMethod;
+    match method {
+        AttributionMethod::Authenticated => 1,
+        AttributionMethod::Bound => 2,
+        AttributionMethod::Correlated => 3,
+        AttributionMethod::Unattributed => 4,
     }
 }
 
@@ -267,6 +292,38 @@ mod tests {
         };
         check(Durability::Full, [2, 5000, 1]);
         check(Durability::Normal, [1, 5000, 1]);
+    }
+
+    #[test]
+    fn version_2_takes_each_stored_event_s_attribution_from_its_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custody.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0]).unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            for (seq, method) in [(1, "bound"), (2, "unattributed"), (3, "authenticated")] {
+                let body = format!(r#"{{"attribution":{{"method":"{method}"}}}}"#);
+                tx.execute(
+                    "INSERT INTO events (seq, id, observed_at, received_at, kind, actor, verdict, body)
+                     VALUES (?1, randomblob(16), ?1, ?1, 1, 7, 'allow', ?2)",
+                    rusqlite::params![seq, body],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let conn = open(&path, Durability::Full).unwrap();
+        assert_eq!(user_version(&path), VERSION);
+        let codes: Vec<i64> = conn
+            .prepare("SELECT attribution FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(codes, [2, 4, 1]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use custody_engine::{Decision, Evaluated, Reason, ReasonSource, Record, RecordError, Verdict};
-use custody_event::{EventId, EventKind, decode_value};
+use custody_event::{AttributionMethod, EventId, EventKind, decode_value};
 use rusqlite::Connection;
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -138,6 +138,52 @@ fn scenario() -> Vec<Evaluated> {
         ),
         write,
     ]
+}
+
+#[test]
+fn events_are_listed_by_how_their_chain_is_known() {
+    let (_dir, store) = open();
+    let attributed = |label: &str, second: i64, method: &str| {
+        event(
+            label,
+            second,
+            json!({"attribution": {"method": method, "evidence": [{"type": "test", "detail": label}]}}),
+        )
+    };
+    record(
+        &store,
+        vec![
+            attributed("token", 1, "authenticated"),
+            attributed("key", 2, "bound"),
+            event("nothing", 3, json!({})),
+            attributed("session", 4, "correlated"),
+            event("nothing-either", 5, json!({})),
+        ],
+    );
+    let check = |methods: &[AttributionMethod], actor: Option<&str>, expected: &[&str]| {
+        let q = EventQuery {
+            attributions: methods.to_vec(),
+            actor: actor.map(str::to_owned),
+            ..EventQuery::default()
+        };
+        assert_eq!(walk(&store, &q), expected, "{q:?}");
+    };
+    check(
+        &[AttributionMethod::Unattributed],
+        None,
+        &["nothing-either", "nothing"],
+    );
+    check(
+        &[AttributionMethod::Bound, AttributionMethod::Correlated],
+        None,
+        &["session", "key"],
+    );
+    // With an identifier's posting list driving the query.
+    check(
+        &[AttributionMethod::Authenticated],
+        Some("coder"),
+        &["token"],
+    );
 }
 
 #[test]
