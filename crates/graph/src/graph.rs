@@ -454,32 +454,24 @@ impl Graph {
     pub fn apply(&mut self, event: &RuntimeEvent) {
         let at = event.observed_at;
         let id = event.id;
+        let actor = &event.actor;
         // An unattributed event's chain is only what its source claimed: the
         // graph takes its current actor alone, never a lineage on its word.
-        let unverified;
-        let actor = if event.attribution.method == AttributionMethod::Unattributed
-            && (event.actor.root.is_some() || !event.actor.agents.is_empty())
-        {
-            unverified = custody_event::Actor {
-                root: None,
-                agents: Vec::new(),
-                current: event.actor.current.clone(),
-                credential: event.actor.credential.clone(),
-            };
-            &unverified
+        let (root, agents) = if event.attribution.method == AttributionMethod::Unattributed {
+            (None, &[][..])
         } else {
-            &event.actor
+            (actor.root.as_ref(), &actor.agents[..])
         };
         // The chain's hops, root first.
-        let mut path: Vec<u32> = Vec::with_capacity(actor.agents.len() + 2);
-        if let Some(root) = &actor.root {
+        let mut path: Vec<u32> = Vec::with_capacity(agents.len() + 2);
+        if let Some(root) = root {
             let kind = match root.kind {
                 PrincipalKind::Service => NodeKind::Service,
                 _ => NodeKind::Human,
             };
             path.push(self.node(kind, &root.id, root.name.as_deref(), at));
         }
-        let hops = actor.agents.iter().chain(std::iter::once(&actor.current));
+        let hops = agents.iter().chain(std::iter::once(&actor.current));
         // Whether every link so far was seen before: their children, depth
         // and fan-out are then counted already.
         let mut seen_before = true;
@@ -488,7 +480,7 @@ impl Graph {
             let below_agent = depth > 0;
             let hop = self.hop(principal, below_agent, at);
             if !path.is_empty() {
-                let kind = if parent_is_root(actor.root.is_some(), path.len()) {
+                let kind = if parent_is_root(root.is_some(), path.len()) {
                     EdgeKind::Deployed
                 } else {
                     EdgeKind::Delegated
