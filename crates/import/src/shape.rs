@@ -94,23 +94,45 @@ impl<'a> Records<'a> {
     /// The elements of a JSON array (`text`, part of the input), each a
     /// record. A syntax error ends the array: what came before is kept.
     fn array(&mut self, text: &'a [u8]) {
+        let before = self.records.len();
         let mut deserializer = serde_json::Deserializer::from_slice(text);
         let result = deserializer
             .deserialize_seq(ElementsVisitor(self))
             .and_then(|()| deserializer.end());
         if let Err(error) = result {
-            self.syntax_error(text, &error);
+            self.syntax_error(text, &error, before);
         }
     }
 
-    /// Records an error at the place serde_json reports in `text`.
-    fn syntax_error(&mut self, text: &'a [u8], error: &serde_json::Error) {
-        let offset = self.offset_in(text) + offset_of_line(text, error.line());
-        let message = match error.classify() {
-            serde_json::error::Category::Eof => {
-                format!("truncated JSON, no record after this one can be read: {error}")
+    /// Records a syntax error in `text`, as the record that follows the
+    /// last one read from it (the `before`th of the input read before
+    /// `text`), or `text` itself when none was.
+    fn syntax_error(&mut self, text: &'a [u8], error: &serde_json::Error, before: usize) {
+        let what = match error.classify() {
+            serde_json::error::Category::Eof => "truncated JSON",
+            _ => "invalid JSON",
+        };
+        let last = self
+            .records
+            .get(before..)
+            .and_then(|read| read.last())
+            .and_then(|(_, record)| record.as_ref().ok())
+            .map(|raw| self.offset_of(raw) + raw.get().len());
+        let (offset, message) = match last {
+            // The next record starts after the separator.
+            Some(end) => {
+                let next = self
+                    .input
+                    .get(end..)
+                    .and_then(|rest| {
+                        rest.iter()
+                            .position(|b| !b.is_ascii_whitespace() && *b != b',')
+                    })
+                    .map_or(end, |skip| end + skip);
+                let message = format!("{what}, no record after this one can be read: {error}");
+                (next, message)
             }
-            _ => format!("invalid JSON, no record after this one can be read: {error}"),
+            None => (self.offset_in(text), format!("{what}: {error}")),
         };
         self.push_error(offset, FieldError::at("", message));
     }
@@ -142,6 +164,7 @@ impl<'a> Records<'a> {
     /// wrapped file, read one by one so those before a syntax error are
     /// kept, or one record.
     fn object(&mut self, text: &'a [u8], wrapper: Option<&str>) {
+        let before = self.records.len();
         let mut deserializer = serde_json::Deserializer::from_slice(text);
         let found = deserializer
             .deserialize_map(WrapperVisitor {
@@ -159,9 +182,9 @@ impl<'a> Records<'a> {
             }
             Ok(Found::None) => match serde_json::from_slice::<&RawValue>(text) {
                 Ok(raw) => self.push(raw),
-                Err(error) => self.syntax_error(text, &error),
+                Err(error) => self.syntax_error(text, &error, before),
             },
-            Err(error) => self.syntax_error(text, &error),
+            Err(error) => self.syntax_error(text, &error, before),
         }
     }
 
@@ -217,16 +240,6 @@ impl<'a> Records<'a> {
             }
         }
     }
-}
-
-/// The byte offset of the start of `line` (from 1) in `text`.
-fn offset_of_line(text: &[u8], line: usize) -> usize {
-    if line <= 1 {
-        return 0;
-    }
-    memchr::memchr_iter(b'\n', text)
-        .nth(line - 2)
-        .map_or(text.len(), |at| at + 1)
 }
 
 /// Reads a JSON array's elements into `Records`, one by one, so those before
@@ -348,15 +361,18 @@ fn second_line_is_a_value(text: &[u8]) -> bool {
         .is_some_and(|line| serde_json::from_slice::<&RawValue>(line).is_ok())
 }
 
-/// Turns increasing byte offsets into line numbers from 1.
-struct LineCounter<'a> {
+/// Turns increasing byte offsets into line numbers from 1, counting each
+/// newline once.
+#[derive(Debug)]
+pub struct LineCounter<'a> {
     text: &'a [u8],
     offset: usize,
     line: usize,
 }
 
 impl<'a> LineCounter<'a> {
-    fn new(text: &'a [u8]) -> Self {
+    /// A counter over `text`, at its start.
+    pub fn new(text: &'a [u8]) -> Self {
         LineCounter {
             text,
             offset: 0,
@@ -364,7 +380,9 @@ impl<'a> LineCounter<'a> {
         }
     }
 
-    fn line_at(&mut self, offset: usize) -> usize {
+    /// The line of the byte at `offset`; offsets are asked in increasing
+    /// order (an earlier one answers the last line reached).
+    pub fn line_at(&mut self, offset: usize) -> usize {
         if offset > self.offset {
             let skipped = self.text.get(self.offset..offset).unwrap_or_default();
             self.line += memchr::memchr_iter(b'\n', skipped).count();
