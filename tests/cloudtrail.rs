@@ -12,7 +12,7 @@ use std::io::Write as _;
 use std::process::Output;
 use std::time::Duration;
 
-use common::{Body, Server, call};
+use common::{Body, Server, call, call_ok, mint_agent_token};
 use serde_json::{Value, json};
 
 /// A CloudTrail record of `name` by an assumed-role session.
@@ -243,4 +243,69 @@ fn the_cloudtrail_endpoint_takes_a_gzipped_records_file() {
     let viewer = String::from_utf8(viewer.stdout).unwrap();
     assert_eq!(post(viewer.trim(), gzip(body.as_bytes())).0, 403);
     assert_eq!(post(&server.token, gzip(b"  ")).0, 400);
+}
+
+/// Posts `body` to `POST /v1/ingest/cloudtrail` with `token`.
+fn post_records(server: &Server, token: &str, body: Value) -> Value {
+    let path = "/v1/ingest/cloudtrail";
+    call_ok(server, reqwest::Method::POST, path, token, Body::Json(body))
+}
+
+#[test]
+fn records_of_a_role_session_an_agent_opened_are_bound_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let agent = &mint_agent_token(&server, "alice@example.com", "deployer", "run-0.d");
+
+    // The agent reports its own sts:AssumeRole record, as CloudTrail wrote
+    // it, with its token.
+    let now = chrono::Utc::now();
+    let time = |minutes: i64| (now + chrono::Duration::minutes(minutes)).to_rfc3339();
+    let expiration = (now + chrono::Duration::hours(1))
+        .format("%b %-d, %Y, %-I:%M:%S %p")
+        .to_string();
+    let assume = json!({
+        "eventVersion": "1.08",
+        "userIdentity": {"type": "IAMUser", "principalId": "AIDAEXAMPLE",
+                         "arn": "arn:aws:iam::111122223333:user/ci", "accountId": "111122223333",
+                         "accessKeyId": "AKIAEXAMPLE", "userName": "ci"},
+        "eventTime": time(-10),
+        "eventSource": "sts.amazonaws.com",
+        "eventName": "AssumeRole",
+        "awsRegion": "us-east-1",
+        "requestParameters": {"roleArn": "arn:aws:iam::111122223333:role/deployer",
+                              "roleSessionName": "deploy-run-0.d", "sourceIdentity": "run-0.d"},
+        "responseElements": {"credentials": {"accessKeyId": "ASIAEXAMPLE", "expiration": expiration},
+                             "sourceIdentity": "run-0.d"},
+        "eventID": "assume-1",
+        "recipientAccountId": "111122223333"
+    });
+    let answer = post_records(&server, agent, assume);
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    let assumed = stored(&server, "assume-1").unwrap();
+    assert_eq!(
+        assumed["attribution"]["method"], "authenticated",
+        "{assumed}"
+    );
+
+    // The session's records, from the account's trail, are bound to the
+    // agent under its human; another session's are not.
+    let mut session = record("read-1", "GetObject", "q3.csv");
+    session["eventTime"] = json!(time(-5));
+    let mut other = record("read-2", "GetObject", "q4.csv");
+    other["eventTime"] = json!(time(-5));
+    other["userIdentity"]["arn"] = json!("arn:aws:sts::111122223333:assumed-role/deployer/other");
+    other["userIdentity"]["accessKeyId"] = json!("ASIAOTHER");
+    other["userIdentity"]["sessionContext"]["sourceIdentity"] = json!("someone-else");
+    let answer = post_records(&server, &server.token, json!({"Records": [session, other]}));
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    let bound = stored(&server, "read-1").unwrap();
+    assert_eq!(bound["attribution"]["method"], "bound", "{bound}");
+    assert_eq!(bound["actor"]["root"]["id"], "alice@example.com");
+    assert_eq!(bound["actor"]["agents"][0]["run_id"], "run-0.d");
+    let unbound = stored(&server, "read-2").unwrap();
+    assert_eq!(
+        unbound["attribution"]["method"], "unattributed",
+        "{unbound}"
+    );
 }
