@@ -12,17 +12,18 @@
 //! - `target`: by the table in `target.rs`.
 //! - `outcome`: `denied` when `errorCode` says access was refused
 //!   (`AccessDenied`, `UnauthorizedOperation`, `*AccessDenied*`,
-//!   `Unauthorized*`), `failure` for any other `errorCode` or a console
+//!   `Unauthorized*`, also after EC2's `Client.`), `failure` for any other `errorCode` or a console
 //!   sign-in whose response says `Failure`, else `success`; the reason is
 //!   `errorCode: errorMessage`.
 //! - `context`: `request_id` from `requestID`, `session_id` from a
 //!   temporary access key.
 //! - `attributes`: flat `aws.*` strings and booleans (region, source IP,
 //!   user agent, read-only, category, event type, the TLS host, the
-//!   identity's fields) and, for `sts:AssumeRole*`, what attribution learns a
+//!   identity's fields) and, for a successful `sts:AssumeRole*`, what attribution learns a
 //!   binding from: the new session's name (`aws.role_session_name`), source
 //!   identity (`aws.source_identity`) and end (`aws.session_expires`), and
-//!   the temporary key issued (`aws.issued_access_key_id`); for
+//!   the temporary key issued (`aws.issued_access_key_id`); the caller's
+//!   own session stays named by its `aws_role_session` credential; for
 //!   `iam:*AccessKey`, the user whose key it is (`aws.key_user`).
 //! - `observed_at`: `eventTime`, in any of the forms CloudTrail and its
 //!   exporters write (`2024-07-31T13:06:24Z`, `2024-06-02 19:41:40.000000000`).
@@ -128,7 +129,9 @@ fn map(record: Fields<'_>, observed_at: DateTime<Utc>) -> Result<NewEvent, Field
             attributes.insert(key.to_owned(), Value::Bool(flag));
         }
     }
-    if service == "sts" && name.starts_with("AssumeRole") {
+    // A refused call opened no session: naming one would let attribution
+    // bind a later session of that name to this caller.
+    if service == "sts" && name.starts_with("AssumeRole") && !record.has("errorCode") {
         assumed_session(record, &mut attributes);
     }
     Ok(NewEvent {
@@ -212,8 +215,13 @@ fn outcome(record: Fields<'_>) -> Outcome {
 }
 
 /// Whether an `errorCode` says the caller was refused rather than that the
-/// call failed.
+/// call failed. EC2 prefixes its codes with who was at fault
+/// (`Client.UnauthorizedOperation`).
 fn is_denial(code: &str) -> bool {
+    let code = code
+        .strip_prefix("Client.")
+        .or_else(|| code.strip_prefix("Server."))
+        .unwrap_or(code);
     code.contains("AccessDenied") || code.starts_with("Unauthorized") || code == "Forbidden"
 }
 

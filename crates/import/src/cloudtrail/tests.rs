@@ -272,6 +272,23 @@ fn assuming_a_role_names_the_session_attribution_learns() {
 }
 
 #[test]
+fn a_refused_assume_role_names_no_session() {
+    let event = event(record(
+        "sts",
+        "AssumeRole",
+        json!({"errorCode": "AccessDenied",
+               "requestParameters": {"roleArn": "arn:aws:iam::111122223333:role/deployer",
+                                     "roleSessionName": "deploy-run-0.d"}}),
+    ));
+    assert_eq!(event.outcome.status, OutcomeStatus::Denied);
+    assert!(
+        event.target.principal.is_some(),
+        "the role it tried is still the target"
+    );
+    assert_eq!(attribute(&event, "aws.role_session_name"), None);
+}
+
+#[test]
 fn targets_come_from_the_request_then_the_resources() {
     let check = |source: &str, name: &str, extra: Value, resource: &str, kind: &str| {
         let event = event(record(source, name, extra));
@@ -400,7 +417,7 @@ fn errors_are_failures_and_refusals_are_denials() {
     );
     check(
         json!({"errorCode": "Client.UnauthorizedOperation"}),
-        OutcomeStatus::Failure,
+        OutcomeStatus::Denied,
         Some("Client.UnauthorizedOperation"),
     );
     check(
