@@ -666,7 +666,11 @@ mod tests {
     use super::*;
 
     fn read_all(file: &Path) -> Vec<String> {
-        let mut items = Items::open(file, Format::Custody).unwrap();
+        read_all_as(file, Format::Custody)
+    }
+
+    fn read_all_as(file: &Path, format: Format) -> Vec<String> {
+        let mut items = Items::open(file, format).unwrap();
         let mut out = Vec::new();
         while let Some(item) = items.next_item() {
             out.push(match item {
@@ -740,6 +744,46 @@ mod tests {
             "{last}"
         );
         assert!(items.len() > 1, "the readable part is kept");
+    }
+
+    #[test]
+    fn cloudtrail_files_are_whole_unless_ndjson_and_records_keep_their_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |name: &str| {
+            format!(
+                r#"{{"eventName":"{name}","eventSource":"s3.amazonaws.com","eventTime":"2026-11-25T10:00:00Z","eventID":"{name}"}}"#
+            )
+        };
+        // Pretty-printed: one item, the importer finds the records' lines.
+        let pretty = dir.path().join("pretty.json");
+        let text = format!(
+            "{{\"Records\": [\n  {},\n  {}\n]}}\n",
+            record("A"),
+            record("B")
+        );
+        std::fs::write(&pretty, &text).unwrap();
+        let items = read_all_as(&pretty, Format::Cloudtrail);
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert!(items[0].starts_with("1: {\"Records\""), "{items:?}");
+        let lines: Vec<usize> = prepare_records(1, text.as_bytes())
+            .into_iter()
+            .map(|(line, event)| {
+                assert!(event.is_ok());
+                line
+            })
+            .collect();
+        assert_eq!(lines, [2, 3]);
+        // NDJSON: one item a line, numbered in the file.
+        let ndjson = dir.path().join("export.ndjson");
+        std::fs::write(&ndjson, format!("{}\n\n{}\n", record("A"), record("B"))).unwrap();
+        let items = read_all_as(&ndjson, Format::Cloudtrail);
+        assert_eq!(items.len(), 2);
+        assert!(items[1].starts_with("3: "), "{items:?}");
+        let (line, refused) = prepare_records(7, b"[1]").pop().unwrap();
+        assert_eq!(
+            (line, refused),
+            (7, Err("record: a record is a JSON object".into()))
+        );
     }
 
     #[test]
