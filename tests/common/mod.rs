@@ -260,6 +260,37 @@ pub fn call(
     })
 }
 
+/// Calls the API like [`call`], and returns the answer after checking it is
+/// a `200`.
+pub fn call_ok(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Body,
+) -> serde_json::Value {
+    let (status, answer) = call(server, method, path, token, body);
+    assert_eq!(status, 200, "{path}: {answer}");
+    answer
+}
+
+/// Mints an agent token for `agent` in `run`, deployed by the human `human`,
+/// with the server's admin token.
+pub fn mint_agent_token(server: &Server, human: &str, agent: &str, run: &str) -> String {
+    let minted = call_ok(
+        server,
+        reqwest::Method::POST,
+        "/v1/agent-tokens",
+        &server.token,
+        Body::Json(serde_json::json!({
+            "subject": {"type": "human", "id": human},
+            "agent": {"id": agent, "run_id": run},
+            "expires_in": 3600,
+        })),
+    );
+    minted["access_token"].as_str().unwrap().to_owned()
+}
+
 /// The form of an RFC 8693 exchange of `subject` for a token of its
 /// sub-agent `actor` in `run`.
 pub fn exchange_form(subject: &str, actor: &str, run: &str) -> Body {

@@ -1,10 +1,13 @@
-//! The JSON event collector: `POST /v1/events`.
+//! The collectors: JSON events (`POST /v1/events`) and audit-log records
+//! (`POST /v1/ingest/cloudtrail`).
 //!
-//! A body is a JSON array of events, one JSON object, or NDJSON (one event a
-//! line), optionally gzip-compressed. Every item is decoded on its own so a
-//! bad item costs only itself: the answer lists the id of each accepted item
-//! and, for each refused one, its index, the field at fault and why. The
-//! answer is sent only once the accepted items are durable.
+//! A body of events is a JSON array, one JSON object, or NDJSON (one event a
+//! line); a body of records is any shape its importer reads
+//! (`custody_import::shape`). Either may be gzip-compressed. Every item is
+//! decoded on its own so a bad item costs only itself: the answer lists the
+//! id of each accepted item and, for each refused one, its index, the field
+//! at fault and why. The answer is sent only once the accepted items are
+//! durable.
 
 use std::io::Read;
 
@@ -14,6 +17,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use custody_event::{DecodeError, EventId, NewEvent};
+use custody_import::Source;
 use flate2::read::MultiGzDecoder;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -59,8 +63,62 @@ pub(crate) async fn post_events(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Ingest)?;
     let started = std::time::Instant::now();
+    let body = read_body(&state, &headers, body).await?;
+    let items = split(&headers, &body)?;
+    if items.is_empty() {
+        return Err(ApiError::BadRequest("the body holds no events".into()));
+    }
+    let mut batch = Batch::default();
+    for (index, item) in items.into_iter().enumerate() {
+        match item.decode() {
+            Ok(event) => batch.accept(index, event),
+            Err((line, error)) => batch.refuse(ItemError {
+                index,
+                line,
+                path: error.path,
+                message: error.message,
+            }),
+        }
+    }
+    submit(&state, &caller, started, batch).await
+}
+
+/// `POST /v1/ingest/{format}`: the records of an audit log, in any shape
+/// the format's importer reads (`custody_import::shape`), each mapped to an
+/// event by `S`. A record that cannot be read or mapped is refused with its
+/// index, line, field and reason, like an event of `POST /v1/events`.
+pub(crate) async fn post_import<S: Source + Default>(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Ingest)?;
+    let started = std::time::Instant::now();
+    let body = read_body(&state, &headers, body).await?;
+    let imported = custody_import::import(&S::default(), &body, Utc::now());
+    if imported.is_empty() {
+        return Err(ApiError::BadRequest("the body holds no records".into()));
+    }
+    let mut batch = Batch::default();
+    for item in imported {
+        match item {
+            Ok((at, event)) => batch.accept(at.index, event),
+            Err(refused) => batch.refuse(ItemError {
+                index: refused.position.index,
+                line: Some(refused.position.line),
+                path: refused.error.path,
+                message: refused.error.message,
+            }),
+        }
+    }
+    submit(&state, &caller, started, batch).await
+}
+
+/// Reads a request body under the collector's limits, decompressed.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = state.limits.max_body_bytes;
-    if let Some(length) = content_length(&headers)
+    if let Some(length) = content_length(headers)
         && length > limit
     {
         return Err(ApiError::TooLarge {
@@ -74,29 +132,42 @@ pub(crate) async fn post_events(
             what: "the request body",
             limit,
         })?;
-    let body = decompress(&headers, body, state.limits.max_decompressed_bytes)?;
-    let items = split(&headers, &body)?;
-    if items.is_empty() {
-        return Err(ApiError::BadRequest("the body holds no events".into()));
+    decompress(headers, body, state.limits.max_decompressed_bytes)
+}
+
+/// The items of one request: the events accepted, each with its position,
+/// and why the others were refused.
+#[derive(Default)]
+struct Batch {
+    events: Vec<NewEvent>,
+    positions: Vec<usize>,
+    errors: Vec<ItemError>,
+}
+
+impl Batch {
+    fn accept(&mut self, index: usize, event: NewEvent) {
+        self.events.push(event);
+        self.positions.push(index);
     }
 
-    let mut events = Vec::with_capacity(items.len());
-    let mut positions = Vec::with_capacity(items.len());
-    let mut errors = Vec::new();
-    for (index, item) in items.into_iter().enumerate() {
-        match item.decode() {
-            Ok(event) => {
-                events.push(event);
-                positions.push(index);
-            }
-            Err((line, error)) => errors.push(ItemError {
-                index,
-                line,
-                path: error.path,
-                message: error.message,
-            }),
-        }
+    fn refuse(&mut self, error: ItemError) {
+        self.errors.push(error);
     }
+}
+
+/// Sends the accepted events of a batch through the engine and answers once
+/// they are durable.
+async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    started: std::time::Instant,
+    batch: Batch,
+) -> Result<Response, ApiError> {
+    let Batch {
+        events,
+        positions,
+        errors,
+    } = batch;
     let total = positions.len() + errors.len();
     if events.is_empty() {
         state.metrics.events_rejected.inc_by(errors.len() as u64);
@@ -132,6 +203,9 @@ pub(crate) async fn post_events(
         .ack_latency
         .observe(started.elapsed().as_secs_f64());
 
+    // Positions are the items' indexes: they may skip (a record refused
+    // before it could be counted), so the answer has room for the largest.
+    let total = total.max(positions.last().map_or(0, |last| last + 1));
     let mut ids = vec![None; total];
     for (position, id) in positions.into_iter().zip(ingested.ids) {
         if let Some(slot) = ids.get_mut(position) {

@@ -117,6 +117,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/events",
             post(collect::post_events).get(query::list_events),
         )
+        .route(
+            "/v1/ingest/cloudtrail",
+            post(collect::post_import::<custody_import::CloudTrail>),
+        )
         .route("/v1/events/stream", get(query::stream_events))
         .route("/v1/events/{id}", get(query::get_event))
         .route("/v1/export/ocsf", get(query::export_ocsf))

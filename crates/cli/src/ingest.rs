@@ -7,6 +7,14 @@
 //! from their file, line and content, which makes sending the same item twice
 //! harmless, and the last acknowledged line of each file is kept in a
 //! progress file so an interrupted import resumes where it stopped.
+//!
+//! With `--format cloudtrail`, files hold AWS CloudTrail records instead
+//! (delivered `{"Records": [...]}` files, `.json.gz` or not, arrays, NDJSON).
+//! They are mapped to events here, by `custody-import`, so a bad record is
+//! reported with its file and line before anything is sent, and the events
+//! go to `POST /v1/events` in the same batches, with the same retries and
+//! progress as Custody events. Their ids come from the records' `eventID`,
+//! so a record sent twice, from any file, is stored once.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -36,6 +44,9 @@ pub struct IngestArgs {
     /// Events per request.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch: u32,
+    /// What the files hold: Custody events, or AWS CloudTrail records.
+    #[arg(long, value_enum, default_value_t = Format::Custody)]
+    format: Format,
     /// Send every file from its start, ignoring recorded progress.
     #[arg(long)]
     restart: bool,
@@ -43,6 +54,15 @@ pub struct IngestArgs {
     /// or ~/.local/state/custody/ingest].
     #[arg(long, env = "CUSTODY_STATE_DIR")]
     state_dir: Option<PathBuf>,
+}
+
+/// What the files hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Custody events (JSON), as `POST /v1/events` takes them.
+    Custody,
+    /// AWS CloudTrail records.
+    Cloudtrail,
 }
 
 /// Largest request body `ingest` builds, half the server's default limit, so
@@ -176,10 +196,11 @@ fn head_digest(file: &Path, size: u64) -> anyhow::Result<String> {
         .collect())
 }
 
-/// One batch on its way: the lines of its items, its body (kept to send it
-/// again) and the request.
+/// One batch on its way: the lines of its items, the last line done once it
+/// is acknowledged, its body (kept to send it again) and the request.
 struct Pending {
     lines: Vec<usize>,
+    through: usize,
     body: Vec<u8>,
     request: JoinHandle<anyhow::Result<Result<serde_json::Value, Refusal>>>,
 }
@@ -256,7 +277,7 @@ async fn ingest_file(
     let mut batch: Vec<u8> = Vec::new();
     let mut lines: Vec<usize> = Vec::new();
     let batch_size = args.batch as usize;
-    let mut items = Items::open(file)?;
+    let mut items = Items::open(file, args.format)?;
     while let Some(item) = items.next_item() {
         let (line, bytes) = match item {
             Ok(item) => item,
@@ -273,26 +294,44 @@ async fn ingest_file(
             upload.totals.skipped += 1;
             continue;
         }
-        match prepare(&canonical, line, &bytes) {
-            Ok(event) => {
-                batch.extend_from_slice(&event);
-                batch.push(b'\n');
-                lines.push(line);
+        let events = match args.format {
+            Format::Custody => vec![(line, prepare(&canonical, line, &bytes))],
+            Format::Cloudtrail => prepare_records(line, &bytes),
+        };
+        let count = events.len();
+        for (n, (at, event)) in events.into_iter().enumerate() {
+            match event {
+                Ok(event) => {
+                    batch.extend_from_slice(&event);
+                    batch.push(b'\n');
+                    lines.push(at);
+                }
+                Err(error) => {
+                    upload.totals.rejected += 1;
+                    bar.suspend(|| eprintln!("{}:{at}: {error}", file.display()));
+                }
             }
-            Err(error) => {
-                upload.totals.rejected += 1;
-                bar.suspend(|| eprintln!("{}:{line}: {error}", file.display()));
-            }
-        }
-        if lines.len() >= batch_size || batch.len() >= MAX_BATCH_BYTES {
-            upload.send(std::mem::take(&mut batch), std::mem::take(&mut lines));
-            if upload.pending.len() >= IN_FLIGHT {
-                upload.settle().await?;
+            if lines.len() >= batch_size || batch.len() >= MAX_BATCH_BYTES {
+                // An item cut between two batches is done only with the
+                // second: resuming after the first sends it again, whole.
+                let through = if n + 1 == count {
+                    line
+                } else {
+                    line.saturating_sub(1)
+                };
+                upload.send(
+                    std::mem::take(&mut batch),
+                    std::mem::take(&mut lines),
+                    through,
+                );
+                if upload.pending.len() >= IN_FLIGHT {
+                    upload.settle().await?;
+                }
             }
         }
     }
     if !lines.is_empty() {
-        upload.send(batch, lines);
+        upload.send(batch, lines, items.last_line);
     }
     while !upload.pending.is_empty() {
         upload.settle().await?;
@@ -303,8 +342,8 @@ async fn ingest_file(
 }
 
 /// Checks one item locally and gives it an id if it has none.
-fn prepare(file: &Path, line: usize, bytes: &[u8]) -> Result<Vec<u8>, custody_event::DecodeError> {
-    let mut event = custody_event::decode(bytes)?;
+fn prepare(file: &Path, line: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let mut event = custody_event::decode(bytes).map_err(|error| error.to_string())?;
     if event.id.is_none() {
         let mut name = file.to_string_lossy().into_owned().into_bytes();
         name.extend_from_slice(format!(":{line}:").as_bytes());
@@ -314,12 +353,38 @@ fn prepare(file: &Path, line: usize, bytes: &[u8]) -> Result<Vec<u8>, custody_ev
     Ok(serde_json::to_vec(&event).unwrap_or_default())
 }
 
+/// The events of the CloudTrail records in one item starting on `line`,
+/// each with the line its record starts on, or why it was refused.
+fn prepare_records(line: usize, bytes: &[u8]) -> Vec<(usize, Result<Vec<u8>, String>)> {
+    let imported = custody_import::import(&custody_import::CloudTrail, bytes, chrono::Utc::now());
+    let several = imported.len() > 1;
+    imported
+        .into_iter()
+        .map(|item| match item {
+            Ok((at, event)) => (
+                line + at.line - 1,
+                Ok(serde_json::to_vec(&event).unwrap_or_default()),
+            ),
+            Err(refused) => {
+                let at = refused.position;
+                let error = if several {
+                    format!("record {}: {}", at.index, refused.error)
+                } else {
+                    refused.error.to_string()
+                };
+                (line + at.line - 1, Err(error))
+            }
+        })
+        .collect()
+}
+
 impl Upload<'_> {
     /// Starts sending a batch.
-    fn send(&mut self, body: Vec<u8>, lines: Vec<usize>) {
+    fn send(&mut self, body: Vec<u8>, lines: Vec<usize>, through: usize) {
         let request = self.request(body.clone());
         self.pending.push_back(Pending {
             lines,
+            through,
             body,
             request,
         });
@@ -338,6 +403,7 @@ impl Upload<'_> {
     async fn settle(&mut self) -> anyhow::Result<()> {
         let Some(Pending {
             lines,
+            through,
             body,
             mut request,
         }) = self.pending.pop_front()
@@ -380,7 +446,7 @@ impl Upload<'_> {
             Err(refusal) => anyhow::bail!("{file}: {refusal}"),
         };
         report_rejects(self.file, &lines, errors, self.bar, self.totals);
-        self.progress.done_through = lines.last().copied().unwrap_or(self.progress.done_through);
+        self.progress.done_through = self.progress.done_through.max(through);
         save_progress(&self.state_path, &self.progress)
     }
 }
@@ -429,7 +495,7 @@ enum Source {
 }
 
 impl Items {
-    fn open(file: &Path) -> anyhow::Result<Items> {
+    fn open(file: &Path, format: Format) -> anyhow::Result<Items> {
         let raw =
             std::fs::File::open(file).with_context(|| format!("opening `{}`", file.display()))?;
         let mut reader: Box<dyn BufRead + Send> =
@@ -464,7 +530,22 @@ impl Items {
             break;
         }
         let multi_line = first.starts_with('[') || first == "{";
-        let source = if multi_line {
+        // CloudTrail delivers one `{"Records": [...]}` object a file, on one
+        // line or pretty-printed: unless its first line is a record of its
+        // own (NDJSON), the file is one item, which the importer splits
+        // into records, keeping those before any syntax error.
+        let whole = format == Format::Cloudtrail
+            && (multi_line || serde_json::from_str::<serde::de::IgnoredAny>(&first).is_err());
+        let source = if whole {
+            let mut text = Vec::new();
+            let mut items = Vec::new();
+            let read = reader.read_to_end(&mut text);
+            items.push((1, Ok(text)));
+            if let Err(error) = read {
+                items.push((0, Err(describe_read_error(&error))));
+            }
+            Source::Values(items.into_iter())
+        } else if multi_line {
             let mut text = Vec::new();
             reader.read_to_end(&mut text).map_err(|e| {
                 anyhow::anyhow!("`{}`: {}", file.display(), describe_read_error(&e))
@@ -537,7 +618,7 @@ fn describe_read_error(error: &std::io::Error) -> String {
 /// saying where.
 fn split_values(text: &[u8]) -> Vec<(usize, Result<Vec<u8>, String>)> {
     use serde_json::value::RawValue;
-    let mut lines = LineCounter::new(text);
+    let mut lines = custody_import::shape::LineCounter::new(text);
     let trimmed = text
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -578,33 +659,6 @@ fn split_values(text: &[u8]) -> Vec<(usize, Result<Vec<u8>, String>)> {
     items
 }
 
-/// Turns increasing byte offsets into line numbers from 1, counting each
-/// newline once.
-struct LineCounter<'a> {
-    text: &'a [u8],
-    offset: usize,
-    line: usize,
-}
-
-impl<'a> LineCounter<'a> {
-    fn new(text: &'a [u8]) -> Self {
-        LineCounter {
-            text,
-            offset: 0,
-            line: 1,
-        }
-    }
-
-    fn line_at(&mut self, offset: usize) -> usize {
-        if offset > self.offset {
-            let skipped = self.text.get(self.offset..offset).unwrap_or_default();
-            self.line += skipped.iter().filter(|b| **b == b'\n').count();
-            self.offset = offset;
-        }
-        self.line
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;
@@ -612,7 +666,11 @@ mod tests {
     use super::*;
 
     fn read_all(file: &Path) -> Vec<String> {
-        let mut items = Items::open(file).unwrap();
+        read_all_as(file, Format::Custody)
+    }
+
+    fn read_all_as(file: &Path, format: Format) -> Vec<String> {
+        let mut items = Items::open(file, format).unwrap();
         let mut out = Vec::new();
         while let Some(item) = items.next_item() {
             out.push(match item {
@@ -686,6 +744,46 @@ mod tests {
             "{last}"
         );
         assert!(items.len() > 1, "the readable part is kept");
+    }
+
+    #[test]
+    fn cloudtrail_files_are_whole_unless_ndjson_and_records_keep_their_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |name: &str| {
+            format!(
+                r#"{{"eventName":"{name}","eventSource":"s3.amazonaws.com","eventTime":"2026-11-25T10:00:00Z","eventID":"{name}"}}"#
+            )
+        };
+        // Pretty-printed: one item, the importer finds the records' lines.
+        let pretty = dir.path().join("pretty.json");
+        let text = format!(
+            "{{\"Records\": [\n  {},\n  {}\n]}}\n",
+            record("A"),
+            record("B")
+        );
+        std::fs::write(&pretty, &text).unwrap();
+        let items = read_all_as(&pretty, Format::Cloudtrail);
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert!(items[0].starts_with("1: {\"Records\""), "{items:?}");
+        let lines: Vec<usize> = prepare_records(1, text.as_bytes())
+            .into_iter()
+            .map(|(line, event)| {
+                assert!(event.is_ok());
+                line
+            })
+            .collect();
+        assert_eq!(lines, [2, 3]);
+        // NDJSON: one item a line, numbered in the file.
+        let ndjson = dir.path().join("export.ndjson");
+        std::fs::write(&ndjson, format!("{}\n\n{}\n", record("A"), record("B"))).unwrap();
+        let items = read_all_as(&ndjson, Format::Cloudtrail);
+        assert_eq!(items.len(), 2);
+        assert!(items[1].starts_with("3: "), "{items:?}");
+        let (line, refused) = prepare_records(7, b"[1]").pop().unwrap();
+        assert_eq!(
+            (line, refused),
+            (7, Err("record: a record is a JSON object".into()))
+        );
     }
 
     #[test]
