@@ -4,13 +4,12 @@
 //! another source are attributed to that sub-agent under the human, records
 //! of other sessions are not, and the lineage shows the whole chain.
 //!
-//! Records come in as JSON events carrying what the CloudTrail importer
-//! (to come) reads from `userIdentity`: an `aws_role_session` credential,
-//! the session name and the `sourceIdentity`.
+//! The session's records arrive as AWS delivers them: a CloudTrail log file
+//! (`{"Records": [...]}`) posted to `POST /v1/ingest/cloudtrail`.
 
 mod common;
 
-use common::{Body, Server, call};
+use common::{Body, Server, call, stored_event};
 use serde_json::{Value, json};
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -45,15 +44,7 @@ fn post(server: &Server, token: &str, event: Value) -> Value {
         Body::Json(event),
     );
     assert_eq!(status, 200, "{answer}");
-    let id = answer["ids"][0].as_str().unwrap();
-    let (_, stored) = call(
-        server,
-        reqwest::Method::GET,
-        &format!("/v1/events/{id}"),
-        &server.token,
-        Body::None,
-    );
-    stored["event"].clone()
+    stored(server, &answer)
 }
 
 /// The blast radius of a node, written `kind:id`.
@@ -73,19 +64,72 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339()
 }
 
-/// A record of an assumed-role session, as an importer reports it.
+/// The first event an ingest answer accepted, as stored.
+fn stored(server: &Server, answer: &Value) -> Value {
+    stored_event(server, answer["ids"][0].as_str().unwrap())
+}
+
+/// A CloudTrail data event of an assumed-role session of the `deployer`
+/// role, as AWS writes it.
 fn session_record(session: &str, source_identity: &str, action: &str) -> Value {
-    let arn = format!("arn:aws:sts::111122223333:assumed-role/deployer/{session}");
     json!({
-        "kind": "data_access", "action": action,
-        "observed_at": now(),
-        "source": {"type": "cloudtrail", "name": "org-trail"},
-        "actor": {"current": {"type": "role", "id": arn},
-                  "credential": {"type": "aws_role_session", "id": arn}},
-        "target": {"resource": "arn:aws:s3:::payroll/q3.csv", "system": "aws:111122223333"},
-        "outcome": {"status": "success"},
-        "attributes": {"aws.source_identity": source_identity},
+        "eventVersion": "1.09",
+        "userIdentity": {
+            "type": "AssumedRole",
+            "principalId": format!("AROA3EXAMPLEDEPLOYER:{session}"),
+            "arn": format!("arn:aws:sts::111122223333:assumed-role/deployer/{session}"),
+            "accountId": "111122223333",
+            "accessKeyId": "ASIA3EXAMPLE7SESSION",
+            "sessionContext": {
+                "sessionIssuer": {
+                    "type": "Role",
+                    "principalId": "AROA3EXAMPLEDEPLOYER",
+                    "arn": "arn:aws:iam::111122223333:role/deployer",
+                    "accountId": "111122223333",
+                    "userName": "deployer"
+                },
+                "attributes": {"creationDate": now(), "mfaAuthenticated": "false"},
+                "sourceIdentity": source_identity
+            }
+        },
+        "eventTime": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        "eventSource": "s3.amazonaws.com",
+        "eventName": action,
+        "awsRegion": "eu-west-1",
+        "sourceIPAddress": "203.0.113.7",
+        "userAgent": "[aws-sdk-rust/1.3.0 os/linux lang/rust/1.95.0]",
+        "requestParameters": {
+            "bucketName": "payroll",
+            "Host": "payroll.s3.eu-west-1.amazonaws.com",
+            "key": "q3.csv"
+        },
+        "responseElements": null,
+        "additionalEventData": {"SignatureVersion": "SigV4", "bytesTransferredIn": 0},
+        "requestID": "8E3J5Q1XHD0B2NRP",
+        "eventID": uuid::Uuid::new_v4().to_string(),
+        "readOnly": action == "GetObject",
+        "resources": [
+            {"type": "AWS::S3::Object", "ARN": "arn:aws:s3:::payroll/q3.csv"},
+            {"accountId": "111122223333", "type": "AWS::S3::Bucket", "ARN": "arn:aws:s3:::payroll"}
+        ],
+        "eventType": "AwsApiCall",
+        "managementEvent": false,
+        "recipientAccountId": "111122223333",
+        "eventCategory": "Data"
     })
+}
+
+/// Posts `record` in a CloudTrail log file and returns its event as stored.
+fn import(server: &Server, record: Value) -> Value {
+    let (status, answer) = call(
+        server,
+        reqwest::Method::POST,
+        "/v1/ingest/cloudtrail",
+        &server.token,
+        Body::Json(json!({"Records": [record]})),
+    );
+    assert_eq!(status, 200, "{answer}");
+    stored(server, &answer)
 }
 
 #[test]
@@ -138,16 +182,11 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
 
     // Later, the records of the session arrive, by session name, and by
     // source identity alone after the session was renamed.
-    let by_name = post(
+    let by_name = import(
         &server,
-        &server.token,
-        session_record("deploy-run-0.d", "run-0.d", "s3:GetObject"),
+        session_record("deploy-run-0.d", "run-0.d", "GetObject"),
     );
-    let by_identity = post(
-        &server,
-        &server.token,
-        session_record("renamed", "run-0.d", "s3:PutObject"),
-    );
+    let by_identity = import(&server, session_record("renamed", "run-0.d", "PutObject"));
     for record in [&by_name, &by_identity] {
         assert_eq!(record["attribution"]["method"], "bound", "{record}");
         assert_eq!(record["actor"]["root"]["id"], "alice@example.com");
@@ -183,10 +222,9 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
     );
 
     // Another session's records stay unattributed.
-    let other = post(
+    let other = import(
         &server,
-        &server.token,
-        session_record("someone-else", "nobody", "s3:GetObject"),
+        session_record("someone-else", "nobody", "GetObject"),
     );
     assert_eq!(other["attribution"]["method"], "unattributed");
     // What nothing explains is listed as such, and only that.
@@ -252,10 +290,9 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
     server.kill();
     let server = Server::start(dir.path(), &["--sensitive", "*payroll*"]);
     assert_eq!(blast_radius(&server, "run:run-0"), expected);
-    let later = post(
+    let later = import(
         &server,
-        &server.token,
-        session_record("deploy-run-0.d", "run-0.d", "s3:DeleteObject"),
+        session_record("deploy-run-0.d", "run-0.d", "DeleteObject"),
     );
     assert_eq!(later["attribution"]["method"], "bound", "{later}");
     assert_eq!(later["actor"]["root"]["id"], "alice@example.com");

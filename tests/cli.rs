@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Body, COMMAND_TIMEOUT, Server, answers, call, custody, exchange_form, free_port, output_within,
+    stored_event,
 };
 use serde_json::{Value, json};
 
@@ -1663,15 +1664,7 @@ fn a_reported_event_with_a_minted_token_is_bound_to_its_chain_across_restarts() 
             Body::Json(event),
         );
         assert_eq!(status, 200, "{answer}");
-        let id = answer["ids"][0].as_str().unwrap().to_owned();
-        let (_, stored) = call(
-            server,
-            reqwest::Method::GET,
-            &format!("/v1/events/{id}"),
-            &server.token,
-            Body::None,
-        );
-        stored["event"].clone()
+        stored_event(server, answer["ids"][0].as_str().unwrap())
     };
     let check = |event: &Value| {
         assert_eq!(event["attribution"]["method"], "bound", "{event}");
@@ -1704,19 +1697,9 @@ fn a_reported_event_with_a_minted_token_is_bound_to_its_chain_across_restarts() 
         })),
     );
     assert_eq!(status, 200, "{answer}");
-    let id = answer["ids"][0].as_str().unwrap();
-    let (_, stored) = call(
-        &server,
-        reqwest::Method::GET,
-        &format!("/v1/events/{id}"),
-        &server.token,
-        Body::None,
-    );
-    assert_eq!(stored["event"]["attribution"]["method"], "unattributed");
-    assert_eq!(
-        stored["event"]["attribution"]["evidence"][0]["type"],
-        "reported"
-    );
+    let stored = stored_event(&server, answer["ids"][0].as_str().unwrap());
+    assert_eq!(stored["attribution"]["method"], "unattributed");
+    assert_eq!(stored["attribution"]["evidence"][0]["type"], "reported");
 }
 
 #[test]
@@ -1783,16 +1766,7 @@ fn a_declared_binding_attributes_records_of_its_key_and_survives_a_restart() {
             Body::Json(event),
         );
         assert_eq!(status, 200, "{answer}");
-        let id = answer["ids"][0].as_str().unwrap().to_owned();
-        call(
-            server,
-            reqwest::Method::GET,
-            &format!("/v1/events/{id}"),
-            &server.token,
-            Body::None,
-        )
-        .1["event"]
-            .clone()
+        stored_event(server, answer["ids"][0].as_str().unwrap())
     };
     let check = |event: &Value| {
         assert_eq!(event["attribution"]["method"], "bound", "{event}");

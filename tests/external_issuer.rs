@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{Body, Server, call, exchange_form};
+use common::{Body, Server, call, exchange_form, stored_event};
 use custody_delegation::Algorithm;
 use custody_delegation::testing::{TestKey, jwks};
 use reqwest::Method;
@@ -64,7 +64,7 @@ fn external_tokens_vouch_for_their_act_chains_and_are_refused_as_custody_s_are()
         c["act"] = json!({"sub": "auditor", "custody_run": "run-1.a",
                           "act": {"sub": "release-bot", "custody_run": "run-1"}});
     }));
-    let event = stored(&server, &post(&server, &alice_s).unwrap());
+    let event = stored_event(&server, &post(&server, &alice_s).unwrap());
     assert_eq!(
         chain(&event),
         "alice@example.com -> release-bot[run-1] -> auditor[run-1.a]"
@@ -84,7 +84,7 @@ fn external_tokens_vouch_for_their_act_chains_and_are_refused_as_custody_s_are()
             c["act"] = json!({"sub": agent, "custody_run": format!("run-{jti}")});
         }))
     };
-    let event = stored(
+    let event = stored_event(
         &server,
         &post(&server, &bob_s("deployer", "url-tok-1", &url_key)).unwrap(),
     );
@@ -199,7 +199,7 @@ fn external_tokens_vouch_for_their_act_chains_and_are_refused_as_custody_s_are()
     // server fetch the JWKS again, once; the retired key is refused.
     let rotated = TestKey::ec("url-2");
     served.serve(jwks(&[&rotated]));
-    let event = stored(
+    let event = stored_event(
         &server,
         &post(&server, &bob_s("tester", "url-tok-4", &rotated)).unwrap(),
     );
@@ -308,19 +308,6 @@ fn post(server: &Server, token: &str) -> Result<String, String> {
         401 => Err(answer["error"]["message"].as_str().unwrap().to_owned()),
         other => panic!("{other}: {answer}"),
     }
-}
-
-/// The stored event `id`.
-fn stored(server: &Server, id: &str) -> Value {
-    let (status, record) = call(
-        server,
-        Method::GET,
-        &format!("/v1/events/{id}"),
-        &server.token,
-        Body::None,
-    );
-    assert_eq!(status, 200, "{record}");
-    record["event"].clone()
 }
 
 /// An event's chain as `root -> agent[run] -> ...`.

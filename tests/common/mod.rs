@@ -274,6 +274,18 @@ pub fn call_ok(
     answer
 }
 
+/// The event stored under `id`, read back with the server's admin token.
+pub fn stored_event(server: &Server, id: &str) -> serde_json::Value {
+    let stored = call_ok(
+        server,
+        reqwest::Method::GET,
+        &format!("/v1/events/{id}"),
+        &server.token,
+        Body::None,
+    );
+    stored["event"].clone()
+}
+
 /// Mints an agent token for `agent` in `run`, deployed by the human `human`,
 /// with the server's admin token.
 pub fn mint_agent_token(server: &Server, human: &str, agent: &str, run: &str) -> String {

@@ -168,8 +168,26 @@ pub struct Binding {
 }
 
 impl Binding {
-    fn covers(&self, at: DateTime<Utc>) -> bool {
-        self.valid_from <= at && self.valid_until.is_none_or(|until| at < until)
+    /// Whether the binding held at `at`, give or take `skew` at either end.
+    fn covers(&self, at: DateTime<Utc>, skew: Duration) -> bool {
+        self.valid_from - skew <= at && self.valid_until.is_none_or(|until| at < until + skew)
+    }
+
+    /// The evidence of this binding explaining a record of time `at`, which
+    /// says so when `at` is outside the binding's own window and inside
+    /// only by the clock skew allowed.
+    fn evidence_at(&self, at: DateTime<Utc>, skew: Duration) -> String {
+        let outside = at < self.valid_from || self.valid_until.is_some_and(|until| at >= until);
+        if outside {
+            format!(
+                "{}; the record's time {} is within the {} s allowed for clock skew",
+                self.evidence(),
+                at.to_rfc3339(),
+                skew.num_seconds()
+            )
+        } else {
+            self.evidence()
+        }
     }
 
     fn evidence(&self) -> String {
@@ -217,10 +235,18 @@ pub struct Attributor {
     sessions: LinkedHashMap<String, Vec<SessionSeen>, foldhash::fast::RandomState>,
     window: Duration,
     max_sessions: usize,
+    /// How far a record's time may fall outside a binding's window and
+    /// still be explained by it: sources keep their own clocks, and
+    /// CloudTrail writes whole seconds.
+    clock_skew: Duration,
 }
 
+/// The clock skew allowed by default, in seconds.
+pub const DEFAULT_CLOCK_SKEW_SECS: i64 = 5;
+
 impl Default for Attributor {
-    /// A 15-minute correlation window over at most 100,000 sessions.
+    /// A 15-minute correlation window over at most 100,000 sessions, and
+    /// 5 seconds of clock skew.
     fn default() -> Self {
         Attributor::new(Duration::minutes(15), 100_000)
     }
@@ -236,7 +262,15 @@ impl Attributor {
             sessions: LinkedHashMap::default(),
             window,
             max_sessions: max_sessions.max(1),
+            clock_skew: Duration::seconds(DEFAULT_CLOCK_SKEW_SECS),
         }
+    }
+
+    /// The same, allowing `skew` between a record's time and a binding's
+    /// window.
+    pub fn with_clock_skew(mut self, skew: Duration) -> Attributor {
+        self.clock_skew = skew.abs();
+        self
     }
 
     /// Adds a binding.
@@ -285,7 +319,7 @@ impl Attributor {
         let mut holders: Vec<&Binding> = Vec::new();
         for key in &keys {
             for binding in self.bindings.get(key).into_iter().flatten() {
-                if binding.covers(at)
+                if binding.covers(at, self.clock_skew)
                     && !holders
                         .iter()
                         .any(|h| same_chain(&h.holder, &binding.holder))
@@ -299,7 +333,10 @@ impl Attributor {
                 let binding = (*binding).clone();
                 event.actor = below(&binding.holder, &event.actor);
                 event.attribution.method = AttributionMethod::Bound;
-                event.attribution.evidence = vec![evidence("binding", binding.evidence())];
+                event.attribution.evidence = vec![evidence(
+                    "binding",
+                    binding.evidence_at(at, self.clock_skew),
+                )];
                 return;
             }
             [] => {}
@@ -307,7 +344,7 @@ impl Attributor {
                 event.attribution.method = AttributionMethod::Unattributed;
                 event.attribution.evidence = several
                     .iter()
-                    .map(|binding| evidence("ambiguous", binding.evidence()))
+                    .map(|binding| evidence("ambiguous", binding.evidence_at(at, self.clock_skew)))
                     .collect();
                 return;
             }

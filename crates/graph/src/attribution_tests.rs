@@ -75,12 +75,13 @@ fn a_role_session_assumed_by_a_sub_agent_attributes_its_cloudtrail_records() {
     attributor.attribute(&mut assume, &Trust::Authenticated("jti-b".into()));
     log.push(describe(&assume));
     // Records of that session arrive later, one by session name, one by
-    // source identity only; one of another session; one after expiry.
+    // source identity only; one of another session; one after expiry, by
+    // more than the clock skew allowed.
     for mut record in [
         cloudtrail(60, "deploy-run-0.b", None),
         cloudtrail(61, "renamed-session", Some("run-0.b")),
         cloudtrail(62, "someone-else", None),
-        cloudtrail(3601, "deploy-run-0.b", None),
+        cloudtrail(3610, "deploy-run-0.b", None),
     ] {
         attributor.attribute(&mut record, &Trust::Reported);
         log.push(describe(&record));
@@ -113,7 +114,7 @@ fn a_credential_held_by_two_runs_is_ambiguous_not_guessed() {
 }
 
 #[test]
-fn a_created_access_key_is_learned_and_a_declared_one_expires() {
+fn a_created_access_key_is_learned_and_a_declared_one_expires_give_or_take_clock_skew() {
     let mut attributor = Attributor::default();
     let mut create = event(
         0,
@@ -142,7 +143,9 @@ fn a_created_access_key_is_learned_and_a_declared_one_expires() {
     for mut record in [
         by_key(50, "AKIAEXAMPLE000000002"),
         by_key(50, "AKIAEXAMPLE000000003"),
-        by_key(100, "AKIAEXAMPLE000000003"),
+        // Past the end by less than the clock skew allowed, then by more.
+        by_key(103, "AKIAEXAMPLE000000003"),
+        by_key(106, "AKIAEXAMPLE000000003"),
     ] {
         attributor.attribute(&mut record, &Trust::Reported);
         log.push(describe(&record));
