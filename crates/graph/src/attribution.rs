@@ -40,6 +40,10 @@ pub const ATTR_AWS_ACCESS_KEY: &str = "aws.access_key_id";
 pub const ATTR_AWS_ROLE_SESSION: &str = "aws.role_session_name";
 /// Attribute naming an AWS STS `sourceIdentity`.
 pub const ATTR_AWS_SOURCE_IDENTITY: &str = "aws.source_identity";
+/// Attribute of an `sts:AssumeRole*` event naming the temporary access key
+/// the call issued (`responseElements.credentials.accessKeyId`): records
+/// made with it name it as their access key.
+pub const ATTR_AWS_ISSUED_ACCESS_KEY: &str = "aws.issued_access_key_id";
 /// Attribute naming when an AWS STS session ends (RFC 3339).
 pub const ATTR_AWS_SESSION_EXPIRES: &str = "aws.session_expires";
 /// Attribute naming an OAuth client id.
@@ -483,6 +487,11 @@ impl Attributor {
                     BindingKey::AwsSourceIdentity(identity.to_owned()),
                     until,
                 ));
+            }
+            // Unlike a session name, which any caller may choose, the
+            // issued key is the session's own.
+            if let Some(key) = attribute(event, ATTR_AWS_ISSUED_ACCESS_KEY) {
+                self.bind(learned(BindingKey::AwsAccessKey(key.to_owned()), until));
             }
         }
     }

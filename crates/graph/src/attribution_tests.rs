@@ -70,16 +70,23 @@ fn a_role_session_assumed_by_a_sub_agent_attributes_its_cloudtrail_records() {
         json!({"kind": "credential_use", "action": "sts:AssumeRole",
                "attributes": {"aws.role_session_name": "deploy-run-0.b",
                               "aws.source_identity": "run-0.b",
+                              "aws.issued_access_key_id": "ASIAEXAMPLE000000001",
                               "aws.session_expires": at(3600).to_rfc3339()}}),
     );
     attributor.attribute(&mut assume, &Trust::Authenticated("jti-b".into()));
     log.push(describe(&assume));
     // Records of that session arrive later, one by session name, one by
-    // source identity only; one of another session; one after expiry, by
-    // more than the clock skew allowed.
+    // source identity only, one by the temporary key the call issued; one
+    // of another session; one after expiry, by more than the clock skew
+    // allowed.
+    let mut by_key = cloudtrail(63, "renamed-again", None);
+    by_key
+        .attributes
+        .insert("aws.access_key_id".into(), json!("ASIAEXAMPLE000000001"));
     for mut record in [
         cloudtrail(60, "deploy-run-0.b", None),
         cloudtrail(61, "renamed-session", Some("run-0.b")),
+        by_key,
         cloudtrail(62, "someone-else", None),
         cloudtrail(3610, "deploy-run-0.b", None),
     ] {

@@ -51,8 +51,8 @@ use crate::{FieldError, Fields, Source};
 pub const NAMESPACE: Uuid = Uuid::from_u128(0x3c1f_0d2e_7a54_5b61_9e08_c10d_7a11_2e01);
 
 /// Attribute of an `sts:AssumeRole*` event naming the temporary access key
-/// the call issued.
-pub const ATTR_ISSUED_ACCESS_KEY: &str = "aws.issued_access_key_id";
+/// the call issued; attribution learns it.
+pub const ATTR_ISSUED_ACCESS_KEY: &str = custody_graph::ATTR_AWS_ISSUED_ACCESS_KEY;
 
 /// The CloudTrail source. It has no settings yet: every record carries its
 /// account and region.
