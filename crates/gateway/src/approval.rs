@@ -63,6 +63,17 @@ impl Approvals for Channel {
     }
 }
 
+/// No approver: every held call is refused at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Nobody;
+
+impl Approvals for Nobody {
+    fn ask(&self, _call: HeldCall) -> oneshot::Receiver<Approval> {
+        // The sender drops unanswered, which refuses.
+        oneshot::channel().1
+    }
+}
+
 /// Approvals through files: a held call writes `DIR/EVENT_ID.held` (what it
 /// is, as JSON) and waits for `DIR/EVENT_ID.approve` or
 /// `DIR/EVENT_ID.refuse` to appear.
