@@ -135,6 +135,7 @@ impl Gateway {
             to_server: Mutex::new(None),
             state: Mutex::new(State::default()),
             killed,
+            closing: watch::Sender::new(false),
         };
         Gateway {
             session,
@@ -198,6 +199,10 @@ impl Gateway {
         };
         from_client.abort();
         from_server.abort();
+        // Calls still in flight (the client left before they were
+        // answered) are recorded as failed, and held calls stop waiting.
+        session.fail_in_flight(KILLED, "the session ended before the call was answered");
+        session.closing.send_replace(true);
         session.close_server_input();
         session.close_client_output();
         let outbox = session.outbox.clone();
@@ -226,6 +231,8 @@ struct Session {
     to_server: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     state: Mutex<State>,
     killed: watch::Sender<Option<String>>,
+    /// Turns true when the session ends: held calls stop waiting.
+    closing: watch::Sender<bool>,
 }
 
 /// What is in flight, by direction.
@@ -490,34 +497,46 @@ impl Session {
     /// Holds a call until it is approved (then forwarded), refused, or
     /// the wait runs out (both refusals), without holding up the relay.
     fn hold(self: &Arc<Self>, request: Request, event: NewEvent, authorized: Authorized) {
-        if let Some(in_flight) = self.state().client.get_mut(&request.id) {
-            in_flight.held = true;
-        }
         let held = HeldCall {
             event: event.id.unwrap_or_else(EventId::new_v7),
             method: request.method.clone(),
             target: target_name(&request),
             reason: authorized.told.clone(),
         };
+        // The call waits in the table of calls in flight, so that a
+        // cancellation, a kill or the end of the session finds and records
+        // it like any other.
+        if let Some(in_flight) = self.state().client.get_mut(&request.id) {
+            in_flight.held = true;
+            in_flight.call = Some(Call {
+                event,
+                started: Instant::now(),
+            });
+        }
         let answer = self.approvals.ask(held);
         let session = self.clone();
+        let mut closing = self.closing.subscribe();
         tokio::spawn(async move {
-            let approval = tokio::time::timeout(session.config.hold_timeout, answer).await;
+            let approval = tokio::select! {
+                approval = tokio::time::timeout(session.config.hold_timeout, answer) => approval,
+                // The session ended: the call was failed with the others in
+                // flight.
+                _ = closing.changed() => return,
+            };
             // The call may have been cancelled or failed by a kill while
             // it waited: then it is no longer ours to forward.
-            let still_held = match session.state().client.get_mut(&request.id) {
+            let call = match session.state().client.get_mut(&request.id) {
                 Some(in_flight) if in_flight.held => {
                     in_flight.held = false;
-                    true
+                    in_flight.call.take()
                 }
-                _ => false,
+                _ => None,
             };
-            if !still_held {
+            let Some(Call { mut event, .. }) = call else {
                 return;
-            }
+            };
             let (told, verdict) = match approval {
                 Ok(Ok(Approval::Approved)) => {
-                    let mut event = event;
                     event
                         .attributes
                         .insert("custody.approval".into(), Value::from("approved"));
@@ -535,7 +554,6 @@ impl Session {
                     "timed_out",
                 ),
             };
-            let mut event = event;
             event
                 .attributes
                 .insert("custody.approval".into(), Value::from(verdict));

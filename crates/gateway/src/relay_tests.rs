@@ -483,6 +483,12 @@ async fn notifications_pass_through_untouched_and_cancel_held_calls() {
         .send(json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}}))
         .await;
     assert_eq!(h.client.next().await["method"], "notifications/progress");
+    let events = h.recorded(1).await;
+    assert_eq!(events[0].outcome.status, OutcomeStatus::Failure);
+    assert_eq!(
+        events[0].outcome.reason.as_deref(),
+        Some("cancelled by the client while held")
+    );
 }
 
 impl End {
@@ -490,4 +496,32 @@ impl End {
         self.write.write_all(line).await.unwrap();
         self.write.write_all(b"\n").await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn calls_left_unanswered_when_the_client_leaves_are_recorded() {
+    let mut h = Harness::start(rules(&[], &["deploy"], &[]), Config::new("ops"));
+    h.client.send(call(json!(1), "deploy", json!({}))).await;
+    let (_held, _unanswered) = h.held.recv().await.unwrap();
+    h.client.send(call(json!(2), "slow", json!({}))).await;
+    assert_eq!(h.server.next().await["id"], 2);
+    // The client leaves; the server sees its input end, and exits.
+    h.client.write.shutdown().await.unwrap();
+    assert!(h.server.closed().await);
+    h.server.write.shutdown().await.unwrap();
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(WAIT, h.ended).await.unwrap().unwrap();
+    assert_eq!(ended, Ended::ClientClosed);
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "a held call does not keep the session up"
+    );
+    let events = h.recorder.events.lock().unwrap().clone();
+    let outcomes: Vec<_> = events
+        .iter()
+        .map(|e| (e.target.tool.clone().unwrap(), e.outcome.status))
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{events:?}");
+    assert!(outcomes.contains(&("deploy".into(), OutcomeStatus::Failure)));
+    assert!(outcomes.contains(&("slow".into(), OutcomeStatus::Failure)));
 }
