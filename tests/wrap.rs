@@ -430,3 +430,45 @@ fn a_real_client_negotiating_by_default_through_wrap_with_a_declared_identity() 
         );
     }
 }
+
+#[test]
+fn a_kill_fails_the_call_and_ends_the_session() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let (steps, received) = Run {
+        peers: &peers,
+        server: &server,
+        era: "2025-11-25",
+        identity: ["--agent", "coder"].map(String::from).to_vec(),
+        env: vec![("CUSTODY_TOKEN", server.token.clone())],
+        calls: vec![r#"get-sum={"a":1,"b":2}"#.into(), "get-env".into()],
+        policy: ["--kill-tool", "get-sum"].map(String::from).to_vec(),
+        approvals: dir.path().join("approvals"),
+        received: dir.path().join("received.jsonl"),
+    }
+    .go();
+    assert_eq!(steps[2]["text"], "Echo: hello through custody");
+    assert_eq!(steps[3]["error_code"], -32002, "{}", steps[3]);
+    assert!(
+        steps[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("the tool `get-sum` ends the session"),
+        "{}",
+        steps[3]
+    );
+    assert_eq!(steps.len(), 4, "nothing passes after the kill: {steps:?}");
+    assert!(
+        !received.contains("get-sum"),
+        "the killing call reached the server"
+    );
+    let events = tool_calls(&server);
+    let killed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["target"]["tool"] == "get-sum")
+        .collect();
+    assert_eq!(killed.len(), 1, "{events:#?}");
+    assert_eq!(killed[0]["outcome"]["status"], "denied");
+    assert_eq!(killed[0]["attributes"]["custody.verdict"], "kill");
+}

@@ -59,6 +59,9 @@ async def main():
                     say(step="call", tool=name, text=text_of(result), is_error=bool(result.is_error))
                 except MCPError as error:
                     say(step="call", tool=name, error_code=error.error.code, error=error.error.message)
+                    if error.error.code == -32002:
+                        # Custody ended the session: nothing more will pass.
+                        break
 
 
 if __name__ == "__main__":
