@@ -133,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/oauth/jwks", get(delegate::jwks))
         .route("/oauth/token", post(delegate::token))
         .route("/v1/agent-tokens", post(delegate::mint))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/revocations", post(delegate::revoke))
         .route("/v1/bindings", post(bindings::declare))
         .route("/v1/lineage/{id}", get(lineage::lineage))
@@ -187,6 +188,19 @@ async fn healthz(State(state): State<AppState>) -> Response {
     let stats = state.store.stats();
     axum::Json(serde_json::json!({"status": "ok", "queued_events": stats.queued_events}))
         .into_response()
+}
+
+/// Who the caller's token says it is: its id, its role and, for an agent
+/// token, the chain it carries. Any valid token may ask, so an intermediary
+/// holding an agent token (`custody wrap`) learns its chain from the one
+/// place that verifies tokens, revocations included.
+async fn whoami(caller: Caller) -> Response {
+    axum::Json(serde_json::json!({
+        "token_id": caller.token_id,
+        "role": caller.role.as_str(),
+        "chain": caller.agent,
+    }))
+    .into_response()
 }
 
 async fn method_not_allowed() -> ApiError {

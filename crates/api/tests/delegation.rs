@@ -578,3 +578,42 @@ async fn refused_agent_tokens_are_recorded_with_their_reason() {
         assert!(event["actor"].get("root").is_none());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_answers_a_token_s_chain_and_refuses_a_revoked_one() {
+    let server = Server::start().await;
+    let whoami = |token: &str| {
+        send(
+            server
+                .request(Method::GET, "/v1/whoami")
+                .bearer_auth(token.to_owned()),
+        )
+    };
+    let api = whoami(server.token(Role::Viewer)).await;
+    assert_eq!(api.status, 200, "{}", api.body);
+    assert_eq!(api.json()["role"], "viewer");
+    assert_eq!(api.json()["chain"], Value::Null);
+
+    let token = alice_s_bot(&server, json!({})).await;
+    let agent = whoami(&token).await;
+    assert_eq!(agent.status, 200, "{}", agent.body);
+    let agent = agent.json();
+    assert_eq!(agent["role"], "ingest");
+    assert_eq!(agent["token_id"], claims(&token)["jti"]);
+    assert_eq!(agent["chain"]["root"]["id"], "alice@example.com");
+    assert_eq!(agent["chain"]["current"]["id"], "release-bot");
+    assert_eq!(agent["chain"]["credential"]["id"], claims(&token)["jti"]);
+
+    let revoked = send(
+        server
+            .request(Method::POST, "/v1/revocations")
+            .bearer_auth(server.token(Role::Responder))
+            .json(&json!({"node": "run-0"})),
+    )
+    .await;
+    assert_eq!(revoked.status, 200);
+    let refused = whoami(&token).await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.body.contains("revoked"), "{}", refused.body);
+    assert_eq!(whoami("cst_nonsense").await.status, 401);
+}

@@ -14,6 +14,7 @@ mod replay;
 mod serve;
 mod show;
 mod token;
+mod wrap;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,9 @@ enum Command {
     /// Manage API tokens in the local store.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Run an MCP server over stdio behind the gateway: every call is
+    /// decided before the server sees it, and recorded.
+    Wrap(wrap::WrapArgs),
     /// Print the JSON Schema of events as stored (or, with --new, as submitted).
     Schema {
         /// The schema of a submitted event, whose receipt fields are optional.
@@ -112,6 +116,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Who(args) => runtime
             .block_on(graph::who(args))
             .map(|()| ExitCode::SUCCESS),
+        Command::Wrap(args) => {
+            init_logging();
+            let code = runtime.block_on(wrap::run(args));
+            // Standard input is read on a blocking thread that cannot be
+            // interrupted; the runtime must not wait for it to end.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+            code
+        }
         Command::Token(command) => token::run(command).map(|()| ExitCode::SUCCESS),
         Command::Schema { new } => {
             let schema = if new {

@@ -1,0 +1,896 @@
+//! The stdio relay: lines between the client (the MCP host) and the server
+//! (the wrapped child), with the layer stack on every client request.
+//!
+//! Each direction has its own id space. A request the client sends is
+//! tracked by its id until the server answers it; a request the server
+//! sends (sampling, elicitation, roots) is tracked by its id until the
+//! client answers it. Ids pass through unchanged, so progress tokens and
+//! cancellations keep meaning what they meant; an answer is only relayed
+//! to the side that is waiting for it, so the client's request 1 and the
+//! server's request 1 never meet. A client may not reuse an id still in
+//! flight.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use custody_engine::{Decide, Decision, Engine, ReasonSource, Verdict};
+use custody_event::{
+    Context, EventId, EventKind, NewEvent, Outcome, OutcomeStatus, Source, SourceKind, Target,
+};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::approval::{Approval, Approvals, HeldCall};
+use crate::decode::{self, ClientMessage, DecodeError, Id, Request, ServerMessage};
+use crate::identity::Identity;
+use crate::outbox::{Outbox, RecordFailure, Recorder};
+use crate::redact;
+
+/// JSON-RPC error code of a call Custody refused.
+pub const DENIED: i64 = -32001;
+/// JSON-RPC error code of a call failed because Custody ended the session.
+pub const KILLED: i64 = -32002;
+/// JSON-RPC error code of a call the server ended without answering.
+pub const SERVER_GONE: i64 = -32003;
+
+/// The largest redacted arguments kept in an event, serialized; larger
+/// ones keep their digest and size only.
+const MAX_KEPT_ARGUMENTS: usize = 16 << 10;
+/// Events waiting for the recorder before new calls are refused.
+const OUTBOX_CAPACITY: usize = 4096;
+/// Lines waiting to be written to either side.
+const LINES_QUEUED: usize = 64;
+
+/// How a gateway behaves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The wrapped server's name, recorded as the calls' target server.
+    pub server: String,
+    /// The largest message a client may send, in bytes.
+    pub max_message: usize,
+    /// The largest message the server may send, in bytes.
+    pub max_server_message: usize,
+    /// How long a call is held for approval before it is refused.
+    pub hold_timeout: Duration,
+    /// Forward calls when Custody cannot decide or record them, instead
+    /// of refusing them.
+    pub fail_open: bool,
+}
+
+impl Config {
+    /// The defaults for a server named `server`: 4 MiB messages from the
+    /// client, 64 MiB from the server, five minutes' hold, fail closed.
+    pub fn new(server: impl Into<String>) -> Config {
+        Config {
+            server: server.into(),
+            max_message: decode::DEFAULT_MAX_MESSAGE,
+            max_server_message: 64 << 20,
+            hold_timeout: Duration::from_secs(300),
+            fail_open: false,
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The client closed its input; the server's answers were relayed
+    /// until it closed its output.
+    ClientClosed,
+    /// The server closed its output.
+    ServerClosed,
+    /// A decision ended the session.
+    Killed(String),
+}
+
+/// A gateway in front of one server: the engine that decides, the
+/// identity calls are made by, and where they are recorded.
+pub struct Gateway {
+    session: Session,
+    delivering: JoinHandle<()>,
+    on_kill: watch::Receiver<Option<String>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("identity", &self.session.identity)
+            .field("config", &self.session.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway deciding with `decide`, for calls by `identity`, holding
+    /// calls on `approvals` and recording into `recorder`. Starts the
+    /// outbox's task: call it inside a Tokio runtime.
+    pub fn new(
+        decide: impl Decide + 'static,
+        identity: Identity,
+        approvals: Arc<dyn Approvals>,
+        recorder: Arc<dyn Recorder>,
+        config: Config,
+    ) -> Gateway {
+        let (outbox, delivering) = Outbox::start(recorder, OUTBOX_CAPACITY);
+        // The engine's record stage is the outbox: it refuses room while
+        // recording fails, which is how a call is refused when it could
+        // not be recorded.
+        let engine = Engine::builder(Arc::new(outbox.clone()))
+            .decide(decide)
+            .build();
+        let (killed, on_kill) = watch::channel(None);
+        let session = Session {
+            engine,
+            identity,
+            approvals,
+            outbox,
+            config,
+            id: format!("wrap-{}", EventId::new_v7()),
+            to_client: Mutex::new(None),
+            to_server: Mutex::new(None),
+            state: Mutex::new(State::default()),
+            killed,
+            closing: watch::Sender::new(false),
+        };
+        Gateway {
+            session,
+            delivering,
+            on_kill,
+        }
+    }
+
+    /// Relays between the client (`client_in`, `client_out`) and the
+    /// server (`server_in`, `server_out`) until one side ends or a
+    /// decision ends the session, then delivers what is left to record,
+    /// waiting at most `drain` for the recorder.
+    pub async fn relay(
+        self,
+        client_in: impl AsyncRead + Unpin + Send + 'static,
+        client_out: impl AsyncWrite + Unpin + Send + 'static,
+        server_in: impl AsyncWrite + Unpin + Send + 'static,
+        server_out: impl AsyncRead + Unpin + Send + 'static,
+        drain: Duration,
+    ) -> Ended {
+        let (to_client, client_writer) = writer(client_out);
+        let (to_server, server_writer) = writer(server_in);
+        let Gateway {
+            session,
+            delivering,
+            mut on_kill,
+        } = self;
+        *session
+            .to_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(to_client);
+        *session
+            .to_server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(to_server);
+        let session = Arc::new(session);
+
+        let mut from_client = tokio::spawn(read_client(session.clone(), client_in));
+        let mut from_server = tokio::spawn(read_server(session.clone(), server_out));
+        let killed = async move {
+            let reason = on_kill.wait_for(Option::is_some).await;
+            reason
+                .ok()
+                .and_then(|reason| reason.clone())
+                .unwrap_or_default()
+        };
+        let ended = tokio::select! {
+            _ = &mut from_client => {
+                // The stdio transport ends with the client closing the
+                // server's input; the server then finishes and exits, and
+                // its last answers still go to the client.
+                session.close_server_input();
+                let _ = tokio::time::timeout(drain, &mut from_server).await;
+                Ended::ClientClosed
+            }
+            _ = &mut from_server => {
+                session.fail_in_flight(SERVER_GONE, "the server ended before answering");
+                Ended::ServerClosed
+            }
+            reason = killed => Ended::Killed(reason),
+        };
+        from_client.abort();
+        from_server.abort();
+        // Calls still in flight (the client left before they were
+        // answered) are recorded as failed, and held calls stop waiting.
+        session.fail_in_flight(KILLED, "the session ended before the call was answered");
+        session.closing.send_replace(true);
+        session.close_server_input();
+        session.close_client_output();
+        let outbox = session.outbox.clone();
+        drop(session);
+        let _ = tokio::time::timeout(drain, client_writer).await;
+        server_writer.abort();
+        // The outbox's task ends once every sender is gone and its queue
+        // is delivered.
+        drop(outbox);
+        if tokio::time::timeout(drain, delivering).await.is_err() {
+            tracing::error!("events not yet recorded when the session ended are lost");
+        }
+        ended
+    }
+}
+
+/// What the relay shares between its tasks.
+struct Session {
+    engine: Engine,
+    identity: Identity,
+    approvals: Arc<dyn Approvals>,
+    outbox: Outbox,
+    config: Config,
+    id: String,
+    to_client: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    to_server: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    state: Mutex<State>,
+    killed: watch::Sender<Option<String>>,
+    /// Turns true when the session ends: held calls stop waiting.
+    closing: watch::Sender<bool>,
+}
+
+/// What is in flight, by direction.
+#[derive(Default)]
+struct State {
+    /// The client's requests not yet answered: held or forwarded.
+    client: HashMap<Id, InFlight>,
+    /// The server's requests the client has not yet answered.
+    server: HashSet<Id>,
+}
+
+struct InFlight {
+    /// The call's event, when the request is one that is recorded.
+    call: Option<Call>,
+    /// Held for approval, not yet forwarded.
+    held: bool,
+}
+
+/// A recorded call on its way.
+struct Call {
+    event: NewEvent,
+    started: Instant,
+}
+
+/// What the engine and the gateway made of a call.
+struct Authorized {
+    decision: Decision,
+    /// Why the agent is told it was refused: the reasons' sentences, never
+    /// the ids of the policies behind them.
+    told: String,
+}
+
+impl Session {
+    /// The client->server path: one request through the layer stack.
+    ///
+    /// The order is the point. Each layer relies on the ones above it, and
+    /// none may be skipped by a message that looks different to two
+    /// readers.
+    async fn client_message(self: &Arc<Self>, line: Vec<u8>) {
+        // 1. Decode. First, because every later layer reads the method, the
+        //    tool and the arguments, and each must read exactly what the
+        //    server will: one copy of every key that matters, in its exact
+        //    spelling, re-serialized into the canonical bytes forwarded.
+        let request = match decode::client(&line, self.config.max_message) {
+            Ok(ClientMessage::Request(request)) => request,
+            Ok(ClientMessage::Notification { method, params }) => {
+                return self
+                    .client_notification(line, &method, params.as_ref())
+                    .await;
+            }
+            Ok(ClientMessage::Response { id }) => return self.client_response(line, id).await,
+            Err(error) => return self.refuse_undecodable(error).await,
+        };
+        if !self.admit(&request.id) {
+            let why = format!("the request id {} is already in flight", request.id);
+            let answer = decode::error_response(
+                Some(request.id.value()),
+                decode::INVALID_REQUEST,
+                &why,
+                None,
+            );
+            return self.send_client(answer).await;
+        }
+
+        // 2. Authenticate. The session's identity was proved when it began
+        //    (the server verified the agent token); what can change since
+        //    is the server refusing that token (revoked, expired), which
+        //    the outbox learns on its next delivery. Before anything is
+        //    decided for a chain, the chain must still hold.
+        if let Some(RecordFailure::Refused(why)) = self.outbox.failure() {
+            let event = self.event_for(&request);
+            let told = format!("custody refused this session's agent token: {why}");
+            return self.refuse(&request, event, DENIED, &told, "deny").await;
+        }
+
+        // Only calls that act on the server's tools, resources and prompts
+        // are events with decisions; the rest (initialize, discovery,
+        // listing, ping) set the session up and go straight through, in
+        // order, so that a notification following them cannot overtake.
+        if !is_call(&request.method) {
+            return self.forward(request, None).await;
+        }
+
+        // 3. Attribute. The event names the chain the identity layer
+        //    vouched for, the server, the target and the arguments
+        //    (digested, redacted), so that the decision and the record are
+        //    about the same call.
+        let event = self.event_for(&request);
+
+        // 4. Authorize, before anything reaches the server. The engine's
+        //    stages run here on the request path; a panic, an engine
+        //    failure or no room to record the call is a refusal unless the
+        //    gateway was told to fail open.
+        let (event, authorized) = self.authorize(event);
+
+        // 5. Contain: act on the verdict. Only after authorize, because
+        //    the verdict is what it carries out.
+        match authorized.decision.verdict {
+            Verdict::Allow | Verdict::Alert => {}
+            Verdict::RequireApproval => return self.hold(request, event, authorized),
+            Verdict::Kill => return self.kill(&request, event, &authorized.told).await,
+            Verdict::Deny | Verdict::Quarantine | Verdict::Revoke => {
+                let verdict = authorized.decision.verdict.as_str();
+                return self
+                    .refuse(&request, event, DENIED, &authorized.told, verdict)
+                    .await;
+            }
+        }
+
+        // 6. Forward the canonical bytes, never the line as it came.
+        // 7. Record: armed by forward, completed with the latency and
+        //    outcome when the server's answer comes back (`server_message`).
+        self.forward(
+            request,
+            Some(Call {
+                event,
+                started: Instant::now(),
+            }),
+        )
+        .await;
+    }
+
+    /// The server->client path: answers complete the client's calls and
+    /// their records; everything else is relayed as it came.
+    async fn server_message(&self, line: Vec<u8>) {
+        match decode::server(&line) {
+            ServerMessage::Request(id) => {
+                self.state().server.insert(id);
+            }
+            ServerMessage::Response {
+                id,
+                error,
+                tool_error,
+            } => {
+                let Some(in_flight) = self.state().client.remove(&id) else {
+                    tracing::warn!(%id, "dropped an answer to no request in flight");
+                    return;
+                };
+                if let Some(call) = in_flight.call {
+                    let (status, reason) = match (error, tool_error) {
+                        (Some(error), _) => (OutcomeStatus::Failure, Some(error_text(&error))),
+                        (None, true) => (
+                            OutcomeStatus::Failure,
+                            Some("the tool reported an error".to_owned()),
+                        ),
+                        (None, false) => (OutcomeStatus::Success, None),
+                    };
+                    self.record(call, status, reason);
+                }
+            }
+            ServerMessage::Notification | ServerMessage::Other => {}
+        }
+        self.send_client(line).await;
+    }
+
+    /// Notifications are relayed as they came, except a cancellation of a
+    /// call still held: the server never saw that call.
+    async fn client_notification(&self, line: Vec<u8>, method: &str, params: Option<&Value>) {
+        if method == "notifications/cancelled"
+            && let Some(id) = params
+                .and_then(|p| p.get("requestId"))
+                .and_then(Id::from_value)
+        {
+            let mut state = self.state();
+            if state.client.get(&id).is_some_and(|f| f.held) {
+                let cancelled = state.client.remove(&id);
+                drop(state);
+                if let Some(call) = cancelled.and_then(|f| f.call) {
+                    let reason = "cancelled by the client while held".to_owned();
+                    self.record(call, OutcomeStatus::Failure, Some(reason));
+                }
+                return;
+            }
+        }
+        self.send_server(line).await;
+    }
+
+    /// The client's answer to a server's request goes to the server only
+    /// if the server is waiting for it.
+    async fn client_response(&self, line: Vec<u8>, id: Id) {
+        if self.state().server.remove(&id) {
+            self.send_server(line).await;
+        } else {
+            tracing::warn!(%id, "dropped a client answer to no server request in flight");
+        }
+    }
+
+    async fn refuse_undecodable(&self, error: DecodeError) {
+        let mut event = self.base_event(EventKind::McpRequest, "invalid_message");
+        event.outcome = outcome(OutcomeStatus::Denied, Some(error.message.clone()), None);
+        self.outbox.submit(event);
+        self.send_client(error.response()).await;
+    }
+
+    /// Takes `id` for a new request, unless it is in flight already.
+    fn admit(&self, id: &Id) -> bool {
+        let mut state = self.state();
+        if state.client.contains_key(id) {
+            return false;
+        }
+        state.client.insert(
+            id.clone(),
+            InFlight {
+                call: None,
+                held: false,
+            },
+        );
+        true
+    }
+
+    fn authorize(&self, mut event: NewEvent) -> (NewEvent, Authorized) {
+        let provenance = self.identity.provenance();
+        // The id is chosen here so that the event is known even when the
+        // engine fails.
+        let id = EventId::new_v7();
+        event.id = Some(id);
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            self.engine
+                .evaluate_as(event.clone(), Utc::now(), &provenance)
+        }));
+        let decision = match decided {
+            Ok((evaluated, Ok(_receipt))) => evaluated.decision,
+            Ok((_, Err(error))) => {
+                Decision::fail_closed(format!("custody cannot record the call: {error}"))
+            }
+            Err(_) => Decision::fail_closed("the engine panicked while deciding"),
+        };
+        let failed = decision
+            .reasons
+            .iter()
+            .any(|r| r.source == ReasonSource::Engine);
+        let (decision, told) = if failed && self.config.fail_open {
+            tracing::warn!(reasons = ?decision.reasons, "failing open: forwarding a call custody could not decide or record");
+            (Decision::allow(), String::new())
+        } else if failed {
+            (
+                decision,
+                "custody could not decide or record this call".to_owned(),
+            )
+        } else {
+            let told = decision
+                .reasons
+                .iter()
+                .map(|r| r.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            (decision, told)
+        };
+        event.attributes.insert(
+            "custody.verdict".into(),
+            Value::from(decision.verdict.as_str()),
+        );
+        if !decision.reasons.is_empty() {
+            event.attributes.insert(
+                "custody.reasons".into(),
+                serde_json::to_value(&decision.reasons).unwrap_or_default(),
+            );
+        }
+        (event, Authorized { decision, told })
+    }
+
+    /// Holds a call until it is approved (then forwarded), refused, or
+    /// the wait runs out (both refusals), without holding up the relay.
+    fn hold(self: &Arc<Self>, request: Request, event: NewEvent, authorized: Authorized) {
+        let held = HeldCall {
+            event: event.id.unwrap_or_else(EventId::new_v7),
+            method: request.method.clone(),
+            target: target_name(&request),
+            reason: authorized.told.clone(),
+        };
+        // The call waits in the table of calls in flight, so that a
+        // cancellation, a kill or the end of the session finds and records
+        // it like any other.
+        if let Some(in_flight) = self.state().client.get_mut(&request.id) {
+            in_flight.held = true;
+            in_flight.call = Some(Call {
+                event,
+                started: Instant::now(),
+            });
+        }
+        let answer = self.approvals.ask(held);
+        let session = self.clone();
+        let mut closing = self.closing.subscribe();
+        tokio::spawn(async move {
+            let approval = tokio::select! {
+                approval = tokio::time::timeout(session.config.hold_timeout, answer) => approval,
+                // The session ended: the call was failed with the others in
+                // flight.
+                _ = closing.changed() => return,
+            };
+            // The call may have been cancelled or failed by a kill while
+            // it waited: then it is no longer ours to forward.
+            let call = match session.state().client.get_mut(&request.id) {
+                Some(in_flight) if in_flight.held => {
+                    in_flight.held = false;
+                    in_flight.call.take()
+                }
+                _ => None,
+            };
+            let Some(Call { mut event, .. }) = call else {
+                return;
+            };
+            let (told, verdict) = match approval {
+                Ok(Ok(Approval::Approved)) => {
+                    event
+                        .attributes
+                        .insert("custody.approval".into(), Value::from("approved"));
+                    let call = Call {
+                        event,
+                        started: Instant::now(),
+                    };
+                    return session.forward(request, Some(call)).await;
+                }
+                Ok(Ok(Approval::Refused)) | Ok(Err(_)) => {
+                    ("the call was held for approval and refused", "refused")
+                }
+                Err(_) => (
+                    "the call was held for approval and no answer came in time",
+                    "timed_out",
+                ),
+            };
+            event
+                .attributes
+                .insert("custody.approval".into(), Value::from(verdict));
+            session
+                .refuse(&request, event, DENIED, told, "require_approval")
+                .await;
+        });
+    }
+
+    /// Refuses this call and fails every other in flight, then ends the
+    /// session.
+    async fn kill(&self, request: &Request, event: NewEvent, told: &str) {
+        self.refuse(request, event, KILLED, told, "kill").await;
+        self.fail_in_flight(KILLED, "custody ended the session");
+        let _ = self.killed.send(Some(told.to_owned()));
+    }
+
+    /// Answers `request` with an error and records its event as denied.
+    async fn refuse(
+        &self,
+        request: &Request,
+        event: NewEvent,
+        code: i64,
+        told: &str,
+        verdict: &str,
+    ) {
+        let in_flight = self.state().client.remove(&request.id);
+        drop(in_flight);
+        let mut event = event;
+        event.outcome = outcome(OutcomeStatus::Denied, Some(told.to_owned()), None);
+        let id = event.id;
+        self.outbox.submit(event);
+        let data = serde_json::json!({"custody": {"verdict": verdict, "event": id}});
+        let answer = decode::error_response(
+            Some(request.id.value()),
+            code,
+            &format!("custody refused this call: {told}"),
+            Some(data),
+        );
+        self.send_client(answer).await;
+    }
+
+    /// Fails every client request in flight with `code`; their records say
+    /// why.
+    fn fail_in_flight(&self, code: i64, why: &str) {
+        let in_flight: Vec<(Id, InFlight)> = self.state().client.drain().collect();
+        let Some(to_client) = self.client_sender() else {
+            return;
+        };
+        for (id, in_flight) in in_flight {
+            if let Some(call) = in_flight.call {
+                self.record(call, OutcomeStatus::Failure, Some(why.to_owned()));
+            }
+            let answer = decode::error_response(Some(id.value()), code, why, None);
+            // The writer may be gone; the session is ending either way.
+            let _ = to_client.try_send(answer);
+        }
+    }
+
+    async fn forward(&self, request: Request, call: Option<Call>) {
+        if let Some(in_flight) = self.state().client.get_mut(&request.id) {
+            in_flight.call = call;
+        }
+        self.send_server(request.canonical).await;
+    }
+
+    fn record(&self, call: Call, status: OutcomeStatus, reason: Option<String>) {
+        let took = u64::try_from(call.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut event = call.event;
+        event.outcome = outcome(status, reason, Some(took));
+        self.outbox.submit(event);
+    }
+
+    /// The event of a request, before its decision and outcome.
+    fn event_for(&self, request: &Request) -> NewEvent {
+        let kind = if request.method == "tools/call" {
+            EventKind::ToolCall
+        } else {
+            EventKind::McpRequest
+        };
+        let mut event = self.base_event(kind, &request.method);
+        event.target = match request.method.as_str() {
+            "tools/call" => Target {
+                tool: request.name().map(|n| clip(n, custody_event::MAX_ID_LEN)),
+                ..Target::default()
+            },
+            "resources/read" => Target {
+                resource: request.uri().map(|u| clip(u, custody_event::MAX_TEXT_LEN)),
+                resource_type: Some("mcp_resource".into()),
+                ..Target::default()
+            },
+            "prompts/get" => Target {
+                resource: request.name().map(|n| clip(n, custody_event::MAX_TEXT_LEN)),
+                resource_type: Some("mcp_prompt".into()),
+                ..Target::default()
+            },
+            _ => Target::default(),
+        };
+        event.target.server = Some(self.config.server.clone());
+        event.context.request_id = Some(clip(&request.id.to_string(), 1024));
+        if let Some(arguments) = request.arguments() {
+            event.attributes.insert(
+                "gen_ai.tool.call.arguments.sha256".into(),
+                Value::from(redact::digest(arguments)),
+            );
+            let kept = redact::redact(arguments);
+            let size = serde_json::to_vec(&kept).map(|v| v.len()).unwrap_or(0);
+            let kept = if size <= MAX_KEPT_ARGUMENTS {
+                kept
+            } else {
+                serde_json::json!({"custody.truncated": true, "bytes": size})
+            };
+            event.attributes.insert("custody.arguments".into(), kept);
+        }
+        event
+    }
+
+    fn base_event(&self, kind: EventKind, action: &str) -> NewEvent {
+        let mut attributes = std::collections::BTreeMap::new();
+        attributes.insert("mcp.method.name".into(), Value::from(clip(action, 1024)));
+        NewEvent {
+            version: None,
+            id: Some(EventId::new_v7()),
+            kind,
+            action: clip(action, custody_event::MAX_LABEL_LEN),
+            observed_at: Utc::now(),
+            received_at: None,
+            source: Source {
+                kind: SourceKind::Gateway,
+                name: Some(clip(
+                    &format!("custody wrap {}", self.config.server),
+                    custody_event::MAX_ID_LEN,
+                )),
+                record_id: None,
+            },
+            actor: self.identity.chain().clone(),
+            target: Target {
+                server: Some(self.config.server.clone()),
+                ..Target::default()
+            },
+            outcome: outcome(OutcomeStatus::Unknown, None, None),
+            attribution: None,
+            context: Context {
+                session_id: Some(self.id.clone()),
+                ..Context::default()
+            },
+            attributes,
+            raw: None,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn client_sender(&self) -> Option<mpsc::Sender<Vec<u8>>> {
+        self.to_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn send_client(&self, line: Vec<u8>) {
+        if let Some(sender) = self.client_sender() {
+            let _ = sender.send(line).await;
+        }
+    }
+
+    async fn send_server(&self, line: Vec<u8>) {
+        let sender = self
+            .to_server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(sender) = sender {
+            let _ = sender.send(line).await;
+        }
+    }
+
+    fn close_server_input(&self) {
+        self.to_server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    fn close_client_output(&self) {
+        self.to_client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
+
+/// The methods that act on the server's tools, resources and prompts:
+/// each is an event with a decision.
+fn is_call(method: &str) -> bool {
+    matches!(method, "tools/call" | "resources/read" | "prompts/get")
+}
+
+fn target_name(request: &Request) -> Option<String> {
+    request.name().or_else(|| request.uri()).map(str::to_owned)
+}
+
+fn outcome(status: OutcomeStatus, reason: Option<String>, took: Option<u64>) -> Outcome {
+    Outcome {
+        status,
+        reason: reason.map(|r| clip(&r, custody_event::MAX_TEXT_LEN)),
+        duration_ms: took,
+    }
+}
+
+/// A JSON-RPC error as `CODE: MESSAGE`.
+fn error_text(error: &Value) -> String {
+    let code = error.get("code").map(Value::to_string).unwrap_or_default();
+    let message = error.get("message").and_then(Value::as_str).unwrap_or("");
+    format!("{code}: {message}")
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn clip(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default().to_owned()
+}
+
+/// A task writing lines to `out`, and the sender that feeds it.
+fn writer(
+    mut out: impl AsyncWrite + Unpin + Send + 'static,
+) -> (mpsc::Sender<Vec<u8>>, JoinHandle<()>) {
+    let (sender, mut lines) = mpsc::channel::<Vec<u8>>(LINES_QUEUED);
+    let task = tokio::spawn(async move {
+        while let Some(mut line) = lines.recv().await {
+            line.push(b'\n');
+            if out.write_all(&line).await.is_err() || out.flush().await.is_err() {
+                break;
+            }
+        }
+        let _ = out.shutdown().await;
+    });
+    (sender, task)
+}
+
+async fn read_client(session: Arc<Session>, input: impl AsyncRead + Unpin) {
+    let limit = session.config.max_message;
+    let mut input = BufReader::new(input);
+    while let Some(line) = next_line(&mut input, limit).await {
+        match line {
+            Some(line) => session.client_message(line).await,
+            None => {
+                let error = DecodeError::too_large(limit);
+                session.refuse_undecodable(error).await;
+            }
+        }
+    }
+}
+
+async fn read_server(session: Arc<Session>, output: impl AsyncRead + Unpin) {
+    let limit = session.config.max_server_message;
+    let mut output = BufReader::new(output);
+    while let Some(line) = next_line(&mut output, limit).await {
+        match line {
+            Some(line) => session.server_message(line).await,
+            None => tracing::error!(limit, "dropped a server message larger than the limit"),
+        }
+    }
+}
+
+/// The next line: `None` at the end, `Some(None)` for a line longer than
+/// `limit`.
+async fn next_line(
+    input: &mut (impl AsyncBufReadExt + Unpin),
+    limit: usize,
+) -> Option<Option<Vec<u8>>> {
+    match read_line(input, limit).await {
+        Line::Text(line) => Some(Some(line)),
+        Line::TooLong => Some(None),
+        Line::End => None,
+    }
+}
+
+enum Line {
+    Text(Vec<u8>),
+    /// A line longer than the limit, read past and dropped.
+    TooLong,
+    End,
+}
+
+/// Reads one non-empty line of at most `limit` bytes, never holding more
+/// than that in memory.
+async fn read_line(input: &mut (impl AsyncBufReadExt + Unpin), limit: usize) -> Line {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buffer = match input.fill_buf().await {
+            Ok(buffer) => buffer,
+            Err(_) => return Line::End,
+        };
+        if buffer.is_empty() {
+            return match (too_long, line.is_empty()) {
+                (true, _) => Line::TooLong,
+                (false, true) => Line::End,
+                (false, false) => Line::Text(line),
+            };
+        }
+        let (chunk, found) = match buffer.iter().position(|b| *b == b'\n') {
+            Some(at) => (buffer.get(..at).unwrap_or_default(), Some(at)),
+            None => (buffer, None),
+        };
+        if !too_long {
+            if line.len() + chunk.len() > limit {
+                too_long = true;
+                line = Vec::new();
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        let used = found.map_or(chunk.len(), |at| at + 1);
+        input.consume(used);
+        if found.is_some() {
+            if too_long {
+                return Line::TooLong;
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                line.clear();
+                continue;
+            }
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Line::Text(line);
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "relay_tests.rs"]
+mod tests;
