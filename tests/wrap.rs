@@ -2,9 +2,11 @@
 //! talks to a real MCP server (`@modelcontextprotocol/server-everything`)
 //! through the real binary, which records into a real `custody serve`.
 //!
-//! The peers are installed by `tests/peers/install.sh` (which `.ci/run`
-//! runs). A test without them fails, saying how to install them, unless
-//! `CUSTODY_SKIP_MCP_PEERS=1` asks to skip it.
+//! The peers are installed by `tests/peers/install.sh` (npm and PyPI, into
+//! `target/mcp-peers`), which the tests run themselves when the peers are
+//! missing, as `.ci/run` does before them. A test whose peers cannot be
+//! installed fails, saying why, unless `CUSTODY_SKIP_MCP_PEERS=1` asks to
+//! skip it.
 
 mod common;
 
@@ -30,28 +32,51 @@ struct Peers {
     server: PathBuf,
 }
 
-/// The installed peers, `None` when skipping was asked for; fails the test
-/// when they are missing otherwise.
+/// The installed peers, installed first if need be (once per test run),
+/// `None` when skipping was asked for; fails the test when they cannot be
+/// installed.
 fn peers() -> Option<Peers> {
     let dir = peers_dir();
     let peers = Peers {
         python: dir.join("venv/bin/python"),
         server: dir.join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
     };
-    if peers.python.exists() && peers.server.exists() {
-        return Some(peers);
-    }
-    let how = format!(
-        "the MCP peers are not installed in {}: run `tests/peers/install.sh` (needs npm and \
-         python3 with network access to npmjs.org and PyPI), or set CUSTODY_SKIP_MCP_PEERS=1 \
-         to skip the tests that need them",
-        dir.display()
-    );
     if std::env::var_os("CUSTODY_SKIP_MCP_PEERS").is_some_and(|v| v == "1") {
-        eprintln!("skipping: {how}");
+        eprintln!("skipping: CUSTODY_SKIP_MCP_PEERS=1 asks to skip the tests of real MCP peers");
         return None;
     }
-    panic!("{how}");
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| install(&dir));
+    if let Err(why) = installed {
+        panic!(
+            "the MCP peers are not installed in {} and installing them failed ({why}): \
+             `tests/peers/install.sh` needs npm and python3 with network access to npmjs.org \
+             and PyPI; CUSTODY_SKIP_MCP_PEERS=1 skips the tests that need them",
+            dir.display()
+        );
+    }
+    Some(peers)
+}
+
+/// Runs `tests/peers/install.sh` into `dir`; it leaves what is installed at
+/// the pinned versions alone.
+fn install(dir: &Path) -> Result<(), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/install.sh");
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .map_err(|error| format!("running {}: {error}", script.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} exited with {}: {}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
 }
 
 /// One run of the Python client through `custody wrap`.
