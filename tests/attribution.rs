@@ -211,7 +211,9 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
             .to_owned()
     };
     assert!(
-        evidence(&by_name).contains("aws_role_session deploy-run-0.d"),
+        evidence(&by_name).contains(
+            "aws_role_session arn:aws:sts::111122223333:assumed-role/deployer/deploy-run-0.d"
+        ),
         "{}",
         evidence(&by_name)
     );

@@ -477,10 +477,17 @@ impl Attributor {
                 .map(|until| until.with_timezone(&Utc))
                 .or_else(|| Some(at + Duration::hours(DEFAULT_ROLE_SESSION)));
             if let Some(session) = attribute(event, ATTR_AWS_ROLE_SESSION) {
-                self.bind(learned(
-                    BindingKey::AwsRoleSession(session.to_owned()),
-                    until,
-                ));
+                // Any caller may name a session anything: when the role is
+                // known, only that role's session of that name is bound.
+                let role = target
+                    .principal
+                    .as_ref()
+                    .map(|principal| principal.id.as_str())
+                    .or(target.resource.as_deref());
+                let key = role
+                    .and_then(|role| assumed_role_arn(role, session))
+                    .unwrap_or_else(|| session.to_owned());
+                self.bind(learned(BindingKey::AwsRoleSession(key), until));
             }
             if let Some(identity) = attribute(event, ATTR_AWS_SOURCE_IDENTITY) {
                 self.bind(learned(
@@ -533,7 +540,13 @@ pub fn binding_keys(event: &RuntimeEvent) -> Vec<BindingKey> {
         match credential.kind {
             CredentialKind::AwsAccessKey => keys.push(BindingKey::AwsAccessKey(id)),
             CredentialKind::AwsRoleSession => {
-                keys.push(BindingKey::AwsRoleSession(session_name(&id).to_owned()));
+                // Bound by its full ARN when the binding knew the role, by
+                // its name when it did not.
+                let name = session_name(&id).to_owned();
+                if name != id {
+                    keys.push(BindingKey::AwsRoleSession(id));
+                }
+                keys.push(BindingKey::AwsRoleSession(name));
             }
             CredentialKind::OauthToken => keys.push(BindingKey::OauthToken(id)),
             CredentialKind::CustodyToken => keys.push(BindingKey::CustodyToken(id)),
@@ -572,6 +585,26 @@ fn session_name(id: &str) -> &str {
     } else {
         id
     }
+}
+
+/// The ARN of session `session` of the role `role`
+/// (`arn:aws:iam::1:role/path/Name` -> `arn:aws:sts::1:assumed-role/Name/session`),
+/// if `role` is a role ARN.
+pub(crate) fn assumed_role_arn(role: &str, session: &str) -> Option<String> {
+    let mut parts = role.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(_region), Some(account), Some(path)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let name = path.strip_prefix("role/")?.rsplit('/').next()?;
+    (!name.is_empty() && !account.is_empty())
+        .then(|| format!("arn:{partition}:sts::{account}:assumed-role/{name}/{session}"))
 }
 
 fn evidence(kind: &str, detail: String) -> Evidence {

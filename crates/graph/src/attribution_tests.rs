@@ -2,7 +2,7 @@
 //! ambiguity; validity.
 
 use chrono::Duration;
-use custody_event::RuntimeEvent;
+use custody_event::{AttributionMethod, RuntimeEvent};
 use serde_json::{Value, json};
 
 use crate::tests::{at, reported as event};
@@ -94,6 +94,60 @@ fn a_role_session_assumed_by_a_sub_agent_attributes_its_cloudtrail_records() {
         log.push(describe(&record));
     }
     insta::assert_snapshot!(log.join("\n"));
+}
+
+#[test]
+fn a_session_name_binds_only_its_own_role_s_session_when_the_role_is_known() {
+    let mut attributor = Attributor::default();
+    let mut assume = event(
+        0,
+        sub_agent("deployer", "run-0.b"),
+        json!({"kind": "credential_use", "action": "sts:AssumeRole",
+               "target": {"principal": {"type": "role", "id": "arn:aws:iam::111122223333:role/ci/deployer"}},
+               "attributes": {"aws.role_session_name": "deploy-run-0.b"}}),
+    );
+    attributor.attribute(&mut assume, &Trust::Authenticated("jti-b".into()));
+    let mut own = cloudtrail(10, "deploy-run-0.b", None);
+    attributor.attribute(&mut own, &Trust::Reported);
+    assert_eq!(own.attribution.method, AttributionMethod::Bound);
+    assert!(
+        own.attribution.evidence[0].detail.contains(
+            "aws_role_session arn:aws:sts::111122223333:assumed-role/deployer/deploy-run-0.b"
+        ),
+        "{:?}",
+        own.attribution.evidence
+    );
+    // The same name, chosen by whoever assumed another role.
+    let arn = "arn:aws:sts::111122223333:assumed-role/intruder/deploy-run-0.b";
+    let mut other = event(
+        11,
+        json!({"current": {"type": "role", "id": arn},
+               "credential": {"type": "aws_role_session", "id": arn}}),
+        json!({"kind": "data_access", "action": "s3:GetObject"}),
+    );
+    attributor.attribute(&mut other, &Trust::Reported);
+    assert_eq!(other.attribution.method, AttributionMethod::Unattributed);
+}
+
+#[test]
+fn assumed_role_session_arns_are_made_from_role_arns() {
+    use crate::attribution::assumed_role_arn;
+    assert_eq!(
+        assumed_role_arn("arn:aws:iam::111122223333:role/ci/deployer", "s1").as_deref(),
+        Some("arn:aws:sts::111122223333:assumed-role/deployer/s1")
+    );
+    assert_eq!(
+        assumed_role_arn("arn:aws-us-gov:iam::111122223333:role/deployer", "s1").as_deref(),
+        Some("arn:aws-us-gov:sts::111122223333:assumed-role/deployer/s1")
+    );
+    for not_a_role in [
+        "arn:aws:iam::111122223333:user/alice",
+        "arn:aws:s3:::bucket",
+        "deployer",
+        "arn:aws:iam:::role/deployer",
+    ] {
+        assert_eq!(assumed_role_arn(not_a_role, "s1"), None, "{not_a_role}");
+    }
 }
 
 #[test]
