@@ -1002,7 +1002,10 @@ fn events_are_shown_as_a_table_and_filtered() {
         (&["--root", "alice", "--kind", "data_access"], &["a2"]),
         (&["--actor", "nobody"], &[]),
         // Posted with an API token, nothing explains them.
-        (&["--attribution", "unattributed"], &["a4", "a3", "a2", "a1"]),
+        (
+            &["--attribution", "unattributed"],
+            &["a4", "a3", "a2", "a1"],
+        ),
         (&["--attribution", "authenticated,bound"], &[]),
         (&["--oldest-first"], &["a1", "a2", "a3", "a4"]),
         (&["--limit", "2"], &["a4", "a3"]),

@@ -55,6 +55,15 @@ pub struct ServeArgs {
     /// comma-separated in the environment.
     #[arg(long = "sensitive", env = "CUSTODY_SENSITIVE", value_delimiter = ',')]
     pub sensitive: Vec<String>,
+    /// An event attribute that labels the event's resource sensitive,
+    /// `KEY` or `KEY=VALUE` (e.g. `data.classification=confidential`);
+    /// repeatable, or comma-separated in the environment.
+    #[arg(
+        long = "sensitive-tag",
+        env = "CUSTODY_SENSITIVE_TAGS",
+        value_delimiter = ','
+    )]
+    pub sensitive_tags: Vec<String>,
     /// Index postings held in memory before they are written out as a
     /// sorted run: more means fewer, better-packed writes and more memory,
     /// about 60-120 bytes each [default: 600000].
@@ -74,6 +83,7 @@ struct FileConfig {
     public_url: Option<String>,
     graph: Option<bool>,
     sensitive: Option<Vec<String>>,
+    sensitive_tags: Option<Vec<String>>,
     pending_postings: Option<usize>,
     #[serde(default)]
     issuers: Vec<IssuerTable>,
@@ -145,6 +155,9 @@ pub struct Config {
     pub graph: bool,
     /// Patterns of sensitive resource names, for the blast radius.
     pub sensitive: Vec<String>,
+    /// Event attributes (`KEY` or `KEY=VALUE`) that label a resource
+    /// sensitive.
+    pub sensitive_tags: Vec<String>,
     /// External issuers whose agent tokens are accepted.
     pub issuers: Vec<Trust>,
 }
@@ -202,6 +215,11 @@ impl Config {
                 file.sensitive.unwrap_or_default()
             } else {
                 args.sensitive
+            },
+            sensitive_tags: if args.sensitive_tags.is_empty() {
+                file.sensitive_tags.unwrap_or_default()
+            } else {
+                args.sensitive_tags
             },
             issuers,
         })
@@ -343,7 +361,8 @@ mod tests {
         std::fs::write(
             &file,
             "data_dir = \"/var/lib/custody\"\nlisten = \"0.0.0.0:8080\"\ndurability = \"normal\"\n\
-             pending_postings = 1000\nsensitive = [\"*payroll*\"]\ngraph = false\n",
+             pending_postings = 1000\nsensitive = [\"*payroll*\"]\ngraph = false\n\
+             sensitive_tags = [\"pii\"]\n",
         )
         .unwrap();
 
@@ -362,6 +381,7 @@ mod tests {
         assert_eq!(from_file.store.durability, Durability::Normal);
         assert_eq!(from_file.store.max_pending_postings, 1000);
         assert_eq!(from_file.sensitive, ["*payroll*"]);
+        assert_eq!(from_file.sensitive_tags, ["pii"]);
         assert!(!from_file.graph);
         assert!(defaults.graph);
         assert_eq!(

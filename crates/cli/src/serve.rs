@@ -46,7 +46,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let live = if config.graph {
         custody_graph::Live::new(
             custody_graph::Attributor::default(),
-            custody_graph::Graph::new(custody_graph::Sensitivity::new(config.sensitive.clone())),
+            custody_graph::Graph::new(
+                custody_graph::Sensitivity::new(config.sensitive.clone())
+                    .with_tags(&config.sensitive_tags),
+            ),
         )
     } else {
         custody_graph::Live::without_graph(custody_graph::Attributor::default())

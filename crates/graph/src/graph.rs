@@ -218,11 +218,15 @@ pub struct BlastRadius {
     pub fan_out: usize,
 }
 
-/// Which resource names are sensitive: patterns where `*` matches any run of
-/// characters, e.g. `arn:aws:s3:::payroll*` or `*customer*`.
+/// Which resources are sensitive: those whose names match a pattern, where
+/// `*` matches any run of characters (`arn:aws:s3:::payroll*`,
+/// `*customer*`), and those an event tags: an attribute `KEY` of the event,
+/// with the value `VALUE` if the tag names one (`data.classification=
+/// confidential`), labels the event's resource. A label, once seen, stays.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sensitivity {
     patterns: Vec<String>,
+    tags: Vec<(String, Option<String>)>,
 }
 
 impl Sensitivity {
@@ -230,7 +234,21 @@ impl Sensitivity {
     pub fn new(patterns: impl IntoIterator<Item = impl Into<String>>) -> Sensitivity {
         Sensitivity {
             patterns: patterns.into_iter().map(Into::into).collect(),
+            tags: Vec::new(),
         }
+    }
+
+    /// The same, also labelling the resource of any event carrying one of
+    /// `tags`, each written `KEY` or `KEY=VALUE`.
+    pub fn with_tags(mut self, tags: impl IntoIterator<Item = impl AsRef<str>>) -> Sensitivity {
+        self.tags = tags
+            .into_iter()
+            .map(|tag| match tag.as_ref().split_once('=') {
+                Some((key, value)) => (key.to_owned(), Some(value.to_owned())),
+                None => (tag.as_ref().to_owned(), None),
+            })
+            .collect();
+        self
     }
 
     /// Whether `resource` matches a pattern.
@@ -238,6 +256,18 @@ impl Sensitivity {
         self.patterns
             .iter()
             .any(|pattern| glob_matches(pattern, resource))
+    }
+
+    /// Whether `event` carries a sensitivity tag for its resource.
+    pub fn tags(&self, event: &RuntimeEvent) -> bool {
+        self.tags.iter().any(|(key, value)| {
+            event.attributes.get(key).is_some_and(|found| match value {
+                None => true,
+                Some(value) => found
+                    .as_str()
+                    .map_or_else(|| found.to_string() == *value, |text| text == value),
+            })
+        })
     }
 }
 
@@ -528,7 +558,19 @@ impl Graph {
             } else {
                 NodeKind::Resource
             };
+            let tagged = !credential && self.sensitivity.tags(event);
+            let known = self.nodes.len();
             let node = self.node(kind, resource, None, at);
+            if tagged {
+                if self.nodes.len() > known {
+                    // New: no hop has counted it yet.
+                    if let Some(n) = self.nodes.get_mut(node) {
+                        n.sensitive = true;
+                    }
+                } else {
+                    self.label_sensitive(node);
+                }
+            }
             let edge = match verb {
                 Verb::Create => EdgeKind::Created,
                 Verb::Write => EdgeKind::Wrote,
@@ -1081,6 +1123,26 @@ impl Graph {
             node.first_in = edge;
         }
         Sighting::New
+    }
+
+    /// Labels a resource sensitive. The hops that counted it before it was
+    /// (a tag arriving after the resource was first touched) count it now:
+    /// a scan of every hop's radius, paid once per resource at most.
+    fn label_sensitive(&mut self, resource: u32) {
+        let Some(node) = self.nodes.get_mut(resource) else {
+            return;
+        };
+        if std::mem::replace(&mut node.sensitive, true) {
+            return;
+        }
+        for slot in 0..self.radii.len() {
+            let slot = u32::try_from(slot).unwrap_or(NONE);
+            if let Some(radius) = self.radii.get_mut(slot)
+                && radius.resources.contains(&resource)
+            {
+                radius.sensitive += 1;
+            }
+        }
     }
 
     fn radius(&mut self, node: u32) -> Option<&mut Radius> {

@@ -262,6 +262,54 @@ fn sensitivity_patterns_match_with_stars() {
 }
 
 #[test]
+fn a_tag_labels_its_resource_sensitive_for_every_hop_that_touched_it() {
+    let labels =
+        Sensitivity::new(["*payroll*"]).with_tags(["data.classification=confidential", "pii"]);
+    let mut graph = Graph::new(labels);
+    let read = |second: i64, run: &str, resource: &str, attributes: Value| {
+        event(
+            second,
+            chain(&[("reader", run)]),
+            json!({"kind": "data_access", "action": "s3:GetObject",
+                   "target": {"resource": resource}, "attributes": attributes}),
+        )
+    };
+    let sensitive = |graph: &Graph, node: &str| {
+        graph
+            .blast_radius(&NodeKey::parse(node).unwrap())
+            .unwrap()
+            .sensitive_resources
+    };
+    // Touched untagged by run-a, then tagged by run-b's read: both count it.
+    graph.apply(&read(0, "run-a", "s3://exports/q3", json!({})));
+    assert_eq!(sensitive(&graph, "run:run-a"), 0);
+    graph.apply(&read(
+        1,
+        "run-b",
+        "s3://exports/q3",
+        json!({"data.classification": "confidential"}),
+    ));
+    assert_eq!(sensitive(&graph, "run:run-a"), 1);
+    assert_eq!(sensitive(&graph, "run:run-b"), 1);
+    assert_eq!(sensitive(&graph, "human:alice@example.com"), 1);
+    // Tagged again, or read again: counted once.
+    graph.apply(&read(2, "run-a", "s3://exports/q3", json!({"pii": true})));
+    assert_eq!(sensitive(&graph, "run:run-a"), 1);
+    // A new resource tagged from the start; a tag of another value labels
+    // nothing; a name pattern still does.
+    graph.apply(&read(3, "run-c", "s3://exports/q4", json!({"pii": "yes"})));
+    graph.apply(&read(
+        4,
+        "run-c",
+        "s3://exports/q5",
+        json!({"data.classification": "public"}),
+    ));
+    graph.apply(&read(5, "run-c", "s3://payroll/q5", json!({})));
+    assert_eq!(sensitive(&graph, "run:run-c"), 2);
+    assert_eq!(sensitive(&graph, "human:alice@example.com"), 3);
+}
+
+#[test]
 fn who_touched_a_resource_walks_up_to_every_root() {
     let graph = deep_chain();
     insta::assert_snapshot!(
