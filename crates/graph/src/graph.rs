@@ -226,7 +226,21 @@ pub struct BlastRadius {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Sensitivity {
     patterns: Vec<String>,
-    tags: Vec<(String, Option<String>)>,
+    tags: Vec<(String, Option<TagValue>)>,
+}
+
+/// A tag's value: as text, and as the JSON value it reads as, if any
+/// (`true`, `3`), so attributes of either form match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TagValue {
+    text: String,
+    json: Option<serde_json::Value>,
+}
+
+impl TagValue {
+    fn matches(&self, found: &serde_json::Value) -> bool {
+        found.as_str() == Some(self.text.as_str()) || self.json.as_ref() == Some(found)
+    }
 }
 
 impl Sensitivity {
@@ -244,7 +258,13 @@ impl Sensitivity {
         self.tags = tags
             .into_iter()
             .map(|tag| match tag.as_ref().split_once('=') {
-                Some((key, value)) => (key.to_owned(), Some(value.to_owned())),
+                Some((key, value)) => (
+                    key.to_owned(),
+                    Some(TagValue {
+                        text: value.to_owned(),
+                        json: serde_json::from_str(value).ok(),
+                    }),
+                ),
                 None => (tag.as_ref().to_owned(), None),
             })
             .collect();
@@ -261,12 +281,10 @@ impl Sensitivity {
     /// Whether `event` carries a sensitivity tag for its resource.
     pub fn tags(&self, event: &RuntimeEvent) -> bool {
         self.tags.iter().any(|(key, value)| {
-            event.attributes.get(key).is_some_and(|found| match value {
-                None => true,
-                Some(value) => found
-                    .as_str()
-                    .map_or_else(|| found.to_string() == *value, |text| text == value),
-            })
+            event
+                .attributes
+                .get(key)
+                .is_some_and(|found| value.as_ref().is_none_or(|value| value.matches(found)))
         })
     }
 }

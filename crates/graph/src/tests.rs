@@ -294,6 +294,12 @@ fn a_tag_labels_its_resource_sensitive_for_every_hop_that_touched_it() {
     assert_eq!(sensitive(&graph, "human:alice@example.com"), 1);
     // Tagged again, or read again: counted once.
     graph.apply(&read(2, "run-a", "s3://exports/q3", json!({"pii": true})));
+    graph.apply(&read(
+        2,
+        "run-a",
+        "s3://exports/q3",
+        json!({"data.classification": "confidential"}),
+    ));
     assert_eq!(sensitive(&graph, "run:run-a"), 1);
     // A new resource tagged from the start; a tag of another value labels
     // nothing; a name pattern still does.
@@ -307,6 +313,13 @@ fn a_tag_labels_its_resource_sensitive_for_every_hop_that_touched_it() {
     graph.apply(&read(5, "run-c", "s3://payroll/q5", json!({})));
     assert_eq!(sensitive(&graph, "run:run-c"), 2);
     assert_eq!(sensitive(&graph, "human:alice@example.com"), 3);
+
+    // A value matches an attribute written as text or as JSON.
+    let level = Sensitivity::default().with_tags(["level=3"]);
+    for (attribute, expected) in [(json!(3), true), (json!("3"), true), (json!(4), false)] {
+        let tagged = read(0, "run-d", "s3://x", json!({ "level": attribute }));
+        assert_eq!(level.tags(&tagged), expected, "{attribute}");
+    }
 }
 
 #[test]
