@@ -287,6 +287,9 @@ struct InFlight {
     /// A `tools/list` request: its answer is filtered and its tools'
     /// definitions noted.
     lists_tools: bool,
+    /// The timer failing the request if the server does not answer in
+    /// time, stopped when it does.
+    timer: Option<tokio::task::AbortHandle>,
 }
 
 /// Why a request was not admitted.
@@ -460,7 +463,10 @@ impl Session {
     /// dropped.
     fn answered(&self, id: &Id) -> Option<InFlight> {
         let mut state = self.state();
-        if let Some(in_flight) = state.client.remove(id) {
+        if let Some(mut in_flight) = state.client.remove(id) {
+            if let Some(timer) = in_flight.timer.take() {
+                timer.abort();
+            }
             return Some(in_flight);
         }
         if let Some(at) = state.expired.iter().position(|e| e == id) {
@@ -542,6 +548,7 @@ impl Session {
                 held: false,
                 number,
                 lists_tools: request.method == "tools/list",
+                timer: None,
             },
         );
         Ok(())
@@ -843,13 +850,16 @@ impl Session {
         let session = self.clone();
         let mut closing = self.closing.subscribe();
         let id = request.id.clone();
-        tokio::spawn(async move {
+        let timer = tokio::spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(session.config.call_timeout) => session.expire(&id, number).await,
                 // The session ended: what was in flight was failed then.
                 _ = closing.changed() => {}
             }
         });
+        if let Some(in_flight) = self.state().client.get_mut(&request.id) {
+            in_flight.timer = Some(timer.abort_handle());
+        }
         self.send_server(request.canonical).await;
     }
 
