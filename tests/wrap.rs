@@ -237,18 +237,23 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Checks a session's steps and records: `echo` allowed, the first
-/// `get-sum` held and approved, `get-env` denied, the second `get-sum` held
-/// and refused; what was refused never reached the server.
+/// Checks a session's steps and records: `get-env` not listed, `echo`
+/// allowed, the first `get-sum` held and approved, `get-env` (called anyway)
+/// denied, the second `get-sum` held and refused; what was refused never
+/// reached the server.
 fn check_session(steps: &[Value], received: &str, events: &[Value], era_version: &str) {
     assert_eq!(
         steps[0],
         json!({"step": "handshake", "version": era_version})
     );
     let tools = steps[1]["names"].as_array().unwrap();
-    for tool in ["echo", "get-env", "get-sum"] {
+    for tool in ["echo", "get-sum"] {
         assert!(tools.contains(&json!(tool)), "{tool} listed: {tools:?}");
     }
+    assert!(
+        !tools.contains(&json!("get-env")),
+        "a denied tool is not listed: {tools:?}"
+    );
     assert_eq!(
         steps[2],
         json!({"step": "echo", "text": "Echo: hello through custody", "is_error": false})
