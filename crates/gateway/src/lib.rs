@@ -33,7 +33,7 @@ mod outbox;
 mod policy;
 pub mod redact;
 mod relay;
-mod tools;
+pub mod tools;
 
 pub use approval::{Approval, Approvals, HeldCall};
 pub use identity::Identity;
