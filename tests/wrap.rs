@@ -237,18 +237,23 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Checks a session's steps and records: `echo` allowed, the first
-/// `get-sum` held and approved, `get-env` denied, the second `get-sum` held
-/// and refused; what was refused never reached the server.
+/// Checks a session's steps and records: `get-env` not listed, `echo`
+/// allowed, the first `get-sum` held and approved, `get-env` (called anyway)
+/// denied, the second `get-sum` held and refused; what was refused never
+/// reached the server.
 fn check_session(steps: &[Value], received: &str, events: &[Value], era_version: &str) {
     assert_eq!(
         steps[0],
         json!({"step": "handshake", "version": era_version})
     );
     let tools = steps[1]["names"].as_array().unwrap();
-    for tool in ["echo", "get-env", "get-sum"] {
+    for tool in ["echo", "get-sum"] {
         assert!(tools.contains(&json!(tool)), "{tool} listed: {tools:?}");
     }
+    assert!(
+        !tools.contains(&json!("get-env")),
+        "a denied tool is not listed: {tools:?}"
+    );
     assert_eq!(
         steps[2],
         json!({"step": "echo", "text": "Echo: hello through custody", "is_error": false})
@@ -456,22 +461,41 @@ fn a_real_client_negotiating_by_default_through_wrap_with_a_declared_identity() 
     }
 }
 
+/// A run in the 2025-11-25 era by the declared agent `coder`, recorded
+/// with the admin token, calling `calls` under `policy`.
+fn declared<'a>(
+    peers: &'a Peers,
+    server: &'a Server,
+    dir: &Path,
+    calls: &[&str],
+    policy: &[&str],
+) -> Run<'a> {
+    let owned = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect();
+    Run {
+        peers,
+        server,
+        era: "2025-11-25",
+        identity: ["--agent", "coder"].map(String::from).to_vec(),
+        env: vec![("CUSTODY_TOKEN", server.token.clone())],
+        calls: owned(calls),
+        policy: owned(policy),
+        approvals: dir.join("approvals"),
+        received: dir.join("received.jsonl"),
+    }
+}
+
 #[test]
 fn a_kill_fails_the_call_and_ends_the_session() {
     let Some(peers) = peers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
-    let (steps, received) = Run {
-        peers: &peers,
-        server: &server,
-        era: "2025-11-25",
-        identity: ["--agent", "coder"].map(String::from).to_vec(),
-        env: vec![("CUSTODY_TOKEN", server.token.clone())],
-        calls: vec![r#"get-sum={"a":1,"b":2}"#.into(), "get-env".into()],
-        policy: ["--kill-tool", "get-sum"].map(String::from).to_vec(),
-        approvals: dir.path().join("approvals"),
-        received: dir.path().join("received.jsonl"),
-    }
+    let (steps, received) = declared(
+        &peers,
+        &server,
+        dir.path(),
+        &[r#"get-sum={"a":1,"b":2}"#, "get-env"],
+        &["--kill-tool", "get-sum"],
+    )
     .go();
     assert_eq!(steps[2]["text"], "Echo: hello through custody");
     assert_eq!(steps[3]["error_code"], -32002, "{}", steps[3]);
@@ -496,4 +520,47 @@ fn a_kill_fails_the_call_and_ends_the_session() {
     assert_eq!(killed.len(), 1, "{events:#?}");
     assert_eq!(killed[0]["outcome"]["status"], "denied");
     assert_eq!(killed[0]["attributes"]["custody.verdict"], "kill");
+}
+
+#[test]
+fn a_call_the_server_does_not_answer_in_time_fails_and_the_session_goes_on() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let (steps, _received) = declared(
+        &peers,
+        &server,
+        dir.path(),
+        &[
+            r#"trigger-long-running-operation={"duration":3,"steps":3}"#,
+            r#"get-sum={"a":1,"b":2}"#,
+        ],
+        &["--call-timeout", "1"],
+    )
+    .go();
+    assert_eq!(steps[3]["error_code"], -32004, "{}", steps[3]);
+    assert!(
+        steps[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 1 s"),
+        "{}",
+        steps[3]
+    );
+    assert_eq!(steps[4]["text"], "The sum of 1 and 2 is 3.", "{steps:?}");
+    let events = tool_calls(&server);
+    let slow: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["target"]["tool"] == "trigger-long-running-operation")
+        .collect();
+    assert_eq!(slow.len(), 1, "{events:#?}");
+    assert_eq!(slow[0]["outcome"]["status"], "failure");
+    assert!(
+        slow[0]["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("timeout"),
+        "{}",
+        slow[0]
+    );
 }

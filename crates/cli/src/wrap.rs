@@ -75,6 +75,17 @@ pub struct WrapArgs {
     /// A tool whose call ends the session (repeatable).
     #[arg(long, value_name = "TOOL")]
     kill_tool: Vec<String>,
+    /// Refuse calls to a tool whose definition (description, schemas,
+    /// annotations) changed since it was first listed in the session.
+    #[arg(long)]
+    deny_changed_tools: bool,
+    /// How long a request forwarded to the server waits for its answer
+    /// before the client is told it timed out, in seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    call_timeout: u64,
+    /// The client's requests in flight beyond which new ones are refused.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    max_in_flight: u64,
     /// Forward calls Custody cannot decide or record instead of refusing
     /// them.
     #[arg(long)]
@@ -118,11 +129,14 @@ pub async fn run(args: WrapArgs) -> anyhow::Result<ExitCode> {
         deny: args.deny_tool.iter().cloned().collect(),
         hold: args.hold_tool.iter().cloned().collect(),
         kill: args.kill_tool.iter().cloned().collect(),
+        deny_changed: args.deny_changed_tools,
     };
     let mut config = Config::new(name);
     config.max_message = args.max_message_bytes;
     config.hold_timeout = Duration::from_secs(args.hold_timeout);
     config.fail_open = args.fail_open;
+    config.call_timeout = Duration::from_secs(args.call_timeout);
+    config.max_in_flight = usize::try_from(args.max_in_flight).unwrap_or(usize::MAX);
     let gateway = Gateway::new(
         rules,
         identity,

@@ -97,6 +97,22 @@ impl Engine {
         (evaluated, receipt)
     }
 
+    /// What the decide stage would make of `event`, without it happening:
+    /// normalize, attribute, detect and decide run as for
+    /// [`Engine::evaluate_as`]; nothing is acted on or recorded. The
+    /// gateway asks it of a synthetic call ("may this chain call this
+    /// tool?") to show a caller only what it may use. A panic is a
+    /// fail-closed decision, as on the inline path.
+    pub fn preview_as(
+        &self,
+        event: NewEvent,
+        received_at: DateTime<Utc>,
+        provenance: &Provenance,
+    ) -> Decision {
+        self.judge(event, received_at, provenance, Acting::No)
+            .decision
+    }
+
     /// The collector path: runs every stage on each event of a batch and
     /// queues the batch for recording as one unit.
     pub fn ingest_batch(
@@ -147,12 +163,25 @@ impl Engine {
         received_at: DateTime<Utc>,
         provenance: &Provenance,
     ) -> Evaluated {
+        self.judge(event, received_at, provenance, Acting::Yes)
+    }
+
+    fn judge(
+        &self,
+        event: NewEvent,
+        received_at: DateTime<Utc>,
+        provenance: &Provenance,
+        acting: Acting,
+    ) -> Evaluated {
         let mut event = self.normalize.normalize(event, received_at);
         self.attribute.attribute(&mut event, provenance);
         let judged = catch_unwind(AssertUnwindSafe(|| {
             let signals = self.detect.detect(&event);
             let decision = self.decide.decide(&event, &signals);
-            let actions = self.act.act(&event, &decision);
+            let actions = match acting {
+                Acting::Yes => self.act.act(&event, &decision),
+                Acting::No => Vec::new(),
+            };
             (signals, decision, actions)
         }));
         let (signals, decision, actions) = match judged {
@@ -177,6 +206,13 @@ impl Engine {
             actions,
         }
     }
+}
+
+/// Whether the act stage carries out a decision: not for a preview.
+#[derive(Debug, Clone, Copy)]
+enum Acting {
+    Yes,
+    No,
 }
 
 /// Builds an [`Engine`], replacing stages one by one.
@@ -413,6 +449,37 @@ mod tests {
                 .message
                 .contains("policy store corrupted")
         );
+    }
+
+    /// Counts what it is asked to carry out.
+    #[derive(Default)]
+    struct CountingActs(Mutex<usize>);
+
+    impl Act for Arc<CountingActs> {
+        fn act(&self, _event: &RuntimeEvent, _decision: &Decision) -> Vec<ActionRecord> {
+            *self.0.lock().unwrap() += 1;
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_preview_decides_without_acting_or_recording() {
+        let memory = Arc::new(Memory::default());
+        let acts = Arc::new(CountingActs::default());
+        let engine = Engine::builder(memory.clone())
+            .detect(Trace("detect"))
+            .decide(Trace("decide"))
+            .act(acts.clone())
+            .build();
+        let decision = engine.preview_as(event(), Utc::now(), &Provenance::Reported);
+        assert_eq!(decision.verdict, Verdict::Alert);
+        assert_eq!(decision.reasons[0].message, "detect,decide");
+        assert_eq!(*acts.0.lock().unwrap(), 0);
+        assert!(memory.0.lock().unwrap().is_empty());
+
+        let panics = Engine::builder(memory).decide(Panics).build();
+        let decision = panics.preview_as(event(), Utc::now(), &Provenance::Reported);
+        assert_eq!(decision.verdict, Verdict::Deny);
     }
 
     #[tokio::test]

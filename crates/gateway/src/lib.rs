@@ -33,9 +33,11 @@ mod outbox;
 mod policy;
 pub mod redact;
 mod relay;
+pub mod tools;
 
 pub use approval::{Approval, Approvals, HeldCall};
 pub use identity::Identity;
 pub use outbox::{RecordFailure, Recorder, Recording};
 pub use policy::ToolRules;
-pub use relay::{Config, DENIED, Ended, Gateway, KILLED, SERVER_GONE};
+pub use relay::{Config, DENIED, Ended, Gateway, KILLED, SERVER_GONE, TIMED_OUT, TOO_MANY};
+pub use tools::ChangedDefinitions;

@@ -22,7 +22,7 @@ use custody_event::{
 };
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::approval::{Approval, Approvals, HeldCall};
@@ -30,6 +30,7 @@ use crate::decode::{self, ClientMessage, DecodeError, Id, Request, ServerMessage
 use crate::identity::Identity;
 use crate::outbox::{Outbox, RecordFailure, Recorder};
 use crate::redact;
+use crate::tools::{self, Catalog, ChangedDefinitions, Definition};
 
 /// JSON-RPC error code of a call Custody refused.
 pub const DENIED: i64 = -32001;
@@ -37,6 +38,11 @@ pub const DENIED: i64 = -32001;
 pub const KILLED: i64 = -32002;
 /// JSON-RPC error code of a call the server ended without answering.
 pub const SERVER_GONE: i64 = -32003;
+/// JSON-RPC error code of a request the server did not answer in time.
+pub const TIMED_OUT: i64 = -32004;
+/// JSON-RPC error code of a request refused because the client has too
+/// many in flight.
+pub const TOO_MANY: i64 = -32005;
 
 /// The largest redacted arguments kept in an event, serialized; larger
 /// ones keep their digest and size only.
@@ -45,6 +51,13 @@ const MAX_KEPT_ARGUMENTS: usize = 16 << 10;
 const OUTBOX_CAPACITY: usize = 4096;
 /// Lines waiting to be written to either side.
 const LINES_QUEUED: usize = 64;
+/// Bytes waiting to be written to either side: a reader waits for room
+/// (and stops reading its peer) beyond it. A single longer line is let
+/// through alone.
+const BYTES_QUEUED: usize = 8 << 20;
+/// Requests that timed out whose late answers are still expected and
+/// dropped; beyond it the oldest are forgotten.
+const EXPIRED_KEPT: usize = 4096;
 
 /// How a gateway behaves.
 #[derive(Debug, Clone)]
@@ -60,11 +73,18 @@ pub struct Config {
     /// Forward calls when Custody cannot decide or record them, instead
     /// of refusing them.
     pub fail_open: bool,
+    /// How long a request forwarded to the server waits for its answer
+    /// before the client is told it timed out.
+    pub call_timeout: Duration,
+    /// The client's requests in flight (held or forwarded) beyond which
+    /// new ones are refused.
+    pub max_in_flight: usize,
 }
 
 impl Config {
     /// The defaults for a server named `server`: 4 MiB messages from the
-    /// client, 64 MiB from the server, five minutes' hold, fail closed.
+    /// client, 64 MiB from the server, five minutes' hold, two minutes for
+    /// an answer, 64 requests in flight, fail closed.
     pub fn new(server: impl Into<String>) -> Config {
         Config {
             server: server.into(),
@@ -72,6 +92,8 @@ impl Config {
             max_server_message: 64 << 20,
             hold_timeout: Duration::from_secs(300),
             fail_open: false,
+            call_timeout: Duration::from_secs(120),
+            max_in_flight: 64,
         }
     }
 }
@@ -119,8 +141,10 @@ impl Gateway {
         let (outbox, delivering) = Outbox::start(recorder, OUTBOX_CAPACITY);
         // The engine's record stage is the outbox: it refuses room while
         // recording fails, which is how a call is refused when it could
-        // not be recorded.
+        // not be recorded. Its detect stage signals calls to tools whose
+        // definitions changed; the decide stage weighs that.
         let engine = Engine::builder(Arc::new(outbox.clone()))
+            .detect(ChangedDefinitions)
             .decide(decide)
             .build();
         let (killed, on_kill) = watch::channel(None);
@@ -227,21 +251,30 @@ struct Session {
     outbox: Outbox,
     config: Config,
     id: String,
-    to_client: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
-    to_server: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    to_client: Mutex<Option<Lines>>,
+    to_server: Mutex<Option<Lines>>,
     state: Mutex<State>,
     killed: watch::Sender<Option<String>>,
     /// Turns true when the session ends: held calls stop waiting.
     closing: watch::Sender<bool>,
 }
 
-/// What is in flight, by direction.
+/// What is in flight, by direction, and what the session has seen.
 #[derive(Default)]
 struct State {
     /// The client's requests not yet answered: held or forwarded.
     client: HashMap<Id, InFlight>,
     /// The server's requests the client has not yet answered.
     server: HashSet<Id>,
+    /// The client's requests that timed out, oldest first: their answers
+    /// may still come and are dropped, and their ids are not reused
+    /// meanwhile.
+    expired: std::collections::VecDeque<Id>,
+    /// Numbers the client's requests, so that a timer finds the request it
+    /// was armed for and not a later one with the same id.
+    admitted: u64,
+    /// The server's tools' definitions as first and last listed.
+    catalog: Catalog,
 }
 
 struct InFlight {
@@ -249,6 +282,22 @@ struct InFlight {
     call: Option<Call>,
     /// Held for approval, not yet forwarded.
     held: bool,
+    /// The request's number in the session.
+    number: u64,
+    /// A `tools/list` request: its answer is filtered and its tools'
+    /// definitions noted.
+    lists_tools: bool,
+    /// The timer failing the request if the server does not answer in
+    /// time, stopped when it does.
+    timer: Option<tokio::task::AbortHandle>,
+}
+
+/// Why a request was not admitted.
+enum Refusal {
+    /// Its id is in flight, or its timed-out namesake may still be answered.
+    InFlight,
+    /// The client has `max_in_flight` requests in flight.
+    TooMany,
 }
 
 /// A recorded call on its way.
@@ -286,15 +335,31 @@ impl Session {
             Ok(ClientMessage::Response { id }) => return self.client_response(line, id).await,
             Err(error) => return self.refuse_undecodable(error).await,
         };
-        if !self.admit(&request.id) {
-            let why = format!("the request id {} is already in flight", request.id);
-            let answer = decode::error_response(
-                Some(request.id.value()),
-                decode::INVALID_REQUEST,
-                &why,
-                None,
-            );
-            return self.send_client(answer).await;
+        match self.admit(&request) {
+            Ok(()) => {}
+            Err(Refusal::InFlight) => {
+                let why = format!("the request id {} is already in flight", request.id);
+                let answer = decode::error_response(
+                    Some(request.id.value()),
+                    decode::INVALID_REQUEST,
+                    &why,
+                    None,
+                );
+                return self.send_client(answer).await;
+            }
+            // A client flooding the server is refused beyond the limit,
+            // every excess request recorded, before anything else is spent
+            // on it.
+            Err(Refusal::TooMany) => {
+                let event = self.event_for(&request);
+                let told = format!(
+                    "the client has {} requests in flight, the most this session allows",
+                    self.config.max_in_flight
+                );
+                return self
+                    .refuse(&request, event, TOO_MANY, &told, "refused")
+                    .await;
+            }
         }
 
         // 2. Authenticate. The session's identity was proved when it began
@@ -318,9 +383,11 @@ impl Session {
 
         // 3. Attribute. The event names the chain the identity layer
         //    vouched for, the server, the target and the arguments
-        //    (digested, redacted), so that the decision and the record are
-        //    about the same call.
-        let event = self.event_for(&request);
+        //    (digested, redacted), and whether the tool's definition changed
+        //    since it was first listed, so that the decision and the record
+        //    are about the same call.
+        let mut event = self.event_for(&request);
+        self.mark_changed(&mut event);
 
         // 4. Authorize, before anything reaches the server. The engine's
         //    stages run here on the request path; a panic, an engine
@@ -367,10 +434,13 @@ impl Session {
                 error,
                 tool_error,
             } => {
-                let Some(in_flight) = self.state().client.remove(&id) else {
-                    tracing::warn!(%id, "dropped an answer to no request in flight");
+                let Some(in_flight) = self.answered(&id) else {
                     return;
                 };
+                if in_flight.lists_tools && error.is_none() {
+                    let line = self.tools_listed(line);
+                    return self.send_client(line).await;
+                }
                 if let Some(call) = in_flight.call {
                     let (status, reason) = match (error, tool_error) {
                         (Some(error), _) => (OutcomeStatus::Failure, Some(error_text(&error))),
@@ -386,6 +456,26 @@ impl Session {
             ServerMessage::Notification | ServerMessage::Other => {}
         }
         self.send_client(line).await;
+    }
+
+    /// The request the server answered, taken out of those in flight; an
+    /// answer to none, or a late one to a request that timed out, is
+    /// dropped.
+    fn answered(&self, id: &Id) -> Option<InFlight> {
+        let mut state = self.state();
+        if let Some(mut in_flight) = state.client.remove(id) {
+            if let Some(timer) = in_flight.timer.take() {
+                timer.abort();
+            }
+            return Some(in_flight);
+        }
+        if let Some(at) = state.expired.iter().position(|e| e == id) {
+            state.expired.remove(at);
+            tracing::info!(%id, "dropped a late answer to a request that timed out");
+        } else {
+            tracing::warn!(%id, "dropped an answer to no request in flight");
+        }
+        None
     }
 
     /// Notifications are relayed as they came, except a cancellation of a
@@ -420,6 +510,17 @@ impl Session {
         }
     }
 
+    /// A server line over the limit is read past, never held, and dropped;
+    /// the session goes on. It is not parsed, so the request it may have
+    /// answered is not known: that one fails when its time runs out.
+    fn drop_oversized(&self, limit: usize) {
+        tracing::error!(limit, "dropped a server message larger than the limit");
+        let mut event = self.base_event(EventKind::McpRequest, "custody/server-message-too-large");
+        let why = format!("a server message exceeded {limit} bytes and was dropped");
+        event.outcome = outcome(OutcomeStatus::Denied, Some(why), None);
+        self.outbox.submit(event);
+    }
+
     async fn refuse_undecodable(&self, error: DecodeError) {
         let mut event = self.base_event(EventKind::McpRequest, "invalid_message");
         event.outcome = outcome(OutcomeStatus::Denied, Some(error.message.clone()), None);
@@ -427,20 +528,132 @@ impl Session {
         self.send_client(error.response()).await;
     }
 
-    /// Takes `id` for a new request, unless it is in flight already.
-    fn admit(&self, id: &Id) -> bool {
+    /// Takes the request's id, unless it is in flight already (or may yet
+    /// be answered after timing out), or the client has too many requests
+    /// in flight.
+    fn admit(&self, request: &Request) -> Result<(), Refusal> {
         let mut state = self.state();
-        if state.client.contains_key(id) {
-            return false;
+        if state.client.contains_key(&request.id) || state.expired.contains(&request.id) {
+            return Err(Refusal::InFlight);
         }
+        if state.client.len() >= self.config.max_in_flight {
+            return Err(Refusal::TooMany);
+        }
+        state.admitted += 1;
+        let number = state.admitted;
         state.client.insert(
-            id.clone(),
+            request.id.clone(),
             InFlight {
                 call: None,
                 held: false,
+                number,
+                lists_tools: request.method == "tools/list",
+                timer: None,
             },
         );
-        true
+        Ok(())
+    }
+
+    /// The server's answer to `tools/list`, seen by the session and
+    /// filtered for the client: each tool's definition is noted (a change
+    /// is recorded and signalled), and the tools the decide stage would
+    /// refuse to this chain are removed. The answer is re-serialized, one
+    /// copy of each key, so the client reads exactly the list that was
+    /// checked; one that is not a list of tools passes as it came.
+    fn tools_listed(&self, line: Vec<u8>) -> Vec<u8> {
+        let Ok(mut answer) = serde_json::from_slice::<Value>(&line) else {
+            return line;
+        };
+        let Some(listed) = answer
+            .get_mut("result")
+            .and_then(|result| result.get_mut("tools"))
+            .and_then(Value::as_array_mut)
+        else {
+            return line;
+        };
+        let mut changes = Vec::new();
+        {
+            let mut state = self.state();
+            for tool in listed.iter().filter_map(Value::as_object) {
+                if let Some(name) = tool.get("name").and_then(Value::as_str) {
+                    changes.extend(state.catalog.observe(name, Definition::of(tool)));
+                }
+            }
+        }
+        for change in changes {
+            self.record_change(change);
+        }
+        listed.retain(|tool| {
+            let name = tool.get("name").and_then(Value::as_str);
+            name.is_some_and(|name| self.may_call(name))
+        });
+        serde_json::to_vec(&answer).unwrap_or(line)
+    }
+
+    /// Whether the decide stage would let this session's chain call
+    /// `tool`: a synthetic call, with no arguments, previewed through the
+    /// engine's stages and neither acted on nor recorded. Refusals (deny,
+    /// quarantine, revoke, kill) hide the tool; a tool held for approval
+    /// stays, as it may be approved. A failure to decide hides it, unless
+    /// failing open.
+    fn may_call(&self, tool: &str) -> bool {
+        let mut event = self.base_event(EventKind::ToolCall, "tools/call");
+        event.target.tool = Some(clip(tool, custody_event::MAX_ID_LEN));
+        self.mark_changed(&mut event);
+        let provenance = self.identity.provenance();
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            self.engine.preview_as(event, Utc::now(), &provenance)
+        }));
+        let Ok(decision) = decided else {
+            return self.config.fail_open;
+        };
+        match decision.verdict {
+            Verdict::Allow | Verdict::Alert | Verdict::RequireApproval => true,
+            Verdict::Deny | Verdict::Quarantine | Verdict::Revoke | Verdict::Kill => {
+                self.config.fail_open
+                    && decision
+                        .reasons
+                        .iter()
+                        .any(|r| r.source == ReasonSource::Engine)
+            }
+        }
+    }
+
+    /// Marks a call's event when its tool's definition is no longer the one
+    /// first listed: the detect stage raises a signal on it.
+    fn mark_changed(&self, event: &mut NewEvent) {
+        let Some(tool) = event.target.tool.as_deref() else {
+            return;
+        };
+        let state = self.state();
+        if let Some((first, now)) = state.catalog.changed(tool) {
+            let digests = serde_json::json!({"first": first, "now": now});
+            drop(state);
+            event.attributes.insert(tools::CHANGED.into(), digests);
+        }
+    }
+
+    /// Records a tool definition that changed, with the signal it raises
+    /// for detection.
+    fn record_change(&self, change: tools::Change) {
+        tracing::warn!(tool = %change.tool, fields = ?change.fields, "a tool's definition changed");
+        let mut event = self.base_event(EventKind::McpRequest, tools::CHANGE_ACTION);
+        event.target.tool = Some(clip(&change.tool, custody_event::MAX_ID_LEN));
+        let signals = vec![tools::signal(&change.tool)];
+        let attributes = [
+            ("custody.tool.digest.before", Value::from(change.before)),
+            ("custody.tool.digest.after", Value::from(change.after)),
+            ("custody.tool.changed_fields", Value::from(change.fields)),
+            (
+                "custody.signals",
+                serde_json::to_value(signals).unwrap_or_default(),
+            ),
+        ];
+        for (key, value) in attributes {
+            event.attributes.insert(key.into(), value);
+        }
+        event.outcome = outcome(OutcomeStatus::Success, None, None);
+        self.outbox.submit(event);
     }
 
     fn authorize(&self, mut event: NewEvent) -> (NewEvent, Authorized) {
@@ -453,13 +666,25 @@ impl Session {
             self.engine
                 .evaluate_as(event.clone(), Utc::now(), &provenance)
         }));
-        let decision = match decided {
-            Ok((evaluated, Ok(_receipt))) => evaluated.decision,
-            Ok((_, Err(error))) => {
-                Decision::fail_closed(format!("custody cannot record the call: {error}"))
-            }
-            Err(_) => Decision::fail_closed("the engine panicked while deciding"),
+        let (decision, signals) = match decided {
+            Ok((evaluated, Ok(_receipt))) => (evaluated.decision, evaluated.signals),
+            Ok((_, Err(error))) => (
+                Decision::fail_closed(format!("custody cannot record the call: {error}")),
+                Vec::new(),
+            ),
+            Err(_) => (
+                Decision::fail_closed("the engine panicked while deciding"),
+                Vec::new(),
+            ),
         };
+        // What detection found goes with the event, for the detections
+        // and responders that read the record.
+        if !signals.is_empty() {
+            event.attributes.insert(
+                "custody.signals".into(),
+                serde_json::to_value(&signals).unwrap_or_default(),
+            );
+        }
         let failed = decision
             .reasons
             .iter()
@@ -613,11 +838,65 @@ impl Session {
         }
     }
 
-    async fn forward(&self, request: Request, call: Option<Call>) {
+    /// Sends the request to the server and arms its timeout.
+    async fn forward(self: &Arc<Self>, request: Request, call: Option<Call>) {
+        let number = match self.state().client.get_mut(&request.id) {
+            Some(in_flight) => {
+                in_flight.call = call;
+                in_flight.number
+            }
+            None => return,
+        };
+        let session = self.clone();
+        let mut closing = self.closing.subscribe();
+        let id = request.id.clone();
+        let timer = tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(session.config.call_timeout) => session.expire(&id, number).await,
+                // The session ended: what was in flight was failed then.
+                _ = closing.changed() => {}
+            }
+        });
         if let Some(in_flight) = self.state().client.get_mut(&request.id) {
-            in_flight.call = call;
+            in_flight.timer = Some(timer.abort_handle());
         }
         self.send_server(request.canonical).await;
+    }
+
+    /// Fails request `number` if it is still waiting for the server's
+    /// answer: the client is told it timed out, the call is recorded as
+    /// failed, the server is told to cancel it, and a late answer will be
+    /// dropped.
+    async fn expire(&self, id: &Id, number: u64) {
+        let call = {
+            let mut state = self.state();
+            match state.client.get(id) {
+                Some(in_flight) if in_flight.number == number => {}
+                _ => return,
+            }
+            let call = state.client.remove(id).and_then(|in_flight| in_flight.call);
+            if state.expired.len() >= EXPIRED_KEPT {
+                state.expired.pop_front();
+            }
+            state.expired.push_back(id.clone());
+            call
+        };
+        let why = format!(
+            "timeout: the server did not answer within {} s",
+            self.config.call_timeout.as_secs_f64()
+        );
+        tracing::warn!(%id, "{why}");
+        if let Some(call) = call {
+            self.record(call, OutcomeStatus::Failure, Some(why.clone()));
+        }
+        let cancel = serde_json::json!({
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": id.value(), "reason": why},
+        });
+        self.send_server(cancel.to_string().into_bytes()).await;
+        let answer = decode::error_response(Some(id.value()), TIMED_OUT, &why, None);
+        self.send_client(answer).await;
     }
 
     fn record(&self, call: Call, status: OutcomeStatus, reason: Option<String>) {
@@ -709,7 +988,7 @@ impl Session {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn client_sender(&self) -> Option<mpsc::Sender<Vec<u8>>> {
+    fn client_sender(&self) -> Option<Lines> {
         self.to_client
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -782,13 +1061,46 @@ fn clip(text: &str, max: usize) -> String {
     text.get(..end).unwrap_or_default().to_owned()
 }
 
+/// The lines waiting for one side, bounded in number and in bytes: a
+/// sender waits for room, so a peer that does not read holds up the one
+/// writing to it (the relay stops reading that one's output) instead of
+/// growing a buffer.
+#[derive(Clone)]
+struct Lines {
+    queue: mpsc::Sender<(Vec<u8>, OwnedSemaphorePermit)>,
+    room: Arc<Semaphore>,
+}
+
+impl Lines {
+    /// Queues `line`, waiting for room; false once the side is gone.
+    async fn send(&self, line: Vec<u8>) -> bool {
+        let Ok(room) = self.room.clone().acquire_many_owned(cost(&line)).await else {
+            return false;
+        };
+        self.queue.send((line, room)).await.is_ok()
+    }
+
+    /// Queues `line` if there is room now.
+    fn try_send(&self, line: Vec<u8>) -> bool {
+        let Ok(room) = self.room.clone().try_acquire_many_owned(cost(&line)) else {
+            return false;
+        };
+        self.queue.try_send((line, room)).is_ok()
+    }
+}
+
+/// The room a line takes in a queue: its size, at most the whole queue.
+fn cost(line: &[u8]) -> u32 {
+    u32::try_from(line.len().clamp(1, BYTES_QUEUED)).unwrap_or(u32::MAX)
+}
+
 /// A task writing lines to `out`, and the sender that feeds it.
-fn writer(
-    mut out: impl AsyncWrite + Unpin + Send + 'static,
-) -> (mpsc::Sender<Vec<u8>>, JoinHandle<()>) {
-    let (sender, mut lines) = mpsc::channel::<Vec<u8>>(LINES_QUEUED);
+fn writer(mut out: impl AsyncWrite + Unpin + Send + 'static) -> (Lines, JoinHandle<()>) {
+    let (queue, mut lines) = mpsc::channel::<(Vec<u8>, OwnedSemaphorePermit)>(LINES_QUEUED);
+    let room = Arc::new(Semaphore::new(BYTES_QUEUED));
     let task = tokio::spawn(async move {
-        while let Some(mut line) = lines.recv().await {
+        // The room a line took is given back once it is written.
+        while let Some((mut line, _room)) = lines.recv().await {
             line.push(b'\n');
             if out.write_all(&line).await.is_err() || out.flush().await.is_err() {
                 break;
@@ -796,7 +1108,7 @@ fn writer(
         }
         let _ = out.shutdown().await;
     });
-    (sender, task)
+    (Lines { queue, room }, task)
 }
 
 async fn read_client(session: Arc<Session>, input: impl AsyncRead + Unpin) {
@@ -819,7 +1131,7 @@ async fn read_server(session: Arc<Session>, output: impl AsyncRead + Unpin) {
     while let Some(line) = next_line(&mut output, limit).await {
         match line {
             Some(line) => session.server_message(line).await,
-            None => tracing::error!(limit, "dropped a server message larger than the limit"),
+            None => session.drop_oversized(limit),
         }
     }
 }
