@@ -137,5 +137,6 @@ pub fn import_all<S: Source>(
             *kinds.entry(event.kind).or_default() += 1;
         }
     }
+    eprintln!("events by kind: {kinds:?}");
     kinds
 }
