@@ -1,5 +1,5 @@
 //! The collectors: JSON events (`POST /v1/events`) and audit-log records
-//! (`POST /v1/ingest/cloudtrail`).
+//! (`POST /v1/ingest/cloudtrail`, `/v1/ingest/okta`, `/v1/ingest/github`).
 //!
 //! A body of events is a JSON array, one JSON object, or NDJSON (one event a
 //! line); a body of records is any shape its importer reads

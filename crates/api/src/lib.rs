@@ -121,6 +121,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/ingest/cloudtrail",
             post(collect::post_import::<custody_import::CloudTrail>),
         )
+        .route(
+            "/v1/ingest/okta",
+            post(collect::post_import::<custody_import::Okta>),
+        )
+        .route(
+            "/v1/ingest/github",
+            post(collect::post_import::<custody_import::GitHub>),
+        )
         .route("/v1/events/stream", get(query::stream_events))
         .route("/v1/events/{id}", get(query::get_event))
         .route("/v1/export/ocsf", get(query::export_ocsf))

@@ -8,13 +8,16 @@
 //! harmless, and the last acknowledged line of each file is kept in a
 //! progress file so an interrupted import resumes where it stopped.
 //!
-//! With `--format cloudtrail`, files hold AWS CloudTrail records instead
-//! (delivered `{"Records": [...]}` files, `.json.gz` or not, arrays, NDJSON).
+//! With `--format cloudtrail`, `okta` or `github`, files hold audit-log
+//! records instead: AWS CloudTrail (delivered `{"Records": [...]}` files,
+//! `.json.gz` or not, arrays, NDJSON), Okta System Log events (API pages,
+//! NDJSON) or GitHub audit log entries (API pages, NDJSON streams).
 //! They are mapped to events here, by `custody-import`, so a bad record is
 //! reported with its file and line before anything is sent, and the events
 //! go to `POST /v1/events` in the same batches, with the same retries and
-//! progress as Custody events. Their ids come from the records' `eventID`,
-//! so a record sent twice, from any file, is stored once.
+//! progress as Custody events. Their ids come from the records' own ids
+//! (`eventID`, `uuid`, `_document_id`), so a record sent twice, from any
+//! file, is stored once.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -44,7 +47,7 @@ pub struct IngestArgs {
     /// Events per request.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch: u32,
-    /// What the files hold: Custody events, or AWS CloudTrail records.
+    /// What the files hold: Custody events, or the records of an audit log.
     #[arg(long, value_enum, default_value_t = Format::Custody)]
     format: Format,
     /// Send every file from its start, ignoring recorded progress.
@@ -63,6 +66,10 @@ pub enum Format {
     Custody,
     /// AWS CloudTrail records.
     Cloudtrail,
+    /// Okta System Log events.
+    Okta,
+    /// GitHub audit log entries.
+    Github,
 }
 
 /// Largest request body `ingest` builds, half the server's default limit, so
@@ -296,7 +303,9 @@ async fn ingest_file(
         }
         let events = match args.format {
             Format::Custody => vec![(line, prepare(&canonical, line, &bytes))],
-            Format::Cloudtrail => prepare_records(line, &bytes),
+            Format::Cloudtrail => prepare_records(&custody_import::CloudTrail, line, &bytes),
+            Format::Okta => prepare_records(&custody_import::Okta, line, &bytes),
+            Format::Github => prepare_records(&custody_import::GitHub, line, &bytes),
         };
         let count = events.len();
         for (n, (at, event)) in events.into_iter().enumerate() {
@@ -353,10 +362,14 @@ fn prepare(file: &Path, line: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
     Ok(serde_json::to_vec(&event).unwrap_or_default())
 }
 
-/// The events of the CloudTrail records in one item starting on `line`,
-/// each with the line its record starts on, or why it was refused.
-fn prepare_records(line: usize, bytes: &[u8]) -> Vec<(usize, Result<Vec<u8>, String>)> {
-    let imported = custody_import::import(&custody_import::CloudTrail, bytes, chrono::Utc::now());
+/// The events of the `source` records in one item starting on `line`, each
+/// with the line its record starts on, or why it was refused.
+fn prepare_records<S: custody_import::Source>(
+    source: &S,
+    line: usize,
+    bytes: &[u8],
+) -> Vec<(usize, Result<Vec<u8>, String>)> {
+    let imported = custody_import::import(source, bytes, chrono::Utc::now());
     let several = imported.len() > 1;
     imported
         .into_iter()
@@ -530,11 +543,12 @@ impl Items {
             break;
         }
         let multi_line = first.starts_with('[') || first == "{";
-        // CloudTrail delivers one `{"Records": [...]}` object a file, on one
-        // line or pretty-printed: unless its first line is a record of its
-        // own (NDJSON), the file is one item, which the importer splits
-        // into records, keeping those before any syntax error.
-        let whole = format == Format::Cloudtrail
+        // CloudTrail delivers one `{"Records": [...]}` object a file, and
+        // the Okta and GitHub APIs one array a page, on one line or
+        // pretty-printed: unless its first line is a record of its own
+        // (NDJSON), the file is one item, which the importer splits into
+        // records, keeping those before any syntax error.
+        let whole = format != Format::Custody
             && (multi_line || serde_json::from_str::<serde::de::IgnoredAny>(&first).is_err());
         let source = if whole {
             let mut text = Vec::new();
@@ -765,7 +779,7 @@ mod tests {
         let items = read_all_as(&pretty, Format::Cloudtrail);
         assert_eq!(items.len(), 1, "{items:?}");
         assert!(items[0].starts_with("1: {\"Records\""), "{items:?}");
-        let lines: Vec<usize> = prepare_records(1, text.as_bytes())
+        let lines: Vec<usize> = prepare_records(&custody_import::CloudTrail, 1, text.as_bytes())
             .into_iter()
             .map(|(line, event)| {
                 assert!(event.is_ok());
@@ -779,7 +793,9 @@ mod tests {
         let items = read_all_as(&ndjson, Format::Cloudtrail);
         assert_eq!(items.len(), 2);
         assert!(items[1].starts_with("3: "), "{items:?}");
-        let (line, refused) = prepare_records(7, b"[1]").pop().unwrap();
+        let (line, refused) = prepare_records(&custody_import::CloudTrail, 7, b"[1]")
+            .pop()
+            .unwrap();
         assert_eq!(
             (line, refused),
             (7, Err("record: a record is a JSON object".into()))

@@ -1,7 +1,7 @@
 //! Importers: records of external audit logs turned into Custody events.
 //!
-//! Every format is a [`Source`] in a folder of its own (`cloudtrail/`; Okta
-//! and GitHub to come), held to one contract (`SPEC.md`): each record becomes
+//! Every format is a [`Source`] in a folder of its own (`cloudtrail/`,
+//! `okta/`, `github/`), held to one contract (`SPEC.md`): each record becomes
 //! one [`NewEvent`] or one [`RecordError`] saying where and why; events keep
 //! the raw record, carry the source's type and the record's own time, have an
 //! id derived from the record's id, and never claim attribution. [`import`]
@@ -25,7 +25,11 @@
 pub mod cloudtrail;
 pub mod contract;
 mod fields;
+pub mod github;
+pub mod okta;
 pub mod shape;
+#[cfg(test)]
+mod testing;
 
 use chrono::{DateTime, Utc};
 use custody_event::{EventId, NewEvent, RawRecord, SourceKind};
@@ -34,6 +38,8 @@ use uuid::Uuid;
 
 pub use cloudtrail::CloudTrail;
 pub use fields::Fields;
+pub use github::GitHub;
+pub use okta::Okta;
 pub use shape::Position;
 
 /// Attribute set on an event whose record gave no readable time, so its

@@ -22,12 +22,12 @@
 //! event's `context.session_id`: records of one session correlate even when
 //! their session name is reused.
 
-use custody_event::{Actor, Credential, CredentialKind, MAX_ID_LEN, Principal, PrincipalKind};
+use custody_event::{Actor, Credential, CredentialKind, MAX_ID_LEN, PrincipalKind};
 use custody_graph::{ATTR_AWS_ACCESS_KEY, ATTR_AWS_ROLE_SESSION, ATTR_AWS_SOURCE_IDENTITY};
 use serde_json::Value;
 
 use crate::Fields;
-use crate::fields::clip;
+use crate::fields::{actor, clip};
 
 /// The actor of a record, and what else its identity says.
 #[derive(Debug)]
@@ -182,25 +182,5 @@ fn unknown_id(name: Option<&str>, account: Option<&str>) -> String {
         (Some(name), None) => name.to_owned(),
         (None, Some(account)) => format!("aws:{account}:unknown"),
         (None, None) => "aws:unknown".to_owned(),
-    }
-}
-
-fn actor(
-    id: String,
-    kind: PrincipalKind,
-    name: Option<&str>,
-    credential: Option<Credential>,
-) -> Actor {
-    Actor {
-        root: None,
-        agents: Vec::new(),
-        current: Principal {
-            kind,
-            id: clip(&id, MAX_ID_LEN),
-            name: name.map(|name| clip(name, MAX_ID_LEN)),
-            version: None,
-            run_id: None,
-        },
-        credential,
     }
 }

@@ -34,7 +34,7 @@ mod identity;
 mod kind;
 mod target;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use custody_event::{
     Context, MAX_ID_LEN, MAX_LABEL_LEN, MAX_TEXT_LEN, NewEvent, Outcome, OutcomeStatus,
     Source as EventSource, SourceKind,
@@ -43,7 +43,7 @@ use custody_graph::{ATTR_AWS_ROLE_SESSION, ATTR_AWS_SESSION_EXPIRES, ATTR_AWS_SO
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::fields::clip;
+use crate::fields::{clip, parse_time};
 use crate::{FieldError, Fields, Source};
 
 /// The namespace of CloudTrail events' ids. Fixed: changing it would store
@@ -223,27 +223,6 @@ fn is_denial(code: &str) -> bool {
         .or_else(|| code.strip_prefix("Server."))
         .unwrap_or(code);
     code.contains("AccessDenied") || code.starts_with("Unauthorized") || code == "Forbidden"
-}
-
-/// A time in any of the forms CloudTrail and its exporters write: RFC 3339
-/// (`eventTime`), `2024-06-02 19:41:40.000000000` (UTC, from log
-/// pipelines), and STS's `Dec 12, 2024, 4:19:32 PM` (UTC).
-fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
-        return Some(time.with_timezone(&Utc));
-    }
-    let text = text.strip_suffix('Z').unwrap_or(text);
-    [
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%b %d, %Y, %I:%M:%S %p",
-        "%b %d, %Y %I:%M:%S %p",
-        "%b %d, %Y, %H:%M:%S %p",
-        "%b %d, %Y %H:%M:%S %p",
-    ]
-    .iter()
-    .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-    .map(|time| time.and_utc())
 }
 
 #[cfg(test)]

@@ -173,13 +173,7 @@ fn snake_type(kind: &str) -> String {
 }
 
 fn principal(kind: PrincipalKind, arn: &str) -> Principal {
-    Principal {
-        kind,
-        id: clip(arn, MAX_ID_LEN),
-        name: last_segment(arn).map(|name| clip(name, MAX_ID_LEN)),
-        version: None,
-        run_id: None,
-    }
+    crate::fields::principal(kind, arn, last_segment(arn))
 }
 
 #[cfg(test)]

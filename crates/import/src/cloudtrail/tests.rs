@@ -5,36 +5,31 @@ use custody_event::{CredentialKind, EventKind, NewEvent, OutcomeStatus, Principa
 use serde_json::{Value, json};
 
 use super::CloudTrail;
-use crate::{contract, import};
+use crate::import;
+use crate::testing::{event_of, with};
 
-/// The event of one record, checked against the contract.
 fn event(record: Value) -> NewEvent {
-    let input = serde_json::to_vec(&record).unwrap();
-    let mut imported = contract::check(&CloudTrail, &input).unwrap();
-    assert_eq!(imported.len(), 1);
-    imported.pop().unwrap().unwrap().1
+    event_of(&CloudTrail, &record)
 }
 
 /// A record of `source`'s `name`, by an IAM user, with `extra` fields.
 fn record(source: &str, name: &str, extra: Value) -> Value {
-    let mut record = json!({
-        "eventVersion": "1.08",
-        "userIdentity": {"type": "IAMUser", "principalId": "AIDAEXAMPLE",
-                         "arn": "arn:aws:iam::111122223333:user/alice",
-                         "accountId": "111122223333", "accessKeyId": "AKIAEXAMPLE",
-                         "userName": "alice"},
-        "eventTime": "2026-11-25T10:00:00Z",
-        "eventSource": format!("{source}.amazonaws.com"),
-        "eventName": name,
-        "awsRegion": "us-east-1",
-        "eventID": format!("id-{source}-{name}"),
-        "recipientAccountId": "111122223333",
-    });
-    let fields = record.as_object_mut().unwrap();
-    for (key, value) in extra.as_object().unwrap() {
-        fields.insert(key.clone(), value.clone());
-    }
-    record
+    with(
+        json!({
+            "eventVersion": "1.08",
+            "userIdentity": {"type": "IAMUser", "principalId": "AIDAEXAMPLE",
+                             "arn": "arn:aws:iam::111122223333:user/alice",
+                             "accountId": "111122223333", "accessKeyId": "AKIAEXAMPLE",
+                             "userName": "alice"},
+            "eventTime": "2026-11-25T10:00:00Z",
+            "eventSource": format!("{source}.amazonaws.com"),
+            "eventName": name,
+            "awsRegion": "us-east-1",
+            "eventID": format!("id-{source}-{name}"),
+            "recipientAccountId": "111122223333",
+        }),
+        extra,
+    )
 }
 
 fn attribute<'e>(event: &'e NewEvent, name: &str) -> Option<&'e str> {

@@ -1,0 +1,10 @@
+//! Feeds arbitrary bytes to the Okta System Log importer, through the checks every
+//! importer is held to (`custody_fuzz::check_import`): no panic, the source
+//! contract kept, every event decoding to itself.
+
+#![no_main]
+
+use custody_import::Okta;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|bytes: &[u8]| custody_fuzz::check_import(&Okta, bytes));
