@@ -471,6 +471,13 @@ fn resubmitting_an_id_stores_the_event_once() {
     assert!(live.try_recv().is_err(), "the duplicate was published");
 }
 
+/// `n` events labelled `{name}0`, `{name}1`, ...
+fn batch(name: &str, n: usize) -> Vec<Evaluated> {
+    (0..n)
+        .map(|i| event(&format!("{name}{i}"), 0, json!({})))
+        .collect()
+}
+
 #[test]
 fn a_full_queue_refuses_and_drops_nothing() {
     let (_dir, store) = open_with(StoreOptions {
@@ -478,11 +485,6 @@ fn a_full_queue_refuses_and_drops_nothing() {
         ..StoreOptions::default()
     });
     store.pause_writer(true);
-    let batch = |name: &str, n: usize| -> Vec<Evaluated> {
-        (0..n)
-            .map(|i| event(&format!("{name}{i}"), 0, json!({})))
-            .collect()
-    };
     let a = store.record(batch("a", 4)).unwrap();
     let b = store.record(batch("b", 4)).unwrap();
     assert_eq!(
@@ -540,11 +542,6 @@ fn room_reserved_counts_as_queued_until_filled_or_given_back() {
         ..StoreOptions::default()
     });
     store.pause_writer(true);
-    let batch = |name: &str, n: usize| -> Vec<Evaluated> {
-        (0..n)
-            .map(|i| event(&format!("{name}{i}"), 0, json!({})))
-            .collect()
-    };
     let held = store.reserve(6).unwrap();
     let given_back = store.reserve(4).unwrap();
     assert_eq!(store.stats().queued_events, 10);

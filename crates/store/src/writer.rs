@@ -152,11 +152,7 @@ impl Writer {
         reservation: Reservation,
     ) -> Result<Receipt, RecordError> {
         let (done, receipt) = Receipt::channel();
-        let events = batch
-            .into_iter()
-            .map(PreparedEvent::new)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| RecordError::Failed(error.to_string()))?;
+        let events = prepare(batch)?;
         let mut queue = self.shared.lock();
         if queue.closed {
             return Err(RecordError::Closed);
@@ -197,11 +193,7 @@ impl Writer {
         // Refuse early, before the work of serializing, when the queue is
         // visibly full; the check under the lock below is the one that counts.
         self.check_room(size)?;
-        let events = batch
-            .into_iter()
-            .map(PreparedEvent::new)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| RecordError::Failed(error.to_string()))?;
+        let events = prepare(batch)?;
         let mut queue = self.shared.lock();
         if queue.closed {
             return Err(RecordError::Closed);
@@ -284,6 +276,15 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Serializes a batch on the caller's thread.
+fn prepare(batch: Vec<Evaluated>) -> Result<Vec<PreparedEvent>, RecordError> {
+    batch
+        .into_iter()
+        .map(PreparedEvent::new)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| RecordError::Failed(error.to_string()))
 }
 
 impl Drop for Writer {
