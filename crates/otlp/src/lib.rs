@@ -359,8 +359,12 @@ fn agent_hop(item: &Item<'_>) -> Option<Principal> {
     let id = attrs
         .str("gen_ai.agent.id")
         .or(name)
-        .unwrap_or(item.span.name.as_str());
-    let id = if id.is_empty() { "unknown-agent" } else { id };
+        .unwrap_or(item.span.name.trim());
+    let id = if id.trim().is_empty() {
+        "unknown-agent"
+    } else {
+        id
+    };
     Some(Principal {
         kind: PrincipalKind::Agent,
         id: id.to_owned(),
@@ -407,6 +411,16 @@ fn actor_of(lineage: &Lineage, resource: &Attrs<'_>) -> Actor {
         current,
         credential: None,
     }
+}
+
+/// The longest start of `text` of at most `max` bytes that ends on a
+/// character.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.get(..end).unwrap_or_default()
 }
 
 fn non_empty(value: &[u8]) -> Option<String> {
@@ -502,8 +516,12 @@ fn map_span(item: &Item<'_>, resolved: &Resolved, now: DateTime<Utc>) -> Result<
             actor_of(&resolved.own, &item.resource),
         ),
     };
-    let action = if action.is_empty() { "span" } else { action };
-    let action: String = action.chars().take(256).collect();
+    let action = if action.trim().is_empty() {
+        "span"
+    } else {
+        action
+    };
+    let action = clip(action, custody_event::MAX_LABEL_LEN).to_owned();
 
     let status = span.status.as_ref();
     let failed = status.is_some_and(|s| s.code == StatusCode::Error as i32)
@@ -512,7 +530,7 @@ fn map_span(item: &Item<'_>, resolved: &Resolved, now: DateTime<Utc>) -> Result<
         .map(|s| s.message.as_str())
         .filter(|m| !m.is_empty())
         .or_else(|| attrs.str("error.type"))
-        .map(|m| m.chars().take(4096).collect());
+        .map(|m| clip(m, custody_event::MAX_TEXT_LEN).to_owned());
     let start = time_of(span.start_time_unix_nano);
     let duration_ms = (span.end_time_unix_nano >= span.start_time_unix_nano && start.is_some())
         .then(|| (span.end_time_unix_nano - span.start_time_unix_nano) / 1_000_000);

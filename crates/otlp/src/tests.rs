@@ -391,3 +391,26 @@ fn cycles_and_empty_requests_do_not_hang_or_panic() {
             .is_empty()
     );
 }
+
+#[test]
+fn long_and_blank_names_still_make_valid_events() {
+    let long = "é".repeat(300);
+    let spans = vec![
+        span(1, None, &long, &[]),
+        span(2, None, "   ", &[]),
+        span(
+            3,
+            None,
+            "agent  ",
+            &[("gen_ai.operation.name", "invoke_agent")],
+        ),
+    ];
+    let mapped = Mapper::default().map(&request(spans), now());
+    assert!(mapped.errors.is_empty(), "{:?}", mapped.errors);
+    let [long, blank, agent] = &mapped.events[..] else {
+        panic!()
+    };
+    assert_eq!(long.action.len(), 256);
+    assert_eq!(blank.action, "span");
+    assert_eq!(agent.target.principal.as_ref().unwrap().id, "agent");
+}
