@@ -252,6 +252,17 @@ pub fn call(
             Body::None => request,
             Body::Json(value) => request.json(&value),
             Body::Form(form) => request.form(&form),
+            Body::Bytes {
+                content_type,
+                encoding,
+                bytes,
+            } => {
+                let request = request.header("content-type", content_type).body(bytes);
+                match encoding {
+                    Some(encoding) => request.header("content-encoding", encoding),
+                    None => request,
+                }
+            }
         };
         let response = request.send().await.expect("calling the server");
         let status = response.status().as_u16();
@@ -329,4 +340,10 @@ pub enum Body {
     Json(serde_json::Value),
     /// A form body.
     Form(Vec<(&'static str, String)>),
+    /// Bytes of a media type, with a content encoding or none.
+    Bytes {
+        content_type: &'static str,
+        encoding: Option<&'static str>,
+        bytes: Vec<u8>,
+    },
 }

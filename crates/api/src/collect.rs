@@ -116,7 +116,11 @@ pub(crate) async fn post_import<S: Source + Default>(
 }
 
 /// Reads a request body under the collector's limits, decompressed.
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let limit = state.limits.max_body_bytes;
     if let Some(length) = content_length(headers)
         && length > limit
@@ -177,6 +181,37 @@ async fn submit(
     }
 
     let accepted = events.len();
+    let stored = ingest(state, caller, started, events, errors.len()).await?;
+
+    // Positions are the items' indexes: they may skip (a record refused
+    // before it could be counted), so the answer has room for the largest.
+    let total = total.max(positions.last().map_or(0, |last| last + 1));
+    let mut ids = vec![None; total];
+    for (position, id) in positions.into_iter().zip(stored) {
+        if let Some(slot) = ids.get_mut(position) {
+            *slot = Some(id);
+        }
+    }
+    let answer = BatchAnswer {
+        accepted,
+        rejected: errors.len(),
+        ids,
+        errors,
+    };
+    Ok(axum::Json(answer).into_response())
+}
+
+/// Sends accepted events through the engine, as the caller's token vouches
+/// for them, and returns their ids once they are durable; counts them, and
+/// the `rejected` items of their request, once answered.
+pub(crate) async fn ingest(
+    state: &AppState,
+    caller: &Caller,
+    started: std::time::Instant,
+    events: Vec<NewEvent>,
+    rejected: usize,
+) -> Result<Vec<EventId>, ApiError> {
+    let accepted = events.len();
     // An agent token vouches for the events: they are its holder's own.
     let provenance = match &caller.agent {
         Some(chain) => custody_engine::Provenance::Authenticated {
@@ -197,28 +232,12 @@ async fn submit(
     // Counted only once the batch is answered: items of a batch refused with
     // 429 come back with the client's retry.
     state.metrics.events_accepted.inc_by(accepted as u64);
-    state.metrics.events_rejected.inc_by(errors.len() as u64);
+    state.metrics.events_rejected.inc_by(rejected as u64);
     state
         .metrics
         .ack_latency
         .observe(started.elapsed().as_secs_f64());
-
-    // Positions are the items' indexes: they may skip (a record refused
-    // before it could be counted), so the answer has room for the largest.
-    let total = total.max(positions.last().map_or(0, |last| last + 1));
-    let mut ids = vec![None; total];
-    for (position, id) in positions.into_iter().zip(ingested.ids) {
-        if let Some(slot) = ids.get_mut(position) {
-            *slot = Some(id);
-        }
-    }
-    let answer = BatchAnswer {
-        accepted,
-        rejected: errors.len(),
-        ids,
-        errors,
-    };
-    Ok(axum::Json(answer).into_response())
+    Ok(ingested.ids)
 }
 
 fn content_length(headers: &HeaderMap) -> Option<usize> {

@@ -1,6 +1,6 @@
-//! Custody's HTTP API: the JSON event collector, event queries, the OCSF
-//! export, the live stream, health and metrics, all behind bearer tokens
-//! with roles.
+//! Custody's HTTP API: the JSON event collector, the OTLP/HTTP trace
+//! receiver, event queries, the OCSF export, the live stream, health and
+//! metrics, all behind bearer tokens with roles.
 //!
 //! Only this crate knows HTTP. Handlers decode requests, check the caller's
 //! role, and hand events to the engine or queries to the store; they hold no
@@ -15,6 +15,7 @@ mod graph;
 mod issuers;
 mod lineage;
 mod metrics;
+mod otlp;
 mod query;
 
 use std::net::SocketAddr;
@@ -77,6 +78,8 @@ pub struct AppState {
     pub delegation: Option<Arc<Delegation>>,
     /// The attribute stage's state, when the server keeps the agent graph.
     pub graph: Option<custody_graph::Live>,
+    /// The OTLP span mapper, with its memory of recent spans' lineage.
+    pub otlp: Arc<std::sync::Mutex<custody_otlp::Mapper>>,
 }
 
 impl AppState {
@@ -90,6 +93,7 @@ impl AppState {
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
             delegation: None,
             graph: None,
+            otlp: Arc::default(),
         }
     }
 
@@ -129,6 +133,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/ingest/github",
             post(collect::post_import::<custody_import::GitHub>),
         )
+        .route("/v1/traces", post(otlp::post_traces))
         .route("/v1/events/stream", get(query::stream_events))
         .route("/v1/events/{id}", get(query::get_event))
         .route("/v1/export/ocsf", get(query::export_ocsf))

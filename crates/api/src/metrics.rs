@@ -32,6 +32,9 @@ pub struct Metrics {
     commits: Gauge<u64, AtomicU64>,
     failed_commits: Gauge<u64, AtomicU64>,
     pending_postings: Gauge<u64, AtomicU64>,
+    /// The OTLP mapper's memory of recent spans: held, linked,
+    /// parent_missing, evicted, expired (`custody_otlp::Stats`).
+    otlp_spans: [Gauge<u64, AtomicU64>; 5],
 }
 
 impl Default for Metrics {
@@ -93,8 +96,34 @@ impl Default for Metrics {
             "Index postings of committed events held in memory, not yet written to the postings table",
             pending_postings.clone(),
         );
+        let otlp_spans: [Gauge<u64, AtomicU64>; 5] = Default::default();
+        for (gauge, (name, help)) in otlp_spans.iter().zip([
+            (
+                "otlp_spans_held",
+                "Spans whose chain the OTLP receiver remembers for later requests",
+            ),
+            (
+                "otlp_spans_linked",
+                "Spans whose parent came in an earlier OTLP request, since start",
+            ),
+            (
+                "otlp_spans_parent_missing",
+                "Spans whose parent was in neither their OTLP request nor the memory, since start",
+            ),
+            (
+                "otlp_spans_evicted",
+                "Spans forgotten because the OTLP receiver's memory was full, since start",
+            ),
+            (
+                "otlp_spans_expired",
+                "Spans forgotten because they outlived the OTLP receiver's memory, since start",
+            ),
+        ]) {
+            registry.register(name, help, gauge.clone());
+        }
         Metrics {
             registry,
+            otlp_spans,
             events_accepted,
             events_rejected,
             throttled_batches,
@@ -122,6 +151,19 @@ pub(crate) async fn get_metrics(
     metrics.commits.set(stats.commits);
     metrics.failed_commits.set(stats.failed_commits);
     metrics.pending_postings.set(stats.pending_postings);
+    let otlp = match state.otlp.lock() {
+        Ok(mapper) => mapper.stats(),
+        Err(poisoned) => poisoned.into_inner().stats(),
+    };
+    for (gauge, value) in metrics.otlp_spans.iter().zip([
+        u64::try_from(otlp.held).unwrap_or(u64::MAX),
+        otlp.linked,
+        otlp.parent_missing,
+        otlp.evicted,
+        otlp.expired,
+    ]) {
+        gauge.set(value);
+    }
     let mut text = String::new();
     encode(&mut text, &metrics.registry)
         .map_err(|error| ApiError::Internal(format!("encoding metrics: {error}")))?;

@@ -773,6 +773,20 @@ async fn a_full_queue_is_answered_429_and_stores_nothing_of_the_batch() {
         message.starts_with("the ingest queue is full, retry after 1 s"),
         "{message}"
     );
+    // So are spans sent to the OTLP receiver.
+    let spans: Vec<Value> = (0..20)
+        .map(|n| json!({"traceId": "5b8efff798038103d269b633813fc60c", "spanId": format!("{n:016x}"), "name": "execute_tool grep"}))
+        .collect();
+    let answer = send(
+        server
+            .request(Method::POST, "/v1/traces")
+            .bearer_auth(server.token(Role::Ingest))
+            .header("content-type", "application/json")
+            .body(json!({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}).to_string()),
+    )
+    .await;
+    assert_eq!(answer.status, 429, "{answer:?}");
+    assert_eq!(answer.header("retry-after"), Some("1"));
     assert!(
         !pending.is_finished(),
         "the first batch was acknowledged before it was durable"
@@ -793,7 +807,8 @@ async fn a_full_queue_is_answered_429_and_stores_nothing_of_the_batch() {
     assert_eq!(lost.status, 404);
 
     let metrics = server.metrics().await;
-    assert_eq!(metrics["custody_ingest_batches_throttled_total"], 1.0);
+    // The events' batch and the spans' request.
+    assert_eq!(metrics["custody_ingest_batches_throttled_total"], 2.0);
     assert_eq!(metrics["custody_ingest_events_accepted_total"], 40.0);
 
     // Once there is room again, the same batch goes through.
@@ -1547,6 +1562,8 @@ async fn metrics_count_what_ingest_did() {
         ("custody_store_committed_events", 5.0),
         ("custody_store_commits", 2.0),
         ("custody_store_failed_commits", 0.0),
+        ("custody_otlp_spans_held", 0.0),
+        ("custody_otlp_spans_parent_missing", 0.0),
     ];
     for (name, value) in expected {
         assert_eq!(
