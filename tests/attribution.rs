@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Body, Server, call, stored_event};
+use common::{Body, Server, call, call_ok, post_event, stored_event};
 use serde_json::{Value, json};
 
 const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -34,19 +34,6 @@ fn exchange(server: &Server, parent: &str, actor: &str, run: &str) -> String {
     answer["access_token"].as_str().unwrap().to_owned()
 }
 
-/// Posts one event with `token` and returns it as stored.
-fn post(server: &Server, token: &str, event: Value) -> Value {
-    let (status, answer) = call(
-        server,
-        reqwest::Method::POST,
-        "/v1/events",
-        token,
-        Body::Json(event),
-    );
-    assert_eq!(status, 200, "{answer}");
-    stored(server, &answer)
-}
-
 /// The blast radius of a node, written `kind:id`.
 fn blast_radius(server: &Server, node: &str) -> Value {
     let (status, answer) = call(
@@ -62,11 +49,6 @@ fn blast_radius(server: &Server, node: &str) -> Value {
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339()
-}
-
-/// The first event an ingest answer accepted, as stored.
-fn stored(server: &Server, answer: &Value) -> Value {
-    stored_event(server, answer["ids"][0].as_str().unwrap())
 }
 
 /// A CloudTrail data event of an assumed-role session of the `deployer`
@@ -121,15 +103,14 @@ fn session_record(session: &str, source_identity: &str, action: &str) -> Value {
 
 /// Posts `record` in a CloudTrail log file and returns its event as stored.
 fn import(server: &Server, record: Value) -> Value {
-    let (status, answer) = call(
+    let answer = call_ok(
         server,
         reqwest::Method::POST,
         "/v1/ingest/cloudtrail",
         &server.token,
         Body::Json(json!({"Records": [record]})),
     );
-    assert_eq!(status, 200, "{answer}");
-    stored(server, &answer)
+    stored_event(server, answer["ids"][0].as_str().unwrap())
 }
 
 #[test]
@@ -155,7 +136,7 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
     let reviewer = exchange(&server, &release_bot, "reviewer", "run-0.r");
 
     // Both act through the JSON API with their own tokens.
-    let reviewed = post(
+    let reviewed = post_event(
         &server,
         &reviewer,
         json!({"kind": "tool_call", "action": "tools/call", "observed_at": now(),
@@ -167,7 +148,7 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
     assert_eq!(reviewed["actor"]["current"]["run_id"], "run-0.r");
     // The deployer assumes the role, naming the session after its run and
     // setting its run as the source identity.
-    let assumed = post(
+    let assumed = post_event(
         &server,
         &deployer,
         json!({"kind": "credential_use", "action": "sts:AssumeRole", "observed_at": now(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Body, COMMAND_TIMEOUT, Server, answers, call, custody, exchange_form, free_port, output_within,
-    stored_event,
+    post_event, stored_event,
 };
 use serde_json::{Value, json};
 
@@ -1662,15 +1662,7 @@ fn a_reported_event_with_a_minted_token_is_bound_to_its_chain_across_restarts() 
             "outcome": {"status": "success"},
             "attribution": {"method": "authenticated"},
         });
-        let (status, answer) = call(
-            server,
-            reqwest::Method::POST,
-            "/v1/events",
-            &server.token,
-            Body::Json(event),
-        );
-        assert_eq!(status, 200, "{answer}");
-        stored_event(server, answer["ids"][0].as_str().unwrap())
+        post_event(server, &server.token, event)
     };
     let check = |event: &Value| {
         assert_eq!(event["attribution"]["method"], "bound", "{event}");
@@ -1764,15 +1756,7 @@ fn a_declared_binding_attributes_records_of_its_key_and_survives_a_restart() {
             "target": {"resource": "arn:aws:s3:::releases/app.tar.gz"},
             "outcome": {"status": "success"},
         });
-        let (status, answer) = call(
-            server,
-            reqwest::Method::POST,
-            "/v1/events",
-            &server.token,
-            Body::Json(event),
-        );
-        assert_eq!(status, 200, "{answer}");
-        stored_event(server, answer["ids"][0].as_str().unwrap())
+        post_event(server, &server.token, event)
     };
     let check = |event: &Value| {
         assert_eq!(event["attribution"]["method"], "bound", "{event}");

@@ -285,6 +285,18 @@ pub fn call_ok(
     answer
 }
 
+/// Posts one event with `token` as the bearer and returns it as stored.
+pub fn post_event(server: &Server, token: &str, event: serde_json::Value) -> serde_json::Value {
+    let answer = call_ok(
+        server,
+        reqwest::Method::POST,
+        "/v1/events",
+        token,
+        Body::Json(event),
+    );
+    stored_event(server, answer["ids"][0].as_str().unwrap())
+}
+
 /// The event stored under `id`, read back with the server's admin token.
 pub fn stored_event(server: &Server, id: &str) -> serde_json::Value {
     let stored = call_ok(
