@@ -46,6 +46,7 @@ fn external_tokens_vouch_for_their_act_chains_and_are_refused_as_custody_s_are()
             audience = ["custody", "api://custody"]
             jwks_url = "{}"
             algorithms = ["ES256"]
+            run_claim = "run"
             "#,
             jwks_file.display(),
             served.url,
@@ -81,7 +82,7 @@ fn external_tokens_vouch_for_their_act_chains_and_are_refused_as_custody_s_are()
     let bob_s = |agent: &str, jti: &str, key: &TestKey| {
         key.sign(&claims(URL_IDP, "bob@example.com", jti, |c| {
             c["aud"] = "api://custody".into();
-            c["act"] = json!({"sub": agent, "custody_run": format!("run-{jti}")});
+            c["act"] = json!({"sub": agent, "run": format!("run-{jti}")});
         }))
     };
     let event = stored_event(
@@ -150,6 +151,16 @@ fn external_tokens_vouch_for_their_act_chains_and_are_refused_as_custody_s_are()
         &server.token,
         Body::None,
     );
+    // What the refused token claimed is kept, read as its issuer's
+    // configuration says: Bob's issuer names runs `run`.
+    let forged_claims = recorded["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|record| &record["event"]["attributes"])
+        .find(|attributes| attributes["custody.unverified_jti"] == "url-tok-2")
+        .unwrap();
+    assert_eq!(forged_claims["custody.unverified_run"], "run-url-tok-2");
     let recorded: Vec<(&Value, &Value, &Value)> = recorded["events"]
         .as_array()
         .unwrap()

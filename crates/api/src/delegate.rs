@@ -79,6 +79,15 @@ impl Delegation {
         self
     }
 
+    /// The claim naming runs in the tokens of the trusted issuer `iss`, if
+    /// it is one.
+    pub(crate) fn run_claim_of(&self, iss: &str) -> Option<&str> {
+        self.trusted
+            .iter()
+            .find(|trusted| trusted.issuer() == iss)
+            .map(|trusted| trusted.run_claim())
+    }
+
     /// Verifies an agent token of Custody's issuer or of a trusted one,
     /// against Custody's revocations. A token naming a key its issuer
     /// lacks, when that issuer's keys come from a URL, waits briefly for
@@ -471,6 +480,13 @@ pub(crate) async fn record_refusal(state: &AppState, at: &str, token: &str, reas
         })
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
+    // A trusted issuer may name runs by a claim of its own.
+    let run_claim = claims
+        .get("iss")
+        .and_then(|iss| iss.as_str())
+        .and_then(|iss| state.delegation.as_ref()?.run_claim_of(iss))
+        .unwrap_or("custody_run");
+    let run_pointer = format!("/act/{}", run_claim.replace('~', "~0").replace('/', "~1"));
     let claim = |pointer: &str| {
         claims
             .pointer(pointer)
@@ -482,7 +498,7 @@ pub(crate) async fn record_refusal(state: &AppState, at: &str, token: &str, reas
         ("custody.unverified_sub", "/sub"),
         ("custody.unverified_jti", "/jti"),
         ("custody.unverified_actor", "/act/sub"),
-        ("custody.unverified_run", "/act/custody_run"),
+        ("custody.unverified_run", run_pointer.as_str()),
         ("custody.unverified_iss", "/iss"),
     ] {
         if let Some(value) = claim(pointer) {

@@ -175,6 +175,11 @@ impl ExternalIssuer {
         &self.config.issuer
     }
 
+    /// The claim of each `act` naming its run.
+    pub fn run_claim(&self) -> &str {
+        &self.config.run_claim
+    }
+
     /// Replaces its keys: tokens signed by a key no longer in `keys` are
     /// refused from now on.
     pub fn set_keys(&self, keys: KeySet) {
