@@ -9,30 +9,10 @@
 
 mod common;
 
-use common::{Body, Server, call, call_ok, post_event, stored_event};
+use common::{
+    Body, Server, call, call_ok, exchange_token, mint_agent_token, post_event, stored_event,
+};
 use serde_json::{Value, json};
-
-const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
-
-fn exchange(server: &Server, parent: &str, actor: &str, run: &str) -> String {
-    let form = [
-        ("grant_type", EXCHANGE),
-        ("subject_token", parent),
-        ("subject_token_type", ACCESS),
-        ("custody_actor", actor),
-        ("custody_run", run),
-    ];
-    let (status, answer) = call(
-        server,
-        reqwest::Method::POST,
-        "/oauth/token",
-        "",
-        Body::Form(form.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()),
-    );
-    assert_eq!(status, 200, "{answer}");
-    answer["access_token"].as_str().unwrap().to_owned()
-}
 
 /// The blast radius of a node, written `kind:id`.
 fn blast_radius(server: &Server, node: &str) -> Value {
@@ -119,21 +99,9 @@ fn a_sub_agents_role_session_is_attributed_to_it_under_its_human() {
     let server = Server::start(dir.path(), &["--sensitive", "*payroll*"]);
 
     // alice's agent, and its two sub-agents.
-    let (status, minted) = call(
-        &server,
-        reqwest::Method::POST,
-        "/v1/agent-tokens",
-        &server.token,
-        Body::Json(
-            json!({"subject": {"type": "human", "id": "alice@example.com"},
-                    "agent": {"id": "release-bot", "run_id": "run-0"},
-                    "scope": ["aws:deploy", "repo:read"], "expires_in": 3600}),
-        ),
-    );
-    assert_eq!(status, 200, "{minted}");
-    let release_bot = minted["access_token"].as_str().unwrap().to_owned();
-    let deployer = exchange(&server, &release_bot, "deployer", "run-0.d");
-    let reviewer = exchange(&server, &release_bot, "reviewer", "run-0.r");
+    let release_bot = mint_agent_token(&server, "alice@example.com", "release-bot", "run-0");
+    let deployer = exchange_token(&server, &release_bot, "deployer", "run-0.d");
+    let reviewer = exchange_token(&server, &release_bot, "reviewer", "run-0.r");
 
     // Both act through the JSON API with their own tokens.
     let reviewed = post_event(

@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::{
-    Body, COMMAND_TIMEOUT, Server, answers, call, custody, exchange_form, free_port, output_within,
-    post_event, stored_event,
+    Body, COMMAND_TIMEOUT, Server, answers, call, custody, exchange_form, exchange_token,
+    free_port, mint_agent_token, output_within, post_event, stored_event,
 };
 use serde_json::{Value, json};
 
@@ -1626,19 +1626,7 @@ fn delegation_keys_and_revocations_survive_a_restart() {
 fn a_reported_event_with_a_minted_token_is_bound_to_its_chain_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
-    let (status, minted) = call(
-        &server,
-        reqwest::Method::POST,
-        "/v1/agent-tokens",
-        &server.token,
-        Body::Json(
-            json!({"subject": {"type": "human", "id": "alice@example.com"},
-                          "agent": {"id": "release-bot", "run_id": "run-0"},
-                          "expires_in": 3600}),
-        ),
-    );
-    assert_eq!(status, 200, "{minted}");
-    let token = minted["access_token"].as_str().unwrap().to_owned();
+    let token = mint_agent_token(&server, "alice@example.com", "release-bot", "run-0");
     let payload = token.split('.').nth(1).unwrap();
     use base64::Engine as _;
     let claims: Value = serde_json::from_slice(
@@ -1896,30 +1884,8 @@ fn graph_and_who_read_the_graph_of_a_server_that_keeps_it() {
 /// Mints alice's `release-bot` (run `run-0`) a token and exchanges it for
 /// its sub-agent `auditor` (run `run-0.a`); returns the auditor's token.
 fn alice_s_auditor(server: &Server) -> String {
-    let (status, minted) = call(
-        server,
-        reqwest::Method::POST,
-        "/v1/agent-tokens",
-        &server.token,
-        Body::Json(
-            json!({"subject": {"type": "human", "id": "alice@example.com"},
-                          "agent": {"id": "release-bot", "run_id": "run-0"}}),
-        ),
-    );
-    assert_eq!(status, 200, "{minted}");
-    let (status, child) = call(
-        server,
-        reqwest::Method::POST,
-        "/oauth/token",
-        "",
-        exchange_form(
-            minted["access_token"].as_str().unwrap(),
-            "auditor",
-            "run-0.a",
-        ),
-    );
-    assert_eq!(status, 200, "{child}");
-    child["access_token"].as_str().unwrap().to_owned()
+    let release_bot = mint_agent_token(server, "alice@example.com", "release-bot", "run-0");
+    exchange_token(server, &release_bot, "auditor", "run-0.a")
 }
 
 /// Posts an S3 read of `resource` with `token`; returns the answer.

@@ -326,6 +326,19 @@ pub fn mint_agent_token(server: &Server, human: &str, agent: &str, run: &str) ->
     minted["access_token"].as_str().unwrap().to_owned()
 }
 
+/// Exchanges `parent` (RFC 8693) for the token of its sub-agent `actor` in
+/// `run`.
+pub fn exchange_token(server: &Server, parent: &str, actor: &str, run: &str) -> String {
+    let answer = call_ok(
+        server,
+        reqwest::Method::POST,
+        "/oauth/token",
+        "",
+        exchange_form(parent, actor, run),
+    );
+    answer["access_token"].as_str().unwrap().to_owned()
+}
+
 /// The form of an RFC 8693 exchange of `subject` for a token of its
 /// sub-agent `actor` in `run`.
 pub fn exchange_form(subject: &str, actor: &str, run: &str) -> Body {
