@@ -60,11 +60,7 @@ impl Live {
     /// Takes in an event attributed before, as when replaying the store on
     /// start: its bindings and session, and its place in the graph.
     pub fn replay(&self, event: &RuntimeEvent) {
-        let mut state = self.lock();
-        state.attributor.observe(event);
-        if let Some(graph) = &mut state.graph {
-            graph.apply(event);
-        }
+        self.replay_all(std::slice::from_ref(event));
     }
 
     /// [`Live::replay`] for many events, under one lock.
