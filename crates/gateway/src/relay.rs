@@ -79,6 +79,11 @@ pub struct Config {
     /// The client's requests in flight (held or forwarded) beyond which
     /// new ones are refused.
     pub max_in_flight: usize,
+    /// What relays the calls, recorded as the events' source
+    /// (`custody wrap`, `custody gateway`).
+    pub via: String,
+    /// The session the events belong to; a fresh `wrap-<uuid>` when unset.
+    pub session_id: Option<String>,
 }
 
 impl Config {
@@ -94,6 +99,8 @@ impl Config {
             fail_open: false,
             call_timeout: Duration::from_secs(120),
             max_in_flight: 64,
+            via: "custody wrap".into(),
+            session_id: None,
         }
     }
 }
@@ -148,13 +155,17 @@ impl Gateway {
             .decide(decide)
             .build();
         let (killed, on_kill) = watch::channel(None);
+        let id = config
+            .session_id
+            .clone()
+            .unwrap_or_else(|| format!("wrap-{}", EventId::new_v7()));
         let session = Session {
             engine,
             identity,
             approvals,
             outbox,
             config,
-            id: format!("wrap-{}", EventId::new_v7()),
+            id,
             to_client: Mutex::new(None),
             to_server: Mutex::new(None),
             state: Mutex::new(State::default()),
@@ -963,7 +974,7 @@ impl Session {
             source: Source {
                 kind: SourceKind::Gateway,
                 name: Some(clip(
-                    &format!("custody wrap {}", self.config.server),
+                    &format!("{} {}", self.config.via, self.config.server),
                     custody_event::MAX_ID_LEN,
                 )),
                 record_id: None,
