@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod mcp_http;
+pub mod peers;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use custody_engine::{Engine, Provenance};
+use custody_engine::{Decision, Engine, Provenance, Verdict};
 use custody_event::NewEvent;
 use custody_gateway::http::{Authenticate, Authenticating, Caller, Unauthenticated};
 use custody_gateway::{Identity, RecordFailure, Recorder, Recording};
@@ -96,6 +96,25 @@ impl Authenticate for GatewayAuth {
     }
 }
 
+/// The decision the gateway enforced on `event`, from the attributes it
+/// wrote (`custody.verdict`, `custody.reasons`); events it decided nothing
+/// about (a tool list that changed) are allowed.
+fn enforced(event: &NewEvent) -> Decision {
+    let verdict = event
+        .attributes
+        .get("custody.verdict")
+        .and_then(|v| serde_json::from_value::<Verdict>(v.clone()).ok());
+    let reasons = event
+        .attributes
+        .get("custody.reasons")
+        .and_then(|r| serde_json::from_value(r.clone()).ok())
+        .unwrap_or_default();
+    match verdict {
+        Some(verdict) => Decision { verdict, reasons },
+        None => Decision::allow(),
+    }
+}
+
 /// Records the gateway's events through the server's engine, vouched for
 /// as the session's identity is.
 struct EngineRecorder {
@@ -108,9 +127,14 @@ impl Recorder for EngineRecorder {
         Box::pin(async move {
             let unavailable =
                 |e: custody_engine::RecordError| RecordFailure::Unavailable(e.to_string());
+            // The decision stored is the one the gateway enforced.
+            let decided = events
+                .iter()
+                .map(|event| (event.clone(), enforced(event)))
+                .collect();
             let ingested = self
                 .engine
-                .ingest_batch_as(events.to_vec(), Utc::now(), &self.provenance)
+                .ingest_decided_as(decided, Utc::now(), &self.provenance)
                 .map_err(unavailable)?;
             ingested.receipt.durable().await.map_err(unavailable)
         })

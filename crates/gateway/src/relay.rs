@@ -507,6 +507,29 @@ impl Session {
                 }
                 return;
             }
+            // A forwarded request the client cancelled is over for the
+            // client: the server should not answer it, and an answer that
+            // comes anyway is dropped, like a late one.
+            if let Some(mut cancelled) = state.client.remove(&id) {
+                if let Some(timer) = cancelled.timer.take() {
+                    timer.abort();
+                }
+                if state.expired.len() >= EXPIRED_KEPT {
+                    state.expired.pop_front();
+                }
+                state.expired.push_back(id);
+                drop(state);
+                if let Some(call) = cancelled.call {
+                    let reason = params
+                        .and_then(|p| p.get("reason"))
+                        .and_then(Value::as_str)
+                        .map_or_else(
+                            || "cancelled by the client".to_owned(),
+                            |why| format!("cancelled by the client: {}", clip(why, 512)),
+                        );
+                    self.record(call, OutcomeStatus::Failure, Some(reason));
+                }
+            }
         }
         self.send_server(line).await;
     }

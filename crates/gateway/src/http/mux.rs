@@ -283,7 +283,8 @@ impl Mux {
                 line.pop();
             }
             if !line.is_empty() {
-                self.upstream_message(index, std::mem::take(&mut line)).await;
+                self.upstream_message(index, std::mem::take(&mut line))
+                    .await;
             }
         }
     }
@@ -720,6 +721,20 @@ impl Mux {
                 if let Some(link) = self.links.get(index) {
                     self.send(link, line.clone()).await;
                 }
+            }
+            // The client stopped waiting: its stream ends without an answer.
+            if let Some(id) = params
+                .as_ref()
+                .and_then(|p| p.get("requestId"))
+                .and_then(Id::from_value)
+            {
+                let mut state = self.state();
+                if let Some(waiter) = state.waiting.remove(&id)
+                    && let Some(token) = waiter.progress
+                {
+                    state.progress.remove(&token);
+                }
+                state.fanouts.remove(&id);
             }
             return;
         }
