@@ -19,17 +19,24 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{Body, Peers, Server, call, custody, free_port, mint_agent_token, peers};
+use rmcp::ClientLifecycleMode;
+use rmcp::model::ProtocolVersion;
 use rmcp_client::Target;
 use serde_json::{Value, json};
 
 /// The scenario against `target`, on a runtime of its own.
 fn scenario(target: Target) -> rmcp_client::Run {
+    scenario_with(target, ClientLifecycleMode::Initialize)
+}
+
+/// The scenario against `target`, starting as `lifecycle` says.
+fn scenario_with(target: Target, lifecycle: ClientLifecycleMode) -> rmcp_client::Run {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap()
-        .block_on(rmcp_client::run(target))
+        .block_on(rmcp_client::run_with(target, lifecycle))
 }
 
 /// `node SERVER stdio`.
@@ -411,4 +418,55 @@ fn rmcp_over_streamable_http_reads_as_over_stdio() {
     .transcript;
     check_transcript(&over_http);
     assert_same(direct, &over_http, "over streamable HTTP");
+}
+
+#[test]
+fn rmcp_probing_with_server_discover_reads_the_same_through_wrap() {
+    let Some(peers) = peers() else { return };
+    let auto = || ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        legacy_version: Some(ProtocolVersion::V_2025_11_25),
+    };
+    // server-everything answers the 2026-07-28 probe with an error; the
+    // client falls back to the handshake, through the gateway as without.
+    let alone = scenario_with(Target::Stdio(server_command(&peers)), auto());
+    check_transcript(&alone.transcript);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    // What reaches the server is copied to a file on its way in.
+    let received = dir.path().join("received.jsonl");
+    let mut command = custody();
+    command
+        .args(["wrap", "--server", &server.url, "--name", "everything"])
+        .args(["--root", "human:alice@example.com", "--agent", "coder"])
+        .args(["--run", "run-7", "--", "sh", "-c"])
+        .arg(format!(
+            "tee {} | exec node {} stdio",
+            received.display(),
+            peers.server.display()
+        ))
+        .env("CUSTODY_TOKEN", &server.token);
+    let through = scenario_with(Target::Stdio(command), auto());
+    assert!(
+        through.exit.is_some_and(|status| status.success()),
+        "custody wrap exited with {:?}",
+        through.exit
+    );
+    assert_same(
+        &alone.transcript,
+        &through.transcript,
+        "through custody wrap",
+    );
+    let received = std::fs::read_to_string(&received).unwrap();
+    let first = received.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(r#""method":"server/discover""#)
+            && first.contains(r#""io.modelcontextprotocol/protocolVersion":"2026-07-28""#),
+        "the probe came first, its _meta through: {first}"
+    );
+    assert!(
+        received.contains(r#""method":"initialize""#),
+        "then the handshake: {received}"
+    );
+    check_events(&server);
 }

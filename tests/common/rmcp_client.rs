@@ -13,9 +13,11 @@
 //! a second long-running call followed by `get-sum`.
 //!
 //! The transcript holds nothing that changes from run to run (no request
-//! ids, progress tokens, session ids or times). Test files other than
-//! `tests/common/mod.rs`'s users include it on their own, so that only they
-//! compile rmcp:
+//! ids, progress tokens, session ids or times): the server's answers as
+//! rmcp reads them, what the server asked the client (without `_meta`),
+//! and the progress of the call that reports it. Only the test files that
+//! use it include it (rather than `tests/common/mod.rs`), so that the
+//! others do not compile rmcp:
 //!
 //! ```ignore
 //! #[path = "common/rmcp_client.rs"]
@@ -30,7 +32,6 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rmcp::ServiceExt as _;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, ClientCapabilities, ClientInfo, ClientRequest,
     CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams, ElicitResult,
@@ -41,6 +42,7 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, RoleClient};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientLifecycleMode, ClientServiceExt as _};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -92,9 +94,16 @@ pub struct Run {
     pub exit: Option<ExitStatus>,
 }
 
-/// Runs the scenario against `target`. Panics, naming the step, when a
-/// step fails.
+/// Runs the scenario against `target`, starting with the `initialize`
+/// handshake (2025-11-25). Panics, naming the step, when a step fails.
 pub async fn run(target: Target) -> Run {
+    run_with(target, ClientLifecycleMode::Initialize).await
+}
+
+/// Runs the scenario against `target`, starting as `lifecycle` says: with
+/// `Auto`, the 2026-07-28 `server/discover` probe first, and the
+/// handshake if the server does not know it.
+pub async fn run_with(target: Target, lifecycle: ClientLifecycleMode) -> Run {
     let (progress, mut progress_rx) = mpsc::unbounded_channel();
     let handler = Handler {
         progress,
@@ -118,7 +127,11 @@ pub async fn run(target: Target) -> Run {
             let stdout = read_to_the_end(spawned.stdout.take().expect("piped stdout"));
             let stdin = spawned.stdin.take().expect("piped stdin");
             child = Some(spawned);
-            within("initialize", handler.serve((stdout, stdin))).await
+            within(
+                "initialize",
+                handler.serve_with_lifecycle((stdout, stdin), lifecycle),
+            )
+            .await
         }
         Target::Http { url, bearer } => {
             let mut config = StreamableHttpClientTransportConfig::with_uri(url);
@@ -126,7 +139,11 @@ pub async fn run(target: Target) -> Run {
                 config = config.auth_header(bearer);
             }
             let transport = StreamableHttpClientTransport::from_config(config);
-            within("initialize", handler.serve(transport)).await
+            within(
+                "initialize",
+                handler.serve_with_lifecycle(transport, lifecycle),
+            )
+            .await
         }
     }
     .expect("the initialize handshake");
