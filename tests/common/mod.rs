@@ -178,6 +178,74 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+// The real MCP peers, installed by `tests/peers/install.sh` (npm and PyPI,
+// into `target/mcp-peers`), which the tests run themselves when the peers
+// are missing. A test whose peers cannot be installed fails, saying why,
+// unless `CUSTODY_SKIP_MCP_PEERS=1` asks to skip it.
+
+/// Where `tests/peers/install.sh` puts the peers: `target/mcp-peers`.
+pub fn peers_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("mcp-peers")
+}
+
+/// The real MCP peers: the Python `mcp` SDK's interpreter and
+/// server-everything's entry point (`node SERVER stdio`, or
+/// `PORT=N node SERVER streamableHttp`).
+pub struct Peers {
+    pub python: PathBuf,
+    pub server: PathBuf,
+}
+
+/// The installed peers, installed first if need be (once per test run),
+/// `None` when skipping was asked for; fails the test when they cannot be
+/// installed.
+pub fn peers() -> Option<Peers> {
+    let dir = peers_dir();
+    let peers = Peers {
+        python: dir.join("venv/bin/python"),
+        server: dir.join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
+    };
+    if std::env::var_os("CUSTODY_SKIP_MCP_PEERS").is_some_and(|v| v == "1") {
+        eprintln!("skipping: CUSTODY_SKIP_MCP_PEERS=1 asks to skip the tests of real MCP peers");
+        return None;
+    }
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| install(&dir));
+    if let Err(why) = installed {
+        panic!(
+            "the MCP peers are not installed in {} and installing them failed ({why}): \
+             `tests/peers/install.sh` needs npm and python3 with network access to npmjs.org \
+             and PyPI; CUSTODY_SKIP_MCP_PEERS=1 skips the tests that need them",
+            dir.display()
+        );
+    }
+    Some(peers)
+}
+
+/// Runs `tests/peers/install.sh` into `dir`; it leaves what is installed at
+/// the pinned versions alone.
+fn install(dir: &Path) -> Result<(), String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/install.sh");
+    let output = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(dir)
+        .output()
+        .map_err(|error| format!("running {}: {error}", script.display()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} exited with {}: {}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
 /// A realistic tool-call event with a client-chosen id, as one NDJSON line.
 pub fn tool_call(id: &str, run: &str, n: usize) -> String {
     serde_json::json!({

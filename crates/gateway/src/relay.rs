@@ -490,7 +490,11 @@ impl Session {
     }
 
     /// Notifications are relayed as they came, except a cancellation of a
-    /// call still held: the server never saw that call.
+    /// call still held: the server never saw that call. A cancelled request
+    /// the server has is over for the client, which expects no answer: it
+    /// stops counting as in flight, its call is recorded as cancelled, and
+    /// an answer the server may still send is dropped (as after a timeout,
+    /// its id is not reused meanwhile).
     async fn client_notification(&self, line: Vec<u8>, method: &str, params: Option<&Value>) {
         if method == "notifications/cancelled"
             && let Some(id) = params
@@ -498,14 +502,34 @@ impl Session {
                 .and_then(Id::from_value)
         {
             let mut state = self.state();
-            if state.client.get(&id).is_some_and(|f| f.held) {
-                let cancelled = state.client.remove(&id);
-                drop(state);
-                if let Some(call) = cancelled.and_then(|f| f.call) {
-                    let reason = "cancelled by the client while held".to_owned();
-                    self.record(call, OutcomeStatus::Failure, Some(reason));
+            match state.client.get(&id).map(|f| f.held) {
+                Some(true) => {
+                    let cancelled = state.client.remove(&id);
+                    drop(state);
+                    if let Some(call) = cancelled.and_then(|f| f.call) {
+                        let reason = "cancelled by the client while held".to_owned();
+                        self.record(call, OutcomeStatus::Failure, Some(reason));
+                    }
+                    return;
                 }
-                return;
+                Some(false) => {
+                    let cancelled = state.client.remove(&id);
+                    if state.expired.len() >= EXPIRED_KEPT {
+                        state.expired.pop_front();
+                    }
+                    state.expired.push_back(id);
+                    drop(state);
+                    if let Some(mut cancelled) = cancelled {
+                        if let Some(timer) = cancelled.timer.take() {
+                            timer.abort();
+                        }
+                        if let Some(call) = cancelled.call {
+                            let reason = "cancelled by the client".to_owned();
+                            self.record(call, OutcomeStatus::Failure, Some(reason));
+                        }
+                    }
+                }
+                None => {}
             }
             // A forwarded request the client cancelled is over for the
             // client: the server should not answer it, and an answer that
@@ -879,7 +903,15 @@ impl Session {
                 in_flight.call = call;
                 in_flight.number
             }
-            None => return,
+            // Cancelled, or failed with the session, between its approval
+            // and here: recorded, never forwarded.
+            None => {
+                if let Some(call) = call {
+                    let reason = "ended before it was forwarded".to_owned();
+                    self.record(call, OutcomeStatus::Failure, Some(reason));
+                }
+                return;
+            }
         };
         let session = self.clone();
         let mut closing = self.closing.subscribe();

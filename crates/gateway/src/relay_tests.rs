@@ -844,3 +844,49 @@ async fn lines_queued_for_a_side_that_does_not_read_are_bounded_in_bytes() {
     let waited = tokio::time::timeout(Duration::from_millis(50), lines.send(mib)).await;
     assert!(waited.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_forwarded_call_the_client_cancels_is_recorded_cancelled_and_frees_its_place() {
+    let mut config = Config::new("slow");
+    config.max_in_flight = 1;
+    config.call_timeout = Duration::from_secs(2);
+    let mut h = Harness::start(ToolRules::default(), config);
+    h.client.send(call(json!(1), "sleep", json!({}))).await;
+    assert_eq!(h.server.next().await["id"], 1);
+    h.client
+        .send(json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1, "reason": "no longer needed"}}))
+        .await;
+    // The server is told as the client said it.
+    let cancel = h.server.next().await;
+    assert_eq!(cancel["method"], "notifications/cancelled");
+    assert_eq!(cancel["params"]["requestId"], 1);
+    assert_eq!(cancel["params"]["reason"], "no longer needed");
+    // Recorded as cancelled at once, not when the session ends.
+    let events = h.recorded(1).await;
+    assert_eq!(events[0].outcome.status, OutcomeStatus::Failure);
+    assert_eq!(
+        events[0].outcome.reason.as_deref(),
+        Some("cancelled by the client")
+    );
+    // Its place is free (one request in flight at most).
+    h.still_relays(2).await;
+    h.server
+        .send(json!({"jsonrpc": "2.0", "id": 2, "result": {}}))
+        .await;
+    assert_eq!(h.client.next().await["id"], 2);
+    // No timeout comes for it, and its id is not reused while the server
+    // may still answer it: the client's next line is the refusal.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.client
+        .send(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+        .await;
+    refused_with(&h.client.next().await, decode::INVALID_REQUEST, "in flight");
+    // A late answer is dropped: the client's next line is the pong.
+    h.answer(1).await;
+    h.still_relays(3).await;
+    h.server
+        .send(json!({"jsonrpc": "2.0", "id": 3, "result": {}}))
+        .await;
+    assert_eq!(h.client.next().await["id"], 3);
+    assert_eq!(h.recorded(1).await.len(), 1, "recorded once");
+}
