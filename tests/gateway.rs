@@ -9,8 +9,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::mcp_http::{McpHttp, text_of};
-use common::peers::{Peers, peers};
-use common::{Body, Server, call_ok, free_port, mint_agent_token};
+use common::{Body, Peers, Server, call_ok, free_port, mint_agent_token, peers};
 use serde_json::{Value, json};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -30,7 +29,7 @@ fn serve_gateway(dir: &Path, gateway: &str) -> Server {
 fn stdio_upstream(peers: &Peers, name: &str, extra: &str) -> String {
     format!(
         "[[gateway.upstreams]]\nname = \"{name}\"\ncommand = [\"node\", \"{}\", \"stdio\"]\n{extra}\n",
-        peers.everything.display()
+        peers.server.display()
     )
 }
 
@@ -569,7 +568,7 @@ impl Drop for Upstream {
 
 fn start_http_everything(peers: &Peers, port: u16) -> Upstream {
     let child = std::process::Command::new("node")
-        .arg(&peers.everything)
+        .arg(&peers.server)
         .arg("streamableHttp")
         .env("PORT", port.to_string())
         .stdout(Stdio::null())

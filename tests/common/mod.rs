@@ -3,7 +3,6 @@
 #![allow(dead_code)]
 
 pub mod mcp_http;
-pub mod peers;
 
 use std::io::Read;
 use std::net::TcpListener;

@@ -107,6 +107,13 @@ impl Delegation {
         self.verify(token)
     }
 
+    /// Whether a token accepted before still is: not expired, nothing in
+    /// its chain revoked since. Its signature and claims are not checked
+    /// again; the caller keeps the exact token it verified.
+    pub fn recheck(&self, accepted: &Accepted) -> Result<(), TokenError> {
+        accepted.recheck(&self.read(), Utc::now())
+    }
+
     fn verify(&self, token: &str) -> Result<Accepted, TokenError> {
         Verifier::new(&self.read(), &self.trusted).verify(token, Utc::now())
     }

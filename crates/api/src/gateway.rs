@@ -3,7 +3,7 @@
 //! and its calls recorded through the server's own engine, so that they
 //! are attributed and added to the graph like any event.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::Utc;
 use custody_engine::{Decision, Engine, Provenance, Verdict};
@@ -11,7 +11,12 @@ use custody_event::NewEvent;
 use custody_gateway::http::{Authenticate, Authenticating, Caller, Unauthenticated};
 use custody_gateway::{Identity, RecordFailure, Recorder, Recording};
 
+use custody_delegation::{Accepted, TokenError};
+use hashlink::LinkedHashMap;
+use sha2::{Digest, Sha256};
+
 use crate::auth::{TOKEN_PREFIX, bearer};
+use crate::delegate::Delegation;
 use crate::{AppState, delegate};
 
 /// Authenticates the gateway's callers against the server's delegation
@@ -21,12 +26,50 @@ use crate::{AppState, delegate};
 pub struct GatewayAuth {
     state: AppState,
     anonymous: Option<Identity>,
+    /// Tokens verified, by the SHA-256 of the token: a session's token is
+    /// presented on every request, and its signature need be checked once.
+    /// Each use still checks its expiry and the revocations.
+    verified: Arc<Mutex<LinkedHashMap<[u8; 32], Accepted>>>,
 }
+
+/// Verified tokens remembered; beyond it the least recently used go.
+const VERIFIED_KEPT: usize = 4096;
 
 impl GatewayAuth {
     /// Callers authenticated by `state`'s delegation service.
     pub fn new(state: AppState, anonymous: Option<Identity>) -> GatewayAuth {
-        GatewayAuth { state, anonymous }
+        GatewayAuth {
+            state,
+            anonymous,
+            verified: Arc::default(),
+        }
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, LinkedHashMap<[u8; 32], Accepted>> {
+        self.verified.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `token` verified: at once if it was before (and its expiry and the
+    /// revocations still allow it), by its signature otherwise.
+    async fn accept(&self, delegation: &Delegation, token: &str) -> Result<Accepted, TokenError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let known = self.verified().to_back(&key).cloned();
+        if let Some(accepted) = known {
+            return match delegation.recheck(&accepted) {
+                Ok(()) => Ok(accepted),
+                Err(error) => {
+                    self.verified().remove(&key);
+                    Err(error)
+                }
+            };
+        }
+        let accepted = delegation.accept(token).await?;
+        let mut verified = self.verified();
+        verified.insert(key, accepted.clone());
+        while verified.len() > VERIFIED_KEPT {
+            verified.pop_front();
+        }
+        Ok(accepted)
     }
 
     fn recorder(&self, provenance: Provenance) -> Arc<dyn Recorder> {
@@ -68,7 +111,7 @@ impl Authenticate for GatewayAuth {
                     "this server verifies no agent tokens".into(),
                 ));
             };
-            match delegation.accept(secret).await {
+            match self.accept(delegation, secret).await {
                 Ok(accepted) => {
                     let crate::Caller {
                         token_id, agent, ..

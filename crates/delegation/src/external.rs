@@ -222,6 +222,7 @@ impl ExternalIssuer {
             chain,
             token_id,
             external_issuer: Some(config.issuer.clone()),
+            expires_at: claims.exp.saturating_add(config.leeway.num_seconds()),
         })
     }
 

@@ -18,6 +18,23 @@ pub struct Accepted {
     pub token_id: String,
     /// The external issuer that vouched for it; `None` for Custody's own.
     pub external_issuer: Option<String>,
+    /// When it stops being accepted (its `exp`, plus the issuer's leeway),
+    /// in seconds since the epoch.
+    pub expires_at: i64,
+}
+
+impl Accepted {
+    /// Whether a token accepted before is still accepted at `now` by
+    /// `custody`'s revocations and its own expiry: what may change about a
+    /// token once its signature and claims were checked. A holder of a
+    /// verified token (the gateway, per session) asks this instead of
+    /// verifying the signature again.
+    pub fn recheck(&self, custody: &Issuer, now: DateTime<Utc>) -> Result<(), TokenError> {
+        if now.timestamp() >= self.expires_at {
+            return Err(TokenError::Expired);
+        }
+        custody.refuse_revoked(&self.chain)
+    }
 }
 
 /// Verifies tokens of Custody's issuer and of the external issuers it
@@ -53,6 +70,7 @@ impl<'a> Verifier<'a> {
             let claims = self.custody.verify(token, now)?;
             return Ok(Accepted {
                 chain: claims.chain()?,
+                expires_at: claims.exp,
                 token_id: claims.jti,
                 external_issuer: None,
             });

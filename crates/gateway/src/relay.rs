@@ -170,6 +170,7 @@ impl Gateway {
             to_server: Mutex::new(None),
             state: Mutex::new(State::default()),
             killed,
+            killing: Arc::default(),
             closing: watch::Sender::new(false),
         };
         Gateway {
@@ -177,6 +178,14 @@ impl Gateway {
             delivering,
             on_kill,
         }
+    }
+
+    /// Set with the reason once a decision kills the session, before the
+    /// client is told: whoever relays the client's messages checks it
+    /// before passing on what the relay sends, so that the kill is in force
+    /// before the client can act on it.
+    pub fn killing(&self) -> Arc<std::sync::OnceLock<String>> {
+        self.session.killing.clone()
     }
 
     /// Relays between the client (`client_in`, `client_out`) and the
@@ -266,6 +275,9 @@ struct Session {
     to_server: Mutex<Option<Lines>>,
     state: Mutex<State>,
     killed: watch::Sender<Option<String>>,
+    /// Set before a kill's refusal is sent, for an embedder that must act
+    /// on the kill before the client can send anything else.
+    killing: Arc<std::sync::OnceLock<String>>,
     /// Turns true when the session ends: held calls stop waiting.
     closing: watch::Sender<bool>,
 }
@@ -512,6 +524,9 @@ impl Session {
                     }
                     return;
                 }
+                // A forwarded request the client cancelled is over for
+                // the client: the server should not answer it, and an
+                // answer that comes anyway is dropped, like a late one.
                 Some(false) => {
                     let cancelled = state.client.remove(&id);
                     if state.expired.len() >= EXPIRED_KEPT {
@@ -530,29 +545,6 @@ impl Session {
                     }
                 }
                 None => {}
-            }
-            // A forwarded request the client cancelled is over for the
-            // client: the server should not answer it, and an answer that
-            // comes anyway is dropped, like a late one.
-            if let Some(mut cancelled) = state.client.remove(&id) {
-                if let Some(timer) = cancelled.timer.take() {
-                    timer.abort();
-                }
-                if state.expired.len() >= EXPIRED_KEPT {
-                    state.expired.pop_front();
-                }
-                state.expired.push_back(id);
-                drop(state);
-                if let Some(call) = cancelled.call {
-                    let reason = params
-                        .and_then(|p| p.get("reason"))
-                        .and_then(Value::as_str)
-                        .map_or_else(
-                            || "cancelled by the client".to_owned(),
-                            |why| format!("cancelled by the client: {}", clip(why, 512)),
-                        );
-                    self.record(call, OutcomeStatus::Failure, Some(reason));
-                }
             }
         }
         self.send_server(line).await;
@@ -849,6 +841,7 @@ impl Session {
     /// Refuses this call and fails every other in flight, then ends the
     /// session.
     async fn kill(&self, request: &Request, event: NewEvent, told: &str) {
+        let _ = self.killing.set(told.to_owned());
         self.refuse(request, event, KILLED, told, "kill").await;
         self.fail_in_flight(KILLED, "custody ended the session");
         let _ = self.killed.send(Some(told.to_owned()));

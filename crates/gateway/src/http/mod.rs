@@ -221,13 +221,19 @@ impl Shared {
             .cloned()
     }
 
-    pub(crate) fn kill_owner(&self, owner: &str, why: &str) {
+    /// Remembers that a decision killed `owner`'s sessions: new ones are
+    /// refused.
+    pub(crate) fn note_killed(&self, owner: &str, why: &str) {
         let mut killed = self.killed.lock().unwrap_or_else(PoisonError::into_inner);
         killed.replace(owner.to_owned(), why.to_owned());
         while killed.len() > KILLED_KEPT {
             killed.pop_front();
         }
-        drop(killed);
+    }
+
+    /// Ends every session of `owner`, and refuses new ones.
+    pub(crate) fn kill_owner(&self, owner: &str, why: &str) {
+        self.note_killed(owner, why);
         // Every session of the killed owner ends, on every upstream.
         let ended: Vec<Arc<Mux>> = {
             let mut sessions = self.sessions();

@@ -148,6 +148,7 @@ pub(crate) struct Mux {
     state: Mutex<State>,
     /// Set when the session ends: why, and whether a decision ended it.
     ended: watch::Sender<Option<End>>,
+    torn_down: AtomicBool,
     last_used: Mutex<Instant>,
     call_timeout: Duration,
     shared: Weak<Shared>,
@@ -196,6 +197,7 @@ impl Mux {
             transparent,
             state: Mutex::new(State::default()),
             ended: watch::Sender::new(None),
+            torn_down: AtomicBool::new(false),
             last_used: Mutex::new(Instant::now()),
             call_timeout: config.relay.call_timeout,
             shared: Arc::downgrade(shared),
@@ -251,7 +253,8 @@ impl Mux {
         let (to_relay, relay_in) = tokio::io::duplex(PIPE_BYTES);
         let (relay_out, from_relay) = tokio::io::duplex(PIPE_BYTES);
         tokio::spawn(write_lines(to_relay, lines));
-        let reader = tokio::spawn(self.clone().read_relay(index, from_relay));
+        let killing = gateway.killing();
+        let reader = tokio::spawn(self.clone().read_relay(index, from_relay, killing));
         tokio::spawn(async move {
             let upstream::Connection {
                 input,
@@ -270,7 +273,12 @@ impl Mux {
         });
     }
 
-    async fn read_relay(self: Arc<Self>, index: usize, from_relay: DuplexStream) {
+    async fn read_relay(
+        self: Arc<Self>,
+        index: usize,
+        from_relay: DuplexStream,
+        killing: Arc<std::sync::OnceLock<String>>,
+    ) {
         let mut reader = BufReader::new(from_relay);
         let mut line = Vec::new();
         loop {
@@ -282,9 +290,22 @@ impl Mux {
             while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
                 line.pop();
             }
-            if !line.is_empty() {
-                self.upstream_message(index, std::mem::take(&mut line))
-                    .await;
+            if line.is_empty() {
+                continue;
+            }
+            // A kill is in force for the agent before its refusal reaches
+            // the client; then the session is torn down.
+            let killed = killing.get().filter(|_| self.ended().is_none());
+            if let Some(why) = killed {
+                self.mark_ended(End::Killed(why.clone()));
+                if let Some(shared) = self.shared.upgrade() {
+                    shared.note_killed(&self.owner, why);
+                }
+            }
+            self.upstream_message(index, std::mem::take(&mut line))
+                .await;
+            if let Some(why) = killed {
+                self.end(End::Killed(why.clone()));
             }
         }
     }
@@ -304,19 +325,28 @@ impl Mux {
         }
     }
 
-    /// Ends the session: the relays' inputs close (each fails what it has
-    /// in flight), and what still waits is failed.
-    pub(crate) fn end(&self, end: End) {
-        let first = self.ended.send_if_modified(|ended| {
+    /// Marks the session ended (the first end is the one kept); its
+    /// lookups fail from now on.
+    fn mark_ended(&self, end: End) {
+        self.ended.send_if_modified(|ended| {
             if ended.is_some() {
                 return false;
             }
-            *ended = Some(end.clone());
+            *ended = Some(end);
             true
         });
-        if !first {
+    }
+
+    /// Ends the session: the relays' inputs close (each fails what it has
+    /// in flight), and what still waits is failed.
+    pub(crate) fn end(&self, end: End) {
+        self.mark_ended(end);
+        if self.torn_down.swap(true, Ordering::AcqRel) {
             return;
         }
+        let Some(end) = self.ended() else {
+            return;
+        };
         for link in &self.links {
             link.input
                 .lock()
@@ -392,7 +422,18 @@ impl Mux {
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
         match message {
             ClientMessage::Request(request) => {
-                self.request(request, stream).await;
+                match self.ended() {
+                    None => self.request(request, stream).await,
+                    Some(End::Killed(why)) => {
+                        let why = format!("custody ended the session: {why}");
+                        self.answer_now(stream, &request.id, KILLED, &why).await;
+                    }
+                    Some(End::Closed(why)) => {
+                        let why = format!("the session ended: {why}");
+                        self.answer_now(stream, &request.id, SERVER_GONE, &why)
+                            .await;
+                    }
+                }
                 1
             }
             ClientMessage::Notification { method, params } => {

@@ -354,6 +354,11 @@ impl Adapter {
                 .feed(&chunk, &mut events)
                 .map_err(|error| error.to_string())?;
             for event in events.drain(..) {
+                // An event without data (a stream's first, which some
+                // servers send to prime resumption) carries no message.
+                if event.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
                 let Ok(message) = serde_json::from_slice::<Value>(&event) else {
                     tracing::warn!(upstream = %self.url, "dropped an upstream event that is not JSON");
                     continue;

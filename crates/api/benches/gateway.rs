@@ -1,0 +1,367 @@
+//! Gateway benchmark: `tools/call` through Custody's MCP gateway against
+//! the same calls made directly to the same upstream, in the same run.
+//!
+//! ```sh
+//! cargo bench -p custody-api --bench gateway -- [CALLS] [CONCURRENCY...]
+//! ```
+//!
+//! The upstream is an echo MCP server over streamable HTTP in this process,
+//! answering each call with its argument as JSON, so that it is not the
+//! bottleneck. The gateway is the one `custody serve` mounts, with
+//! everything on: the caller's agent token verified on every request
+//! (Ed25519), the session's relay (decode, canonical body, the engine's
+//! decision), the event recorded through the server's engine (attribution,
+//! graph) into the embedded store with `full` durability. The direct client
+//! and the gateway's client share this machine's cores with the upstream
+//! and the gateway, as they would on one host.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use custody_api::{AppState, GatewayAuth, Limits};
+use custody_engine::Engine;
+use custody_event::{Principal, PrincipalKind};
+use custody_gateway::http::{GatewayConfig, HttpGateway, Target, UpstreamConfig};
+use custody_store::{Store, StoreOptions};
+use serde_json::{Value, json};
+
+/// The allocator the `custody` binary uses.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with('-'));
+    let calls: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let mut levels: Vec<usize> = args.filter_map(|a| a.parse().ok()).collect();
+    if levels.is_empty() {
+        levels = vec![1, 32];
+    }
+    let workers = std::env::var("CUSTODY_BENCH_WORKERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2);
+    println!(
+        "calls: {calls} per measurement, tools/call with a 40-byte argument; cores: {}, runtime workers: {workers}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(calls, &levels));
+}
+
+async fn run(calls: usize, levels: &[usize]) {
+    let upstream = serve_echo().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (gateway, token, store) = serve_gateway(dir.path(), &upstream).await;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
+
+    for &concurrency in levels {
+        // Warm both paths (connections, sessions, caches), then alternate
+        // direct and gateway measurements so that drift hits both.
+        let direct_sessions = open_sessions(&http, &upstream, None, concurrency).await;
+        let gateway_sessions = open_sessions(&http, &gateway, Some(&token), concurrency).await;
+        measure(&http, &upstream, None, &direct_sessions, calls / 10).await;
+        measure(&http, &gateway, Some(&token), &gateway_sessions, calls / 10).await;
+        let mut direct = Vec::new();
+        let mut through = Vec::new();
+        for _ in 0..2 {
+            direct.push(measure(&http, &upstream, None, &direct_sessions, calls / 2).await);
+            through
+                .push(measure(&http, &gateway, Some(&token), &gateway_sessions, calls / 2).await);
+        }
+        let direct = Run::merge(direct);
+        let through = Run::merge(through);
+        println!("concurrency {concurrency}:");
+        println!(
+            "  baseline  direct to the upstream:  {:>8.0} calls/s   latency p50 {:>7.1} µs, p99 {:>7.1} µs",
+            direct.rate(),
+            direct.percentile(50.0),
+            direct.percentile(99.0)
+        );
+        println!(
+            "  measured  through the gateway:     {:>8.0} calls/s   latency p50 {:>7.1} µs, p99 {:>7.1} µs",
+            through.rate(),
+            through.percentile(50.0),
+            through.percentile(99.0)
+        );
+        println!(
+            "  added     p50 {:+.1} µs, p99 {:+.1} µs; throughput {:.0}% of direct",
+            through.percentile(50.0) - direct.percentile(50.0),
+            through.percentile(99.0) - direct.percentile(99.0),
+            100.0 * through.rate() / direct.rate()
+        );
+    }
+    // Every call through the gateway was recorded: wait for the store.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected = u64::try_from(levels.len() * (calls / 10 + 2 * (calls / 2))).unwrap_or(0);
+    let mut stored = 0;
+    while Instant::now() < deadline {
+        stored = store.count().expect("counting events");
+        if stored >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("recorded  {stored} events for {expected} calls through the gateway");
+}
+
+/// One measurement: each call's latency, and the wall time of all.
+struct Run {
+    latencies: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Run {
+    fn merge(runs: Vec<Run>) -> Run {
+        let wall = runs.iter().map(|r| r.wall).sum();
+        let mut latencies: Vec<Duration> = runs.into_iter().flat_map(|r| r.latencies).collect();
+        latencies.sort_unstable();
+        Run { latencies, wall }
+    }
+
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    /// The `p`th percentile latency, in microseconds.
+    fn percentile(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
+        let at = rank.min(self.latencies.len() - 1);
+        self.latencies
+            .get(at)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    }
+}
+
+/// `calls` calls spread over the sessions, one client task per session.
+async fn measure(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    sessions: &[String],
+    calls: usize,
+) -> Run {
+    let each = calls / sessions.len().max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for session in sessions {
+        let (http, url, token, session) = (
+            http.clone(),
+            url.to_owned(),
+            token.map(str::to_owned),
+            session.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(each);
+            for n in 0..each {
+                let body = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"message": "a forty byte argument for echo......"}}});
+                let began = Instant::now();
+                let answer = post(&http, &url, token.as_deref(), Some(&session), &body).await;
+                latencies.push(began.elapsed());
+                assert!(
+                    answer.1["result"]["content"][0]["text"].is_string(),
+                    "{}",
+                    answer.1
+                );
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::with_capacity(calls);
+    for task in tasks {
+        latencies.extend(task.await.expect("a client task"));
+    }
+    Run {
+        latencies,
+        wall: started.elapsed(),
+    }
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    session: Option<&str>,
+    body: &Value,
+) -> (Option<String>, Value) {
+    let mut request = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string());
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(session) = session {
+        request = request
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    let response = request.send().await.expect("posting");
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = response.bytes().await.expect("reading");
+    (
+        session,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn open_sessions(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    count: usize,
+) -> Vec<String> {
+    let mut sessions = Vec::new();
+    for _ in 0..count {
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"}}});
+        let (session, answer) = post(http, url, token, None, &init).await;
+        let session = session.unwrap_or_else(|| panic!("no session from {url}: {answer}"));
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        post(http, url, token, Some(&session), &initialized).await;
+        sessions.push(session);
+    }
+    sessions
+}
+
+/// An MCP server over streamable HTTP answering `tools/call` with its
+/// `message` argument: the least an upstream can do.
+async fn serve_echo() -> String {
+    async fn mcp(headers: HeaderMap, body: axum::body::Bytes) -> axum::response::Response {
+        let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+            return StatusCode::BAD_REQUEST.into_response();
+        };
+        let Some(id) = request.get("id") else {
+            return StatusCode::ACCEPTED.into_response();
+        };
+        let method = request["method"].as_str().unwrap_or_default();
+        let result = match method {
+            "initialize" => json!({"protocolVersion": "2025-11-25",
+                "capabilities": {"tools": {}}, "serverInfo": {"name": "echo", "version": "1"}}),
+            "tools/list" => json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}),
+            "tools/call" => json!({"content": [{"type": "text",
+                "text": request["params"]["arguments"]["message"]}]}),
+            _ => json!({}),
+        };
+        let answer = json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string();
+        let mut response = (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            answer,
+        )
+            .into_response();
+        if method == "initialize" && !headers.contains_key("mcp-session-id") {
+            let session = uuid::Uuid::new_v4().simple().to_string();
+            response
+                .headers_mut()
+                .insert("mcp-session-id", session.parse().expect("a header value"));
+        }
+        response
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listening");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("address"));
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(mcp).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// `custody serve`'s API with its gateway in front of `upstream`; the
+/// gateway's URL, an agent token for it, and the store.
+async fn serve_gateway(dir: &std::path::Path, upstream: &str) -> (String, String, Store) {
+    let store = Store::open(dir, StoreOptions::default()).expect("store");
+    let live = custody_graph::Live::new(
+        custody_graph::Attributor::default(),
+        custody_graph::Graph::default(),
+    );
+    let engine = Arc::new(
+        Engine::builder(Arc::new(store.clone()))
+            .attribute(live.clone())
+            .build(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listening");
+    let public = format!("http://{}", listener.local_addr().expect("address"));
+    let lifetime = chrono::Duration::hours(1);
+    let issuer = custody_delegation::Issuer::new(&public, "custody", lifetime);
+    let principal = |kind, id: &str, run: Option<&str>| Principal {
+        kind,
+        id: id.into(),
+        name: None,
+        version: None,
+        run_id: run.map(str::to_owned),
+    };
+    let token = issuer
+        .mint(
+            &principal(PrincipalKind::Human, "alice@example.com", None),
+            &principal(PrincipalKind::Agent, "bench-agent", Some("run-1")),
+            &[],
+            lifetime,
+            chrono::Utc::now(),
+        )
+        .expect("minting")
+        .token;
+    let save: custody_api::SaveState = Arc::new(|_| Ok(()));
+    let delegation = custody_api::Delegation::new(issuer, &public, save);
+    let state = AppState::new(engine, store.clone(), Limits::default())
+        .with_delegation(delegation)
+        .with_graph(live);
+    let mut relay = custody_gateway::Config::new("");
+    relay.max_in_flight = 256;
+    let config = GatewayConfig {
+        path: "/mcp".into(),
+        upstreams: vec![UpstreamConfig {
+            name: "echo".into(),
+            prefix: String::new(),
+            target: Target::Http {
+                url: upstream.to_owned(),
+                headers: Vec::new(),
+            },
+            rules: custody_gateway::ToolRules::default(),
+        }],
+        relay,
+        separator: "__".into(),
+        allowed_origins: Vec::new(),
+        max_sessions: 1024,
+        idle_timeout: Duration::from_secs(3600),
+        resource: format!("{public}/mcp"),
+        authorization_servers: vec![public.clone()],
+    };
+    let auth = GatewayAuth::new(state.clone(), None);
+    let gateway = HttpGateway::new(
+        config,
+        Arc::new(auth),
+        Arc::new(custody_gateway::approval::Nobody),
+    )
+    .expect("the gateway");
+    let state = state.with_gateway(gateway);
+    tokio::spawn(custody_api::serve(
+        listener,
+        state,
+        std::future::pending::<()>(),
+    ));
+    (format!("{public}/mcp"), token, store)
+}
