@@ -40,5 +40,5 @@ pub use approval::{Approval, Approvals, HeldCall};
 pub use identity::Identity;
 pub use outbox::{RecordFailure, Recorder, Recording};
 pub use policy::ToolRules;
-pub use relay::{Config, DENIED, Ended, Gateway, KILLED, SERVER_GONE, TIMED_OUT, TOO_MANY};
+pub use relay::{Config, DENIED, Ended, Gateway, KILLED, Pipe, SERVER_GONE, TIMED_OUT, TOO_MANY};
 pub use tools::ChangedDefinitions;

@@ -200,8 +200,24 @@ impl Gateway {
         server_out: impl AsyncRead + Unpin + Send + 'static,
         drain: Duration,
     ) -> Ended {
-        let (to_client, client_writer) = writer(client_out);
-        let (to_server, server_writer) = writer(server_in);
+        let client = Pipe::Bytes {
+            input: Box::new(client_in),
+            output: Box::new(client_out),
+        };
+        let server = Pipe::Bytes {
+            input: Box::new(server_out),
+            output: Box::new(server_in),
+        };
+        self.relay_pipes(client, server, drain).await
+    }
+
+    /// [`Gateway::relay`] over any pipes: byte streams of lines, or
+    /// channels of whole messages for peers in this process (the HTTP
+    /// gateway's sessions and upstream adapters), which spare a copy and a
+    /// task between the relay and each of them.
+    pub async fn relay_pipes(self, client: Pipe, server: Pipe, drain: Duration) -> Ended {
+        let (to_client, client_writer, client_in) = client.open();
+        let (to_server, server_writer, server_out) = server.open();
         let Gateway {
             session,
             delivering,
@@ -251,8 +267,12 @@ impl Gateway {
         session.close_client_output();
         let outbox = session.outbox.clone();
         drop(session);
-        let _ = tokio::time::timeout(drain, client_writer).await;
-        server_writer.abort();
+        if let Some(client_writer) = client_writer {
+            let _ = tokio::time::timeout(drain, client_writer).await;
+        }
+        if let Some(server_writer) = server_writer {
+            server_writer.abort();
+        }
         // The outbox's task ends once every sender is gone and its queue
         // is delivered.
         drop(outbox);
@@ -1125,26 +1145,107 @@ fn clip(text: &str, max: usize) -> String {
 /// writing to it (the relay stops reading that one's output) instead of
 /// growing a buffer.
 #[derive(Clone)]
-struct Lines {
-    queue: mpsc::Sender<(Vec<u8>, OwnedSemaphorePermit)>,
-    room: Arc<Semaphore>,
+enum Lines {
+    /// To a writer task.
+    Queued {
+        queue: mpsc::Sender<(Vec<u8>, OwnedSemaphorePermit)>,
+        room: Arc<Semaphore>,
+    },
+    /// Straight to a peer in this process, bounded by its channel.
+    Direct(mpsc::Sender<Vec<u8>>),
 }
 
 impl Lines {
     /// Queues `line`, waiting for room; false once the side is gone.
     async fn send(&self, line: Vec<u8>) -> bool {
-        let Ok(room) = self.room.clone().acquire_many_owned(cost(&line)).await else {
-            return false;
-        };
-        self.queue.send((line, room)).await.is_ok()
+        match self {
+            Lines::Queued { queue, room } => {
+                let Ok(room) = room.clone().acquire_many_owned(cost(&line)).await else {
+                    return false;
+                };
+                queue.send((line, room)).await.is_ok()
+            }
+            Lines::Direct(sender) => sender.send(line).await.is_ok(),
+        }
     }
 
     /// Queues `line` if there is room now.
     fn try_send(&self, line: Vec<u8>) -> bool {
-        let Ok(room) = self.room.clone().try_acquire_many_owned(cost(&line)) else {
-            return false;
-        };
-        self.queue.try_send((line, room)).is_ok()
+        match self {
+            Lines::Queued { queue, room } => {
+                let Ok(room) = room.clone().try_acquire_many_owned(cost(&line)) else {
+                    return false;
+                };
+                queue.try_send((line, room)).is_ok()
+            }
+            Lines::Direct(sender) => sender.try_send(line).is_ok(),
+        }
+    }
+}
+
+/// One side of a relay: where its messages come from and go to.
+pub enum Pipe {
+    /// Newline-delimited JSON over byte streams (stdio).
+    Bytes {
+        /// What the relay reads.
+        input: Box<dyn AsyncRead + Unpin + Send>,
+        /// What the relay writes.
+        output: Box<dyn AsyncWrite + Unpin + Send>,
+    },
+    /// Whole messages, one per item, over channels. Input longer than the
+    /// side's limit is refused as a line would be.
+    Messages {
+        /// What the relay reads.
+        input: mpsc::Receiver<Vec<u8>>,
+        /// What the relay writes.
+        output: mpsc::Sender<Vec<u8>>,
+    },
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pipe::Bytes { .. } => "Pipe::Bytes",
+            Pipe::Messages { .. } => "Pipe::Messages",
+        })
+    }
+}
+
+/// Where a relay reads one side's messages.
+enum Incoming {
+    Bytes(Box<dyn AsyncRead + Unpin + Send>),
+    Messages(mpsc::Receiver<Vec<u8>>),
+}
+
+impl Incoming {
+    /// The next message: `None` at the end, `Some(None)` for one longer
+    /// than `limit`.
+    async fn next(&mut self, reader: &mut Option<BufReader<Box<dyn AsyncRead + Unpin + Send>>>, limit: usize) -> Option<Option<Vec<u8>>> {
+        match self {
+            Incoming::Messages(receiver) => {
+                let message = receiver.recv().await?;
+                Some((message.len() <= limit).then_some(message))
+            }
+            Incoming::Bytes(_) => {
+                let reader = reader.as_mut()?;
+                next_line(reader, limit).await
+            }
+        }
+    }
+}
+
+impl Pipe {
+    /// The side's sender, its writer task if it has one, and its input.
+    fn open(self) -> (Lines, Option<JoinHandle<()>>, Incoming) {
+        match self {
+            Pipe::Bytes { input, output } => {
+                let (lines, task) = writer(output);
+                (lines, Some(task), Incoming::Bytes(input))
+            }
+            Pipe::Messages { input, output } => {
+                (Lines::Direct(output), None, Incoming::Messages(input))
+            }
+        }
     }
 }
 
@@ -1167,13 +1268,13 @@ fn writer(mut out: impl AsyncWrite + Unpin + Send + 'static) -> (Lines, JoinHand
         }
         let _ = out.shutdown().await;
     });
-    (Lines { queue, room }, task)
+    (Lines::Queued { queue, room }, task)
 }
 
-async fn read_client(session: Arc<Session>, input: impl AsyncRead + Unpin) {
+async fn read_client(session: Arc<Session>, mut input: Incoming) {
     let limit = session.config.max_message;
-    let mut input = BufReader::new(input);
-    while let Some(line) = next_line(&mut input, limit).await {
+    let mut reader = take_reader(&mut input);
+    while let Some(line) = input.next(&mut reader, limit).await {
         match line {
             Some(line) => session.client_message(line).await,
             None => {
@@ -1184,14 +1285,26 @@ async fn read_client(session: Arc<Session>, input: impl AsyncRead + Unpin) {
     }
 }
 
-async fn read_server(session: Arc<Session>, output: impl AsyncRead + Unpin) {
+async fn read_server(session: Arc<Session>, mut output: Incoming) {
     let limit = session.config.max_server_message;
-    let mut output = BufReader::new(output);
-    while let Some(line) = next_line(&mut output, limit).await {
+    let mut reader = take_reader(&mut output);
+    while let Some(line) = output.next(&mut reader, limit).await {
         match line {
             Some(line) => session.server_message(line).await,
             None => session.drop_oversized(limit),
         }
+    }
+}
+
+/// A byte stream's buffered reader, taken out of `input` (which keeps an
+/// empty stand-in).
+fn take_reader(input: &mut Incoming) -> Option<BufReader<Box<dyn AsyncRead + Unpin + Send>>> {
+    match input {
+        Incoming::Bytes(stream) => {
+            let stream = std::mem::replace(stream, Box::new(tokio::io::empty()));
+            Some(BufReader::new(stream))
+        }
+        Incoming::Messages(_) => None,
     }
 }
 

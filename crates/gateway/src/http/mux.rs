@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::sync::{mpsc, watch};
 
 use super::upstream;
@@ -42,10 +41,8 @@ use super::{Shared, UpstreamConfig};
 use crate::decode::{self, ClientMessage, Id, Request};
 use crate::identity::Identity;
 use crate::outbox::Recorder;
-use crate::relay::{Config, Ended, Gateway, KILLED, SERVER_GONE};
+use crate::relay::{Config, Ended, Gateway, KILLED, Pipe, SERVER_GONE};
 
-/// Bytes buffered between the mux and each relay, each way.
-const PIPE_BYTES: usize = 256 << 10;
 /// Messages kept for a GET stream not yet open; beyond it the oldest go.
 const BACKLOG: usize = 256;
 /// Requests of the upstreams the client has not answered, per session.
@@ -250,21 +247,17 @@ impl Mux {
             recorder.clone(),
             config,
         );
-        let (to_relay, relay_in) = tokio::io::duplex(PIPE_BYTES);
-        let (relay_out, from_relay) = tokio::io::duplex(PIPE_BYTES);
-        tokio::spawn(write_lines(to_relay, lines));
+        let (to_mux, from_relay) = mpsc::channel(64);
+        let client = Pipe::Messages {
+            input: lines,
+            output: to_mux,
+        };
         let killing = gateway.killing();
         let reader = tokio::spawn(self.clone().read_relay(index, from_relay, killing));
         tokio::spawn(async move {
-            let upstream::Connection {
-                input,
-                output,
-                _keep,
-            } = connection;
-            let ended = gateway
-                .relay(relay_in, relay_out, input, output, DRAIN)
-                .await;
-            drop(_keep);
+            let upstream::Connection { pipe, keep } = connection;
+            let ended = gateway.relay_pipes(client, pipe, DRAIN).await;
+            drop(keep);
             // The relay's last answers (a killed call's refusal, the calls
             // failed with it) are on their way to the client: let them
             // arrive before the session's remains are failed.
@@ -276,23 +269,10 @@ impl Mux {
     async fn read_relay(
         self: Arc<Self>,
         index: usize,
-        from_relay: DuplexStream,
+        mut from_relay: mpsc::Receiver<Vec<u8>>,
         killing: Arc<std::sync::OnceLock<String>>,
     ) {
-        let mut reader = BufReader::new(from_relay);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                line.pop();
-            }
-            if line.is_empty() {
-                continue;
-            }
+        while let Some(line) = from_relay.recv().await {
             // A kill is in force for the agent before its refusal reaches
             // the client; then the session is torn down.
             let killed = killing.get().filter(|_| self.ended().is_none());
@@ -302,8 +282,7 @@ impl Mux {
                     shared.note_killed(&self.owner, why);
                 }
             }
-            self.upstream_message(index, std::mem::take(&mut line))
-                .await;
+            self.upstream_message(index, line).await;
             if let Some(why) = killed {
                 self.end(End::Killed(why.clone()));
             }
@@ -1179,16 +1158,6 @@ fn decode_cursor(cursor: &str) -> Option<Vec<(usize, Option<String>)>> {
         .ok()?;
     let list: Vec<(usize, Option<String>)> = serde_json::from_slice(&text).ok()?;
     (!list.is_empty()).then_some(list)
-}
-
-async fn write_lines(mut out: DuplexStream, mut lines: mpsc::Receiver<Vec<u8>>) {
-    while let Some(mut line) = lines.recv().await {
-        line.push(b'\n');
-        if out.write_all(&line).await.is_err() {
-            return;
-        }
-    }
-    let _ = out.shutdown().await;
 }
 
 #[cfg(test)]

@@ -18,14 +18,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::headers;
 use super::sse;
 use crate::decode;
-use crate::relay::SERVER_GONE;
+use crate::relay::{Pipe, SERVER_GONE};
 
 /// How an upstream is reached.
 #[derive(Clone)]
@@ -74,9 +73,8 @@ impl std::fmt::Debug for Target {
 /// A connection to an upstream: what the relay writes to and reads from,
 /// and what keeps the upstream alive (dropped, it ends).
 pub(crate) struct Connection {
-    pub(crate) input: Box<dyn AsyncWrite + Unpin + Send>,
-    pub(crate) output: Box<dyn AsyncRead + Unpin + Send>,
-    pub(crate) _keep: Keep,
+    pub(crate) pipe: Pipe,
+    pub(crate) keep: Keep,
 }
 
 /// What ends with the connection.
@@ -93,8 +91,8 @@ impl Drop for Keep {
     }
 }
 
-/// Bytes buffered between the relay and an HTTP adapter.
-const PIPE_BYTES: usize = 256 << 10;
+/// Messages queued between the relay and an HTTP adapter, each way.
+const MESSAGES_QUEUED: usize = 64;
 /// Requests to an HTTP upstream in flight at once per session; more wait.
 const HTTP_IN_FLIGHT: usize = 64;
 
@@ -127,14 +125,16 @@ pub(crate) fn connect(
                 return Err(std::io::Error::other("the upstream's stdio was not piped"));
             };
             Ok(Connection {
-                input: Box::new(input),
-                output: Box::new(output),
-                _keep: Keep::Child(child),
+                pipe: Pipe::Bytes {
+                    input: Box::new(output),
+                    output: Box::new(input),
+                },
+                keep: Keep::Child(child),
             })
         }
         Target::Http { url, headers } => {
-            let (relay_in, adapter_reads) = tokio::io::duplex(PIPE_BYTES);
-            let (adapter_writes, relay_out) = tokio::io::duplex(PIPE_BYTES);
+            let (requests, from_relay) = mpsc::channel(MESSAGES_QUEUED);
+            let (to_relay, answers) = mpsc::channel(MESSAGES_QUEUED);
             let adapter = Adapter {
                 client: client.clone(),
                 url: url.clone(),
@@ -142,11 +142,13 @@ pub(crate) fn connect(
                 session: Arc::new(Mutex::new(Upstream::default())),
                 max_message,
             };
-            let task = tokio::spawn(adapter.run(adapter_reads, adapter_writes));
+            let task = tokio::spawn(adapter.run(from_relay, to_relay));
             Ok(Connection {
-                input: Box::new(relay_in),
-                output: Box::new(relay_out),
-                _keep: Keep::Adapter(task),
+                pipe: Pipe::Messages {
+                    input: answers,
+                    output: requests,
+                },
+                keep: Keep::Adapter(task),
             })
         }
     }
@@ -170,31 +172,16 @@ struct Adapter {
 }
 
 impl Adapter {
-    async fn run(self, from_relay: DuplexStream, to_relay: DuplexStream) {
-        let (lines, receiver) = mpsc::channel::<Vec<u8>>(64);
-        let writer = tokio::spawn(write_lines(to_relay, receiver));
+    async fn run(self, mut from_relay: mpsc::Receiver<Vec<u8>>, lines: mpsc::Sender<Vec<u8>>) {
         let mut posts = JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(HTTP_IN_FLIGHT));
-        let mut reader = BufReader::new(from_relay);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                line.pop();
-            }
-            if line.is_empty() {
-                continue;
-            }
+        while let Some(message) = from_relay.recv().await {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
             // Reap what finished, so the set holds only what is in flight.
             while posts.try_join_next().is_some() {}
-            let (adapter, lines, message) = (self.clone(), lines.clone(), line.clone());
+            let (adapter, lines) = (self.clone(), lines.clone());
             posts.spawn(async move {
                 adapter.post(message, &lines).await;
                 drop(permit);
@@ -213,8 +200,6 @@ impl Adapter {
             let _ = tokio::time::timeout(Duration::from_secs(5), delete.send()).await;
         }
         posts.shutdown().await;
-        drop(lines);
-        let _ = writer.await;
     }
 
     fn upstream(&self) -> std::sync::MutexGuard<'_, Upstream> {
@@ -456,14 +441,4 @@ async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-async fn write_lines(mut out: DuplexStream, mut lines: mpsc::Receiver<Vec<u8>>) {
-    while let Some(mut line) = lines.recv().await {
-        line.push(b'\n');
-        if out.write_all(&line).await.is_err() {
-            return;
-        }
-    }
-    let _ = out.shutdown().await;
 }
