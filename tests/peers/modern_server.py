@@ -9,6 +9,8 @@ Custody's gateway: the "modern upstream".
 Tools:
 - `echo` (message) -> the text `Echo: <message>`;
 - `add` (a, b) -> their sum, as text and as structured content;
+- `countdown` (steps, seconds) -> sleeps `steps` times `seconds`, reporting
+  progress after each step (for progress and cancellation);
 - `confirm-action` (action) -> asks the user to confirm through an
   elicitation, then says what was decided. On 2026-07-28 the SDK answers the
   first `tools/call` with an `input_required` result carrying the
@@ -20,11 +22,13 @@ Tools:
 import argparse
 from typing import Annotated
 
+import anyio
+
 from pydantic import BaseModel, Field
 
-from mcp.server.mcpserver import Elicit, ElicitationResult, MCPServer, Resolve
+from mcp.server.mcpserver import Context, Elicit, ElicitationResult, MCPServer, Resolve
 
-server = MCPServer(name="custody-modern-upstream", version="1.0.0")
+server = MCPServer(name="custody-modern-upstream", version="1.0.0", log_level="WARNING")
 
 
 @server.tool()
@@ -37,6 +41,15 @@ def echo(message: str) -> str:
 def add(a: float, b: float) -> float:
     """Adds two numbers."""
     return a + b
+
+
+@server.tool()
+async def countdown(steps: int, seconds: float, ctx: Context) -> str:
+    """Counts `steps` steps of `seconds` each, reporting progress after each."""
+    for step in range(1, steps + 1):
+        await anyio.sleep(seconds)
+        await ctx.report_progress(step, steps)
+    return f"counted {steps} steps"
 
 
 class Confirmation(BaseModel):
