@@ -16,68 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::mcp::{Peers, peers};
 use common::{Body, Server, call, custody, output_within};
 use serde_json::{Value, json};
-
-/// Where `tests/peers/install.sh` puts the peers: `target/mcp-peers`.
-fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .join("mcp-peers")
-}
-
-struct Peers {
-    python: PathBuf,
-    server: PathBuf,
-}
-
-/// The installed peers, installed first if need be (once per test run),
-/// `None` when skipping was asked for; fails the test when they cannot be
-/// installed.
-fn peers() -> Option<Peers> {
-    let dir = peers_dir();
-    let peers = Peers {
-        python: dir.join("venv/bin/python"),
-        server: dir.join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
-    };
-    if std::env::var_os("CUSTODY_SKIP_MCP_PEERS").is_some_and(|v| v == "1") {
-        eprintln!("skipping: CUSTODY_SKIP_MCP_PEERS=1 asks to skip the tests of real MCP peers");
-        return None;
-    }
-    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let installed = INSTALLED.get_or_init(|| install(&dir));
-    if let Err(why) = installed {
-        panic!(
-            "the MCP peers are not installed in {} and installing them failed ({why}): \
-             `tests/peers/install.sh` needs npm and python3 with network access to npmjs.org \
-             and PyPI; CUSTODY_SKIP_MCP_PEERS=1 skips the tests that need them",
-            dir.display()
-        );
-    }
-    Some(peers)
-}
-
-/// Runs `tests/peers/install.sh` into `dir`; it leaves what is installed at
-/// the pinned versions alone.
-fn install(dir: &Path) -> Result<(), String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/install.sh");
-    let output = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(dir)
-        .output()
-        .map_err(|error| format!("running {}: {error}", script.display()))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} exited with {}: {}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
 
 /// One run of the Python client through `custody wrap`.
 struct Run<'a> {

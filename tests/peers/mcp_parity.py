@@ -57,7 +57,7 @@ SAMPLED_TEXT = "sampled by the parity client"
 ELICITED = {"name": "Parity Tester", "check": True, "confirm": True, "note": "from the parity client"}
 
 # What the callbacks saw, printed by the steps that caused them.
-seen = {"sampling": [], "elicitation": []}
+seen = {"sampling": [], "elicitation": [], "progress": 0}
 replacements = []
 
 
@@ -126,6 +126,13 @@ async def elicitation(context, params):
     wanted = schema.get("properties", {})
     content = {k: v for k, v in ELICITED.items() if k in wanted}
     return types.ElicitResult(action="accept", content=content)
+
+
+async def notified(message):
+    """Counts every progress notification, whether a call still waits for it or not."""
+    method = getattr(message, "method", None) or getattr(getattr(message, "root", None), "method", None)
+    if method == "notifications/progress":
+        seen["progress"] += 1
 
 
 def drain(kind):
@@ -222,8 +229,12 @@ async def cancellation(client, tool, arguments):
         outcome["progress_before_cancel"] = first.is_set()
         scope.cancel()
     # Long enough for the server's next progress notifications for the
-    # cancelled call to arrive (and be dropped) before the next step.
+    # cancelled call, if it goes on, to arrive (and be dropped): whether any
+    # came says whether the server stopped (the Python SDK's server does,
+    # server-everything's tool does not).
+    before = seen["progress"]
     await anyio.sleep(1.5)
+    outcome["progress_after_cancel"] = seen["progress"] > before
     say("cancel", tool=tool, **outcome)
 
 
@@ -308,7 +319,9 @@ async def main():
         parser.error("the filesystem scenario needs --dir")
 
     mode = {"2025-11-25": "legacy"}.get(args.era, args.era)
-    callbacks = dict(sampling_callback=sampling, elicitation_callback=elicitation, cache=None, mode=mode)
+    callbacks = dict(
+        sampling_callback=sampling, elicitation_callback=elicitation, message_handler=notified, cache=None, mode=mode
+    )
     if args.url:
         headers = {}
         for header in args.header:

@@ -1,0 +1,211 @@
+//! Parity: a real MCP client (`tests/peers/mcp_parity.py`, the Python `mcp`
+//! SDK) runs a fixed scenario once directly against a real MCP server and
+//! once through Custody, and the two transcripts (one normalized JSON line
+//! per step) must be the same: what Custody allows passes through
+//! unchanged, requests and answers, server-initiated requests (sampling,
+//! elicitation), progress, cancellation, multi round-trip requests.
+//!
+//! The peers are installed by `tests/peers/install.sh` (see
+//! `tests/common/mcp.rs`); `CUSTODY_SKIP_MCP_PEERS=1` skips these tests.
+
+mod common;
+
+use std::path::Path;
+use std::thread;
+
+use common::mcp::{
+    HttpUpstream, Peers, Scenario, Upstream, assert_same_transcript, conformance, peers,
+};
+use common::{Body, Server, call};
+use serde_json::{Value, json};
+
+/// The eras the client is run in: the 2025-11-25 handshake, and the SDK's
+/// default (a 2026-07-28 `server/discover` first).
+const ERAS: [&str; 2] = ["2025-11-25", "auto"];
+
+/// `server` wrapped by `custody wrap`, a declared agent recorded into
+/// `custody` (its admin token is in the scenario's environment).
+fn wrapped(custody: &Server, name: &str, server: Vec<String>) -> Upstream {
+    let mut argv = vec![
+        env!("CARGO_BIN_EXE_custody").to_owned(),
+        "wrap".into(),
+        "--server".into(),
+        custody.url.clone(),
+        "--name".into(),
+        name.into(),
+        "--agent".into(),
+        "parity".into(),
+        "--".into(),
+    ];
+    argv.extend(server);
+    Upstream::Command(argv)
+}
+
+/// Runs `direct` and `through` at once (they are mostly waiting); returns
+/// their transcripts.
+fn both(
+    direct: Scenario<'_>,
+    da: Upstream,
+    through: Scenario<'_>,
+    ta: Upstream,
+) -> [Vec<Value>; 2] {
+    thread::scope(|s| {
+        let a = s.spawn(|| direct.run(&da));
+        let b = s.spawn(|| through.run(&ta));
+        [a.join().unwrap(), b.join().unwrap()]
+    })
+}
+
+/// The tools the server recorded as called through `custody wrap`.
+fn recorded_tools(server: &Server) -> Vec<String> {
+    let (status, body) = call(
+        server,
+        reqwest::Method::GET,
+        "/v1/events?kind=tool_call&limit=100",
+        &server.token,
+        Body::None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"]["target"]["tool"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The scenario `name` against the stdio server `command` directly and
+/// through `custody wrap`, in both eras; the transcripts must match.
+fn wrap_parity(
+    peers: &Peers,
+    name: &str,
+    server_name: &str,
+    command: impl Fn(&Path) -> Vec<String>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let custody = Server::start(&dir.path().join("data"), &[]);
+    for era in ERAS {
+        let (direct_dir, through_dir) = (
+            dir.path().join(format!("direct-{era}")),
+            dir.path().join(format!("through-{era}")),
+        );
+        std::fs::create_dir_all(&direct_dir).unwrap();
+        std::fs::create_dir_all(&through_dir).unwrap();
+        let mut direct = Scenario::new(peers, name, era);
+        let mut through = Scenario::new(peers, name, era);
+        if name == "filesystem" {
+            direct.dir = Some(&direct_dir);
+            through.dir = Some(&through_dir);
+        }
+        through.env.push(("CUSTODY_TOKEN", custody.token.clone()));
+        let direct_upstream = Upstream::Command(command(&direct_dir));
+        let through_upstream = wrapped(&custody, server_name, command(&through_dir));
+        let [a, b] = both(direct, direct_upstream, through, through_upstream);
+        assert_same_transcript(
+            &a,
+            &b,
+            &format!("{name} in the {era} era, through custody wrap"),
+        );
+    }
+    assert!(
+        !recorded_tools(&custody).is_empty(),
+        "the calls went through custody wrap and were recorded"
+    );
+}
+
+#[test]
+fn server_everything_through_wrap_is_the_same_as_directly() {
+    let Some(peers) = peers() else { return };
+    wrap_parity(&peers, "everything", "everything", |_| peers.everything());
+}
+
+#[test]
+fn server_filesystem_through_wrap_is_the_same_as_directly() {
+    let Some(peers) = peers() else { return };
+    wrap_parity(&peers, "filesystem", "filesystem", |dir| {
+        peers.filesystem(dir)
+    });
+}
+
+#[test]
+fn a_modern_upstream_through_wrap_is_the_same_as_directly() {
+    let Some(peers) = peers() else { return };
+    wrap_parity(&peers, "modern", "modern", |_| peers.modern());
+    // The modern era really was spoken: the server/discover was answered,
+    // and the multi round-trip request started with input_required.
+    let steps = Scenario::new(&peers, "modern", "auto").run(&Upstream::Command(peers.modern()));
+    assert_eq!(steps[0]["version"], "2026-07-28", "{}", steps[0]);
+    let first = steps
+        .iter()
+        .find(|s| s["step"] == "mrtr-first-round")
+        .unwrap();
+    assert_eq!(first["result_type"], "input_required", "{first}");
+    assert_eq!(first["input_requests"], json!(["elicitation/create"]));
+}
+
+/// The parity client's URL path gives the transcripts of its stdio path,
+/// so that an HTTP gateway can be checked against either.
+#[test]
+fn the_parity_client_says_the_same_over_streamable_http_as_over_stdio() {
+    let Some(peers) = peers() else { return };
+    let everything = HttpUpstream::everything(&peers);
+    let modern = HttpUpstream::modern(&peers);
+    thread::scope(|s| {
+        let runs: Vec<_> = [
+            ("everything", "auto", peers.everything(), &everything.url),
+            ("modern", "auto", peers.modern(), &modern.url),
+            ("modern", "2025-11-25", peers.modern(), &modern.url),
+        ]
+        .into_iter()
+        .map(|(name, era, command, url)| {
+            let peers = &peers;
+            s.spawn(move || {
+                let stdio = Scenario::new(peers, name, era).run(&Upstream::Command(command));
+                let http = Scenario::new(peers, name, era).run(&Upstream::Url {
+                    url: url.clone(),
+                    bearer: Some("unused-by-these-servers".into()),
+                });
+                assert_same_transcript(
+                    &stdio,
+                    &http,
+                    &format!("{name} in the {era} era over HTTP"),
+                );
+            })
+        })
+        .collect();
+        for run in runs {
+            run.join().unwrap();
+        }
+    });
+}
+
+/// The conformance suite's scenarios that server-everything 2026.8.31 passes
+/// directly (13 checks pass, 19 fail: most scenarios expect the suite's own
+/// test tools): the baseline a gateway in front of it must keep.
+#[test]
+fn the_conformance_suite_against_server_everything_directly() {
+    let Some(peers) = peers() else { return };
+    let everything = HttpUpstream::everything(&peers);
+    let found = conformance(&peers, &everything.url);
+    let passed: Vec<&str> = found.passed.iter().map(String::as_str).collect();
+    assert_eq!(
+        passed,
+        [
+            "logging-set-level",
+            "ping",
+            "prompts-list",
+            "resources-list",
+            "resources-subscribe",
+            "resources-unsubscribe",
+            "server-initialize",
+            "server-sse-multiple-streams",
+            "tools-call-error",
+            "tools-call-simple-text",
+            "tools-list",
+        ],
+        "{:#}",
+        found.report
+    );
+    assert_eq!(found.failed.len(), 19, "{:#}", found.report);
+    assert_eq!(found.report["checks"], json!({"passed": 13, "failed": 19}));
+}
