@@ -25,7 +25,9 @@ is off: every step reaches the server.
 Scenarios:
 - everything (`@modelcontextprotocol/server-everything`): tools/list, echo,
   a structured tool, resources/list and a read, resources/templates/list and
-  a read through a template, prompts/list and prompts/get with arguments, a
+  a read through a template, prompts/list and prompts/get with arguments,
+  completion/complete, resources/subscribe and unsubscribe, ping and
+  logging/setLevel, a
   sampling round trip, an elicitation round trip, progress (notifications
   counted), cancellation (a long call cancelled after its first progress
   notification, then a later call).
@@ -44,6 +46,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 
 import anyio
 import mcp_types as types
@@ -85,10 +88,8 @@ def dump(model):
 
 
 def result_fields(result):
-    """A tool result without `_meta` (the server's own stamp; compared apart)."""
-    fields = dump(result)
-    fields.pop("_meta", None)
-    return fields
+    """A tool result, as the client parsed it (with its `_meta`)."""
+    return dump(result)
 
 
 async def step(name, action, **fields):
@@ -171,6 +172,34 @@ async def everything(client):
         return {"names": sorted(p.name for p in listed.prompts), "messages": [dump(m) for m in got.messages]}
 
     await step("prompts", prompts)
+
+    async def complete():
+        got = await client.complete(
+            types.PromptReference(type="ref/prompt", name="completable-prompt"),
+            {"name": "department", "value": "E"},
+        )
+        return {"completion": dump(got.completion)}
+
+    await step("complete", complete)
+
+    async def subscribe():
+        uri = "demo://resource/static/document/features.md"
+        await client.subscribe_resource(uri)
+        await client.unsubscribe_resource(uri)
+        return {"uri": uri}
+
+    await step("subscribe", subscribe)
+
+    async def legacy_requests():
+        # Removed in 2026-07-28 (server-everything speaks 2025-11-25 in
+        # both eras): ping and logging/setLevel.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            await client.send_ping()
+            await client.set_logging_level("error")
+        return {}
+
+    await step("ping-and-log-level", legacy_requests)
 
     async def sample():
         said = await call(client, "trigger-sampling-request", {"prompt": "parity", "maxTokens": 20})
