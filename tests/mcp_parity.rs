@@ -56,32 +56,42 @@ fn both(
     })
 }
 
-/// The tools the server recorded as called through `custody wrap`.
-fn recorded_tools(server: &Server) -> Vec<String> {
+/// The tool calls the server recorded through `custody wrap`: tool,
+/// outcome and reason.
+fn recorded_calls(server: &Server) -> Vec<(String, String, String)> {
     let (status, body) = call(
         server,
         reqwest::Method::GET,
-        "/v1/events?kind=tool_call&limit=100",
+        "/v1/events?kind=tool_call&limit=500",
         &server.token,
         Body::None,
     );
     assert_eq!(status, 200, "{body}");
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     body["events"]
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|e| e["event"]["target"]["tool"].as_str().map(str::to_owned))
+        .map(|e| &e["event"])
+        .map(|e| {
+            (
+                text(&e["target"]["tool"]),
+                text(&e["outcome"]["status"]),
+                text(&e["outcome"]["reason"]),
+            )
+        })
         .collect()
 }
 
 /// The scenario `name` against the stdio server `command` directly and
 /// through `custody wrap`, in both eras; the transcripts must match.
+/// Returns the tool calls recorded.
 fn wrap_parity(
     peers: &Peers,
     name: &str,
     server_name: &str,
     command: impl Fn(&Path) -> Vec<String>,
-) {
+) -> Vec<(String, String, String)> {
     let dir = tempfile::tempdir().unwrap();
     let custody = Server::start(&dir.path().join("data"), &[]);
     for era in ERAS {
@@ -107,16 +117,31 @@ fn wrap_parity(
             &format!("{name} in the {era} era, through custody wrap"),
         );
     }
+    let recorded = recorded_calls(&custody);
     assert!(
-        !recorded_tools(&custody).is_empty(),
+        !recorded.is_empty(),
         "the calls went through custody wrap and were recorded"
     );
+    recorded
+}
+
+/// Each era's cancelled call of `tool` was recorded as cancelled by the
+/// client (not as timed out, nor left to the session's end).
+fn cancelled_twice(recorded: &[(String, String, String)], tool: &str) {
+    let cancelled = recorded
+        .iter()
+        .filter(|(t, status, reason)| {
+            t == tool && status == "failure" && reason == "cancelled by the client"
+        })
+        .count();
+    assert_eq!(cancelled, ERAS.len(), "{recorded:#?}");
 }
 
 #[test]
 fn server_everything_through_wrap_is_the_same_as_directly() {
     let Some(peers) = peers() else { return };
-    wrap_parity(&peers, "everything", "everything", |_| peers.everything());
+    let recorded = wrap_parity(&peers, "everything", "everything", |_| peers.everything());
+    cancelled_twice(&recorded, "trigger-long-running-operation");
 }
 
 #[test]
@@ -130,7 +155,8 @@ fn server_filesystem_through_wrap_is_the_same_as_directly() {
 #[test]
 fn a_modern_upstream_through_wrap_is_the_same_as_directly() {
     let Some(peers) = peers() else { return };
-    wrap_parity(&peers, "modern", "modern", |_| peers.modern());
+    let recorded = wrap_parity(&peers, "modern", "modern", |_| peers.modern());
+    cancelled_twice(&recorded, "countdown");
     // The modern era really was spoken: the server/discover was answered,
     // and the multi round-trip request started with input_required.
     let steps = Scenario::new(&peers, "modern", "auto").run(&Upstream::Command(peers.modern()));

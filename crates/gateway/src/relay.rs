@@ -479,7 +479,11 @@ impl Session {
     }
 
     /// Notifications are relayed as they came, except a cancellation of a
-    /// call still held: the server never saw that call.
+    /// call still held: the server never saw that call. A cancelled request
+    /// that was forwarded ends there: the server should not answer it, so
+    /// it is no longer waited for (no timeout error to the client, no
+    /// second cancellation to the server), its call is recorded as
+    /// cancelled, and a late answer is dropped like one after a timeout.
     async fn client_notification(&self, line: Vec<u8>, method: &str, params: Option<&Value>) {
         if method == "notifications/cancelled"
             && let Some(id) = params
@@ -487,14 +491,28 @@ impl Session {
                 .and_then(Id::from_value)
         {
             let mut state = self.state();
-            if state.client.get(&id).is_some_and(|f| f.held) {
-                let cancelled = state.client.remove(&id);
-                drop(state);
-                if let Some(call) = cancelled.and_then(|f| f.call) {
-                    let reason = "cancelled by the client while held".to_owned();
-                    self.record(call, OutcomeStatus::Failure, Some(reason));
+            if let Some(mut cancelled) = state.client.remove(&id) {
+                if let Some(timer) = cancelled.timer.take() {
+                    timer.abort();
                 }
-                return;
+                if !cancelled.held {
+                    if state.expired.len() >= EXPIRED_KEPT {
+                        state.expired.pop_front();
+                    }
+                    state.expired.push_back(id);
+                }
+                drop(state);
+                let reason = if cancelled.held {
+                    "cancelled by the client while held"
+                } else {
+                    "cancelled by the client"
+                };
+                if let Some(call) = cancelled.call {
+                    self.record(call, OutcomeStatus::Failure, Some(reason.to_owned()));
+                }
+                if cancelled.held {
+                    return;
+                }
             }
         }
         self.send_server(line).await;
@@ -845,7 +863,15 @@ impl Session {
                 in_flight.call = call;
                 in_flight.number
             }
-            None => return,
+            None => {
+                // Cancelled (or failed with the session) between its
+                // approval and now: not forwarded, but recorded.
+                if let Some(call) = call {
+                    let reason = "ended before it was forwarded".to_owned();
+                    self.record(call, OutcomeStatus::Failure, Some(reason));
+                }
+                return;
+            }
         };
         let session = self.clone();
         let mut closing = self.closing.subscribe();
