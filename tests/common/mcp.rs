@@ -9,6 +9,24 @@
 //! ([`transcript`], [`assert_same_transcript`]); a streamable-HTTP gateway
 //! also by the conformance scenarios that pass with and without it
 //! ([`conformance`]).
+//!
+//! A test of the streamable-HTTP gateway would read, with `custody` a
+//! `custody serve` fronting `upstream` and `token` an agent token:
+//!
+//! ```ignore
+//! let upstream = HttpUpstream::everything(&peers);
+//! let direct = transcript(&peers, "everything", era, &Upstream::Url {
+//!     url: upstream.url.clone(), bearer: None });
+//! let through = transcript(&peers, "everything", era, &Upstream::Url {
+//!     url: format!("{}/mcp", custody.url), bearer: Some(token) });
+//! assert_same_transcript(&direct, &through, "everything over HTTP");
+//! assert_eq!(conformance(&peers, &format!("{}/mcp", custody.url)).passed,
+//!            conformance(&peers, &upstream.url).passed);
+//! ```
+//!
+//! (The conformance suite sends no `Authorization` header: the gateway
+//! must let it through unauthenticated for that comparison, or the
+//! comparison runs against a gateway configured to.)
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

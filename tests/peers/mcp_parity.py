@@ -14,7 +14,7 @@ Eras: `2025-11-25` (the initialize handshake), `auto` (the SDK's default: a
 2026-07-28 `server/discover` first, the handshake if the server does not
 know it), `2026-07-28` (adopt the modern revision without a probe).
 
-Normalized: nothing timed is printed; strings longer than 200 characters
+Normalized: nothing timed is printed; strings longer than 1,000 characters
 are replaced by their length and SHA-256; times of day (`4:22:03 AM`) by
 `<time>`; `--dir` (and its real path) is
 printed as `$DIR`. A step that fails prints its JSON-RPC error (code and
@@ -24,12 +24,13 @@ is off: every step reaches the server.
 
 Scenarios:
 - everything (`@modelcontextprotocol/server-everything`): tools/list, echo,
-  a structured tool, resources/list and a read, resources/templates/list and
+  a structured tool, content of each kind (image, embedded resource, links,
+  annotations), an unknown tool and bad arguments, resources/list and a read, resources/templates/list and
   a read through a template, prompts/list and prompts/get with arguments,
   completion/complete, resources/subscribe and unsubscribe, ping and
   logging/setLevel, a
   sampling round trip, an elicitation round trip, progress (notifications
-  counted), cancellation (a long call cancelled after its first progress
+  counted), roots (`roots/list` asked by the server), cancellation (a long call cancelled after its first progress
   notification, then a later call).
 - filesystem (`@modelcontextprotocol/server-filesystem DIR`):
   list_allowed_directories, write_file then read_text_file in DIR,
@@ -78,7 +79,7 @@ def normalize(value):
             value = value.replace(old, new)
         # server-everything's dynamic resources say when they were made.
         value = re.sub(r"\b\d{1,2}:\d{2}:\d{2}( [AP]M)?\b", "<time>", value)
-        if len(value) > 200:
+        if len(value) > 1000:
             return {"len": len(value), "sha256": hashlib.sha256(value.encode()).hexdigest()}
     return value
 
@@ -136,6 +137,10 @@ async def notified(message):
         seen["progress"] += 1
 
 
+async def list_roots(context):
+    return types.ListRootsResult(roots=[types.Root(uri="file:///parity/root", name="parity root")])
+
+
 def drain(kind):
     got, seen[kind] = seen[kind], []
     return got
@@ -145,6 +150,14 @@ async def everything(client):
     await step("tools", lambda: tools(client))
     await step("echo", lambda: call(client, "echo", {"message": "parity"}))
     await step("structured", lambda: call(client, "get-structured-content", {"location": "Chicago"}))
+    # Content of each kind: an image, an embedded resource, resource links,
+    # annotations; then errors: an unknown tool, arguments of the wrong type.
+    await step("image", lambda: call(client, "get-tiny-image", {}))
+    await step("embedded", lambda: call(client, "get-resource-reference", {"resourceType": "Text", "resourceId": 2}))
+    await step("links", lambda: call(client, "get-resource-links", {"count": 2}))
+    await step("annotated", lambda: call(client, "get-annotated-message", {"messageType": "success"}))
+    await step("unknown-tool", lambda: call(client, "no-such-tool", {}))
+    await step("bad-arguments", lambda: call(client, "get-sum", {"a": "one", "b": 2}))
 
     async def resources():
         listed = await client.list_resources()
@@ -225,6 +238,8 @@ async def everything(client):
         return {**said, "progress": notes}
 
     await step("progress", progress)
+    # The server asks this client for its roots (`roots/list`).
+    await step("roots", lambda: call(client, "get-roots-list", {}))
     await cancellation(client, "trigger-long-running-operation", {"duration": 6, "steps": 6})
     await step("after-cancel", lambda: call(client, "echo", {"message": "still here"}))
 
@@ -349,7 +364,12 @@ async def main():
 
     mode = {"2025-11-25": "legacy"}.get(args.era, args.era)
     callbacks = dict(
-        sampling_callback=sampling, elicitation_callback=elicitation, message_handler=notified, cache=None, mode=mode
+        sampling_callback=sampling,
+        elicitation_callback=elicitation,
+        list_roots_callback=list_roots,
+        message_handler=notified,
+        cache=None,
+        mode=mode,
     )
     if args.url:
         headers = {}
