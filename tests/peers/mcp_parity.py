@@ -240,7 +240,7 @@ async def everything(client):
     await step("progress", progress)
     # The server asks this client for its roots (`roots/list`).
     await step("roots", lambda: call(client, "get-roots-list", {}))
-    await cancellation(client, "trigger-long-running-operation", {"duration": 6, "steps": 6})
+    await cancellation(client, "trigger-long-running-operation", {"duration": 6, "steps": 12})
     await step("after-cancel", lambda: call(client, "echo", {"message": "still here"}))
 
 
@@ -283,8 +283,14 @@ async def cancellation(client, tool, arguments):
 
 
 async def tools(client):
+    """The tools listed, names and whole definitions (a gateway re-serializes
+    this answer: nothing may be lost on the way)."""
     listed = await client.list_tools()
-    return {"names": sorted(t.name for t in listed.tools)}
+    return {
+        "names": sorted(t.name for t in listed.tools),
+        "definitions": sorted((dump(t) for t in listed.tools), key=lambda t: t["name"]),
+        "next_cursor": listed.next_cursor,
+    }
 
 
 async def call(client, name, arguments, **options):
