@@ -5,8 +5,9 @@
 # `@modelcontextprotocol/server-filesystem` from npm (DIR/node), the MCP
 # conformance suite `@modelcontextprotocol/conformance` from npm
 # (DIR/conformance, a prefix of its own: it pins its own SDK), and the
-# Python `mcp` SDK from PyPI in a virtual environment (DIR/venv). Idempotent: what is installed at
-# the pinned version is left alone, so a second run takes a moment.
+# Python `mcp` SDK from PyPI in a virtual environment (DIR/venv).
+# Idempotent: what is installed at the pinned version is left alone, so a
+# second run takes a moment.
 set -euo pipefail
 
 SERVER_VERSION=2026.8.31
