@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::mcp::{Peers, peers};
+use common::peers::{Peers, peers};
 use common::{Body, Server, call, custody, output_within};
 use serde_json::{Value, json};
 
@@ -48,7 +48,7 @@ impl Run<'_> {
         let server_command = format!(
             "tee {} | exec node {} stdio",
             self.received.display(),
-            self.peers.server.display()
+            self.peers.everything.display()
         );
         let mut command = Command::new(&self.peers.python);
         command

@@ -1,5 +1,5 @@
-//! Real MCP peers for end-to-end tests of Custody's gateways: where
-//! `tests/peers/install.sh` puts them, the parity client
+//! Real MCP peers for end-to-end tests of Custody's gateways (installed as
+//! `super::peers` says): the commands that start them, the parity client
 //! (`tests/peers/mcp_parity.py`) run against a command or a URL, upstream
 //! servers over streamable HTTP, and the MCP conformance suite
 //! (`tests/peers/conformance.py`).
@@ -31,35 +31,15 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::peers::{Peers, peers_dir};
 use super::{custody, free_port, output_within};
 
 /// How long one run of the parity client may take.
 pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Where `tests/peers/install.sh` puts the peers: `target/mcp-peers`.
-pub fn peers_dir() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("the target directory")
-        .join("mcp-peers")
-}
-
-/// The installed peers.
-pub struct Peers {
-    /// The virtual environment's Python, with the `mcp` SDK.
-    pub python: PathBuf,
-    /// `@modelcontextprotocol/server-everything`'s `dist/index.js`.
-    pub server: PathBuf,
-    /// `@modelcontextprotocol/server-filesystem`'s `dist/index.js`.
-    pub filesystem: PathBuf,
-    /// Where the peers are installed.
-    pub dir: PathBuf,
-}
 
 /// A file of `tests/peers`.
 pub fn peer_script(name: &str) -> PathBuf {
@@ -70,79 +50,32 @@ pub fn peer_script(name: &str) -> PathBuf {
 
 impl Peers {
     /// server-everything over stdio.
-    pub fn everything(&self) -> Vec<String> {
+    pub fn everything_command(&self) -> Vec<String> {
         vec![
             "node".into(),
-            self.server.display().to_string(),
+            self.everything.display().to_string(),
             "stdio".into(),
         ]
     }
 
     /// server-filesystem over stdio, allowed `dir` only.
-    pub fn filesystem(&self, dir: &Path) -> Vec<String> {
+    pub fn filesystem_command(&self, dir: &Path) -> Vec<String> {
+        let server = self
+            .node_modules
+            .join("@modelcontextprotocol/server-filesystem/dist/index.js");
         vec![
             "node".into(),
-            self.filesystem.display().to_string(),
+            server.display().to_string(),
             dir.display().to_string(),
         ]
     }
 
     /// The modern upstream (`tests/peers/modern_server.py`) over stdio.
-    pub fn modern(&self) -> Vec<String> {
+    pub fn modern_command(&self) -> Vec<String> {
         vec![
             self.python.display().to_string(),
             peer_script("modern_server.py").display().to_string(),
         ]
-    }
-}
-
-/// The installed peers, installed first if need be (once per test run),
-/// `None` when `CUSTODY_SKIP_MCP_PEERS=1` asks to skip; fails the test when
-/// they cannot be installed.
-pub fn peers() -> Option<Peers> {
-    let dir = peers_dir();
-    let peers = Peers {
-        python: dir.join("venv/bin/python"),
-        server: dir.join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
-        filesystem: dir
-            .join("node/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"),
-        dir: dir.clone(),
-    };
-    if std::env::var_os("CUSTODY_SKIP_MCP_PEERS").is_some_and(|v| v == "1") {
-        eprintln!("skipping: CUSTODY_SKIP_MCP_PEERS=1 asks to skip the tests of real MCP peers");
-        return None;
-    }
-    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
-    let installed = INSTALLED.get_or_init(|| install(&dir));
-    if let Err(why) = installed {
-        panic!(
-            "the MCP peers are not installed in {} and installing them failed ({why}): \
-             `tests/peers/install.sh` needs npm and python3 with network access to npmjs.org \
-             and PyPI; CUSTODY_SKIP_MCP_PEERS=1 skips the tests that need them",
-            dir.display()
-        );
-    }
-    Some(peers)
-}
-
-/// Runs `tests/peers/install.sh` into `dir`; it leaves what is installed at
-/// the pinned versions alone.
-fn install(dir: &Path) -> Result<(), String> {
-    let script = peer_script("install.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg(dir)
-        .output()
-        .map_err(|error| format!("running {}: {error}", script.display()))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} exited with {}: {}",
-            script.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
     }
 }
 
@@ -285,7 +218,7 @@ impl HttpUpstream {
         let port = free_port();
         let mut command = Command::new("node");
         command
-            .arg(&peers.server)
+            .arg(&peers.everything)
             .arg("streamableHttp")
             .env("PORT", port.to_string());
         HttpUpstream::start(command, port)
@@ -355,7 +288,7 @@ pub fn conformance(peers: &Peers, url: &str) -> Conformance {
     command
         .arg(peer_script("conformance.py"))
         .args(["--url", url, "--peers"])
-        .arg(&peers.dir);
+        .arg(peers_dir());
     let output = output_within(&mut command, Duration::from_secs(600));
     assert!(
         output.status.success(),

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod mcp;
+pub mod mcp_http;
+pub mod peers;
 
 use std::io::Read;
 use std::net::TcpListener;

@@ -11,6 +11,7 @@ mod bindings;
 mod collect;
 mod delegate;
 mod error;
+mod gateway;
 mod graph;
 mod issuers;
 mod lineage;
@@ -37,6 +38,7 @@ pub use auth::{
 pub use collect::{BatchAnswer, ItemError};
 pub use delegate::{Delegation, SaveState, TOKEN_EXCHANGE};
 pub use error::ApiError;
+pub use gateway::GatewayAuth;
 pub use issuers::{
     FETCH_TIMEOUT, MAX_JWKS_BYTES, ON_DEMAND_INTERVAL, TrustedIssuer, UNKNOWN_KEY_WAIT,
 };
@@ -80,6 +82,8 @@ pub struct AppState {
     pub graph: Option<custody_graph::Live>,
     /// The OTLP span mapper, with its memory of recent spans' lineage.
     pub otlp: Arc<std::sync::Mutex<custody_otlp::Mapper>>,
+    /// The MCP gateway, when configured.
+    pub gateway: Option<custody_gateway::http::HttpGateway>,
 }
 
 impl AppState {
@@ -94,7 +98,14 @@ impl AppState {
             delegation: None,
             graph: None,
             otlp: Arc::default(),
+            gateway: None,
         }
+    }
+
+    /// The same state serving the MCP gateway at its path.
+    pub fn with_gateway(mut self, gateway: custody_gateway::http::HttpGateway) -> AppState {
+        self.gateway = Some(gateway);
+        self
     }
 
     /// The same state answering the graph's queries from `live`.
@@ -114,6 +125,10 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     // Bodies are read under the collector's own limit, which answers 413
     // with a JSON error; axum's default 2 MiB limit must not cut in first.
+    let gateway = match &state.gateway {
+        Some(gateway) => gateway.router(),
+        None => Router::new(),
+    };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::get_metrics))
@@ -153,6 +168,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/graph", get(graph::subgraph))
         .route("/v1/who", get(graph::who))
         .route("/v1/blast-radius/{node}", get(graph::blast_radius))
+        .merge(gateway)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::disable())
@@ -167,8 +183,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let stopping = state.stopping.clone();
+    let gateway = state.gateway.clone();
     let shutdown = async move {
         shutdown.await;
+        // The gateway's streams last as long as their sessions: end them.
+        if let Some(gateway) = gateway {
+            gateway.close();
+        }
         // Live streams never end by themselves; tell them to, or graceful
         // shutdown would wait for them forever.
         stopping.send_replace(true);

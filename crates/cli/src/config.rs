@@ -87,6 +87,73 @@ struct FileConfig {
     pending_postings: Option<usize>,
     #[serde(default)]
     issuers: Vec<IssuerTable>,
+    gateway: Option<GatewayTable>,
+}
+
+/// The `[gateway]` table: the MCP gateway served at `path`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatewayTable {
+    path: Option<String>,
+    #[serde(default)]
+    upstreams: Vec<UpstreamTable>,
+    separator: Option<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+    max_sessions: Option<usize>,
+    idle_timeout_seconds: Option<u64>,
+    call_timeout_seconds: Option<u64>,
+    hold_timeout_seconds: Option<u64>,
+    max_in_flight: Option<usize>,
+    max_message_bytes: Option<usize>,
+    #[serde(default)]
+    fail_open: bool,
+    approvals_dir: Option<PathBuf>,
+    anonymous: Option<AnonymousTable>,
+}
+
+/// One `[[gateway.upstreams]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamTable {
+    name: String,
+    prefix: Option<String>,
+    url: Option<String>,
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    bearer_token_env: Option<String>,
+    #[serde(default)]
+    deny_tools: Vec<String>,
+    #[serde(default)]
+    hold_tools: Vec<String>,
+    #[serde(default)]
+    kill_tools: Vec<String>,
+    #[serde(default)]
+    deny_changed_tools: bool,
+}
+
+/// `[gateway.anonymous]`: who an unauthenticated caller is declared to be.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnonymousTable {
+    root: Option<String>,
+    agent: String,
+    run: Option<String>,
+}
+
+/// The MCP gateway's settings, as configured.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// Everything but the public URL, known once the server listens.
+    pub config: custody_gateway::http::GatewayConfig,
+    /// Where held calls' approvals are read from, if anywhere.
+    pub approvals_dir: Option<PathBuf>,
+    /// Who unauthenticated callers are, when they are accepted at all.
+    pub anonymous: Option<custody_gateway::Identity>,
 }
 
 /// One `[[issuers]]` table: an external issuer whose agent tokens are
@@ -160,6 +227,8 @@ pub struct Config {
     pub sensitive_tags: Vec<String>,
     /// External issuers whose agent tokens are accepted.
     pub issuers: Vec<Trust>,
+    /// The MCP gateway, when configured.
+    pub gateway: Option<Gateway>,
 }
 
 impl Config {
@@ -180,6 +249,9 @@ impl Config {
             })?;
         let issuers = trusted_issuers(file.issuers)
             .map_err(|why| anyhow::anyhow!("{}: {why}", display(args.config.as_deref())))?;
+        let gateway = file.gateway.map(gateway).transpose().map_err(|why| {
+            anyhow::anyhow!("{}: gateway: {why}", display(args.config.as_deref()))
+        })?;
         let mut store = StoreOptions::default();
         if let Some(durability) = args.durability.or(file_durability) {
             store.durability = durability;
@@ -222,8 +294,102 @@ impl Config {
                 args.sensitive_tags
             },
             issuers,
+            gateway,
         })
     }
+}
+
+/// The `[gateway]` table, checked.
+fn gateway(table: GatewayTable) -> Result<Gateway, String> {
+    use custody_gateway::http::{GatewayConfig, Target, UpstreamConfig};
+    let several = table.upstreams.len() > 1;
+    let mut upstreams = Vec::new();
+    for (i, upstream) in table.upstreams.into_iter().enumerate() {
+        let at = format!("upstreams[{i}] (`{}`)", upstream.name);
+        let target = match (upstream.url, upstream.command) {
+            (Some(url), None) => {
+                let parsed = reqwest::Url::parse(&url).map_err(|e| format!("{at}: url: {e}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(format!(
+                        "{at}: url: only http and https upstreams are served"
+                    ));
+                }
+                let mut headers: Vec<(String, String)> = upstream.headers.into_iter().collect();
+                if let Some(variable) = upstream.bearer_token_env {
+                    let token = std::env::var(&variable).map_err(|_| {
+                        format!("{at}: bearer_token_env: the variable `{variable}` is not set")
+                    })?;
+                    headers.push(("authorization".into(), format!("Bearer {token}")));
+                }
+                Target::Http { url, headers }
+            }
+            (None, Some(command)) => {
+                if command.is_empty() {
+                    return Err(format!("{at}: command is empty"));
+                }
+                Target::Stdio {
+                    command,
+                    env: upstream.env.into_iter().collect(),
+                    cwd: upstream.cwd,
+                }
+            }
+            _ => return Err(format!("{at}: give exactly one of `url` and `command`")),
+        };
+        let prefix = upstream.prefix.unwrap_or_else(|| {
+            if several {
+                upstream.name.clone()
+            } else {
+                String::new()
+            }
+        });
+        upstreams.push(UpstreamConfig {
+            name: upstream.name,
+            prefix,
+            target,
+            rules: custody_gateway::ToolRules {
+                deny: upstream.deny_tools.into_iter().collect(),
+                hold: upstream.hold_tools.into_iter().collect(),
+                kill: upstream.kill_tools.into_iter().collect(),
+                deny_changed: upstream.deny_changed_tools,
+            },
+        });
+    }
+    let mut relay = custody_gateway::Config::new("");
+    if let Some(seconds) = table.call_timeout_seconds {
+        relay.call_timeout = Duration::from_secs(seconds.max(1));
+    }
+    if let Some(seconds) = table.hold_timeout_seconds {
+        relay.hold_timeout = Duration::from_secs(seconds.max(1));
+    }
+    if let Some(max) = table.max_in_flight {
+        relay.max_in_flight = max.max(1);
+    }
+    if let Some(max) = table.max_message_bytes {
+        relay.max_message = max.max(1024);
+    }
+    relay.fail_open = table.fail_open;
+    let anonymous = table
+        .anonymous
+        .map(|a| custody_gateway::Identity::declared(a.root.as_deref(), &a.agent, a.run.as_deref()))
+        .transpose()
+        .map_err(|why| format!("anonymous: {why}"))?;
+    let config = GatewayConfig {
+        path: table.path.unwrap_or_else(|| "/mcp".into()),
+        upstreams,
+        relay,
+        separator: table.separator.unwrap_or_else(|| "__".into()),
+        allowed_origins: table.allowed_origins,
+        max_sessions: table.max_sessions.unwrap_or(1024).max(1),
+        idle_timeout: Duration::from_secs(table.idle_timeout_seconds.unwrap_or(30 * 60).max(1)),
+        resource: String::new(),
+        authorization_servers: Vec::new(),
+    };
+    config.check()?;
+    Ok(Gateway {
+        config,
+        approvals_dir: table.approvals_dir,
+        anonymous,
+    })
 }
 
 /// The `[[issuers]]` tables, checked; an error names the table

@@ -80,6 +80,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.graph {
         state = state.with_graph(live);
     }
+    if let Some(gateway) = &config.gateway {
+        state = with_gateway(state, gateway, &public_url, &config.issuers)?;
+    }
     custody_api::serve(listener, state, shutdown_signal())
         .await
         .context("serving the API")?;
@@ -88,6 +91,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await?
         .context("closing the store")?;
     Ok(())
+}
+
+/// The state serving the MCP gateway too: its callers authenticated by the
+/// delegation service, its calls recorded through the engine.
+fn with_gateway(
+    state: AppState,
+    gateway: &crate::config::Gateway,
+    public_url: &str,
+    issuers: &[Trust],
+) -> anyhow::Result<AppState> {
+    let mut config = gateway.config.clone();
+    config.resource = format!("{}{}", public_url.trim_end_matches('/'), config.path);
+    // The authorization servers whose tokens the gateway takes: Custody's
+    // own token endpoint, and each trusted issuer.
+    config.authorization_servers = std::iter::once(public_url.trim_end_matches('/').to_owned())
+        .chain(issuers.iter().map(|t| t.config.issuer.clone()))
+        .collect();
+    let approvals: Arc<dyn custody_gateway::Approvals> = match &gateway.approvals_dir {
+        Some(dir) => Arc::new(custody_gateway::approval::Directory::new(
+            dir,
+            std::time::Duration::from_millis(200),
+        )),
+        None => Arc::new(custody_gateway::approval::Nobody),
+    };
+    let auth = custody_api::GatewayAuth::new(state.clone(), gateway.anonymous.clone());
+    let http = custody_gateway::http::HttpGateway::new(config, Arc::new(auth), approvals)
+        .map_err(|why| anyhow::anyhow!("the gateway: {why}"))?;
+    tracing::info!(
+        path = http.path(),
+        upstreams = gateway.config.upstreams.len(),
+        "serving the MCP gateway"
+    );
+    Ok(state.with_gateway(http))
 }
 
 /// Takes the data directory for this server alone: two servers writing one

@@ -130,16 +130,41 @@ impl Engine {
         received_at: DateTime<Utc>,
         provenance: &Provenance,
     ) -> Result<Ingested, RecordError> {
-        // Room first: a batch refused after the stages saw it would leave
-        // them holding what the store never took.
+        self.ingest_each(events, |event| self.process(event, received_at, provenance))
+    }
+
+    /// Reserves room for `events`, runs `stages` on each, and queues them
+    /// as one unit. Room first: a batch refused after the stages saw it
+    /// would leave them holding what the store never took.
+    fn ingest_each<T>(
+        &self,
+        events: Vec<T>,
+        stages: impl FnMut(T) -> Evaluated,
+    ) -> Result<Ingested, RecordError> {
         let room = self.record.reserve(events.len())?;
-        let evaluated: Vec<Evaluated> = events
-            .into_iter()
-            .map(|event| self.process(event, received_at, provenance))
-            .collect();
+        let evaluated: Vec<Evaluated> = events.into_iter().map(stages).collect();
         let ids = evaluated.iter().map(|e| e.event.id).collect();
         let receipt = self.record.record_reserved(evaluated, room)?;
         Ok(Ingested { ids, receipt })
+    }
+
+    /// The path of events already decided where they happened: a trusted
+    /// component of Custody's own (the MCP gateway inside `custody serve`)
+    /// decided and enforced each before it could be recorded, with its
+    /// outcome. Every stage runs but decide, whose place the given decision
+    /// takes, and act, since the component acted. Nothing a client sends
+    /// reaches this path: the collector decides for itself.
+    pub fn ingest_decided_as(
+        &self,
+        events: Vec<(NewEvent, Decision)>,
+        received_at: DateTime<Utc>,
+        provenance: &Provenance,
+    ) -> Result<Ingested, RecordError> {
+        self.ingest_each(events, |(event, decision)| {
+            let mut evaluated = self.judge(event, received_at, provenance, Acting::No);
+            evaluated.decision = decision;
+            evaluated
+        })
     }
 
     /// The collector path, awaited: returns the ids once the batch is

@@ -28,11 +28,12 @@
 
 pub mod approval;
 pub mod decode;
+pub mod http;
 mod identity;
 mod outbox;
 mod policy;
 pub mod redact;
-mod relay;
+pub(crate) mod relay;
 pub mod tools;
 
 pub use approval::{Approval, Approvals, HeldCall};

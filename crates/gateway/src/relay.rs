@@ -79,6 +79,11 @@ pub struct Config {
     /// The client's requests in flight (held or forwarded) beyond which
     /// new ones are refused.
     pub max_in_flight: usize,
+    /// What relays the calls, recorded as the events' source
+    /// (`custody wrap`, `custody gateway`).
+    pub via: String,
+    /// The session the events belong to; a fresh `wrap-<uuid>` when unset.
+    pub session_id: Option<String>,
 }
 
 impl Config {
@@ -94,6 +99,8 @@ impl Config {
             fail_open: false,
             call_timeout: Duration::from_secs(120),
             max_in_flight: 64,
+            via: "custody wrap".into(),
+            session_id: None,
         }
     }
 }
@@ -148,13 +155,17 @@ impl Gateway {
             .decide(decide)
             .build();
         let (killed, on_kill) = watch::channel(None);
+        let id = config
+            .session_id
+            .clone()
+            .unwrap_or_else(|| format!("wrap-{}", EventId::new_v7()));
         let session = Session {
             engine,
             identity,
             approvals,
             outbox,
             config,
-            id: format!("wrap-{}", EventId::new_v7()),
+            id,
             to_client: Mutex::new(None),
             to_server: Mutex::new(None),
             state: Mutex::new(State::default()),
@@ -479,11 +490,7 @@ impl Session {
     }
 
     /// Notifications are relayed as they came, except a cancellation of a
-    /// call still held: the server never saw that call. A cancelled request
-    /// that was forwarded ends there: the server should not answer it, so
-    /// it is no longer waited for (no timeout error to the client, no
-    /// second cancellation to the server), its call is recorded as
-    /// cancelled, and a late answer is dropped like one after a timeout.
+    /// call still held: the server never saw that call.
     async fn client_notification(&self, line: Vec<u8>, method: &str, params: Option<&Value>) {
         if method == "notifications/cancelled"
             && let Some(id) = params
@@ -491,27 +498,36 @@ impl Session {
                 .and_then(Id::from_value)
         {
             let mut state = self.state();
+            if state.client.get(&id).is_some_and(|f| f.held) {
+                let cancelled = state.client.remove(&id);
+                drop(state);
+                if let Some(call) = cancelled.and_then(|f| f.call) {
+                    let reason = "cancelled by the client while held".to_owned();
+                    self.record(call, OutcomeStatus::Failure, Some(reason));
+                }
+                return;
+            }
+            // A forwarded request the client cancelled is over for the
+            // client: the server should not answer it, and an answer that
+            // comes anyway is dropped, like a late one.
             if let Some(mut cancelled) = state.client.remove(&id) {
                 if let Some(timer) = cancelled.timer.take() {
                     timer.abort();
                 }
-                if !cancelled.held {
-                    if state.expired.len() >= EXPIRED_KEPT {
-                        state.expired.pop_front();
-                    }
-                    state.expired.push_back(id);
+                if state.expired.len() >= EXPIRED_KEPT {
+                    state.expired.pop_front();
                 }
+                state.expired.push_back(id);
                 drop(state);
-                let reason = if cancelled.held {
-                    "cancelled by the client while held"
-                } else {
-                    "cancelled by the client"
-                };
                 if let Some(call) = cancelled.call {
-                    self.record(call, OutcomeStatus::Failure, Some(reason.to_owned()));
-                }
-                if cancelled.held {
-                    return;
+                    let reason = params
+                        .and_then(|p| p.get("reason"))
+                        .and_then(Value::as_str)
+                        .map_or_else(
+                            || "cancelled by the client".to_owned(),
+                            |why| format!("cancelled by the client: {}", clip(why, 512)),
+                        );
+                    self.record(call, OutcomeStatus::Failure, Some(reason));
                 }
             }
         }
@@ -989,7 +1005,7 @@ impl Session {
             source: Source {
                 kind: SourceKind::Gateway,
                 name: Some(clip(
-                    &format!("custody wrap {}", self.config.server),
+                    &format!("{} {}", self.config.via, self.config.server),
                     custody_event::MAX_ID_LEN,
                 )),
                 record_id: None,

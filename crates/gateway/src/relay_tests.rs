@@ -780,7 +780,7 @@ async fn a_forwarded_call_the_client_cancels_ends_there_and_does_not_time_out() 
     assert_eq!(events[0].outcome.status, OutcomeStatus::Failure);
     assert_eq!(
         events[0].outcome.reason.as_deref(),
-        Some("cancelled by the client")
+        Some("cancelled by the client: the user gave up")
     );
     // Past the call timeout, the client is sent no error for the request it
     // cancelled, nor the server a second cancellation: the next lines are

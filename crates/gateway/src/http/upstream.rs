@@ -1,0 +1,464 @@
+//! The upstream side of a session: a server the gateway fronts, reached
+//! as a stdio child it starts or over streamable HTTP, seen by the relay as
+//! a pair of byte streams carrying one JSON-RPC message per line.
+//!
+//! For an HTTP upstream an adapter turns each line the relay writes into a
+//! POST, and each answer (a JSON body, or the events of a
+//! `text/event-stream` body) back into lines. It keeps the upstream's
+//! `Mcp-Session-Id` and protocol version from its `initialize` answer,
+//! sends the routing headers of the 2026-07-28 revision from the body it
+//! forwards (so they always match it), listens on the upstream's GET
+//! stream once a session exists, and ends the upstream session when the
+//! relay ends.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::headers;
+use super::sse;
+use crate::decode;
+use crate::relay::SERVER_GONE;
+
+/// How an upstream is reached.
+#[derive(Clone)]
+pub enum Target {
+    /// A streamable-HTTP endpoint.
+    Http {
+        /// Its URL.
+        url: String,
+        /// Headers sent with every request (an `Authorization` for the
+        /// upstream, say); their values are never logged.
+        headers: Vec<(String, String)>,
+    },
+    /// A command the gateway starts, one child per session, speaking over
+    /// its standard input and output.
+    Stdio {
+        /// The program and its arguments.
+        command: Vec<String>,
+        /// Environment variables set for it.
+        env: Vec<(String, String)>,
+        /// Its working directory.
+        cwd: Option<PathBuf>,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Http { url, headers } => f
+                .debug_struct("Http")
+                .field("url", url)
+                .field(
+                    "headers",
+                    &headers.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                )
+                .finish(),
+            Target::Stdio { command, cwd, env } => f
+                .debug_struct("Stdio")
+                .field("command", command)
+                .field("env", &env.iter().map(|(name, _)| name).collect::<Vec<_>>())
+                .field("cwd", cwd)
+                .finish(),
+        }
+    }
+}
+
+/// A connection to an upstream: what the relay writes to and reads from,
+/// and what keeps the upstream alive (dropped, it ends).
+pub(crate) struct Connection {
+    pub(crate) input: Box<dyn AsyncWrite + Unpin + Send>,
+    pub(crate) output: Box<dyn AsyncRead + Unpin + Send>,
+    pub(crate) _keep: Keep,
+}
+
+/// What ends with the connection.
+pub(crate) enum Keep {
+    Child(#[allow(dead_code)] tokio::process::Child),
+    Adapter(#[allow(dead_code)] tokio::task::JoinHandle<()>),
+}
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        if let Keep::Adapter(task) = self {
+            task.abort();
+        }
+    }
+}
+
+/// Bytes buffered between the relay and an HTTP adapter.
+const PIPE_BYTES: usize = 256 << 10;
+/// Requests to an HTTP upstream in flight at once per session; more wait.
+const HTTP_IN_FLIGHT: usize = 64;
+
+/// Connects to `target` for one session. `client` is shared by every
+/// session's HTTP adapters (one connection pool); `max_message` bounds each
+/// message read from the upstream.
+pub(crate) fn connect(
+    target: &Target,
+    client: &reqwest::Client,
+    max_message: usize,
+) -> std::io::Result<Connection> {
+    match target {
+        Target::Stdio { command, env, cwd } => {
+            let Some((program, args)) = command.split_first() else {
+                return Err(std::io::Error::other("the upstream's command is empty"));
+            };
+            let mut command = tokio::process::Command::new(program);
+            command
+                .args(args)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true);
+            if let Some(cwd) = cwd {
+                command.current_dir(cwd);
+            }
+            let mut child = command.spawn()?;
+            let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+                return Err(std::io::Error::other("the upstream's stdio was not piped"));
+            };
+            Ok(Connection {
+                input: Box::new(input),
+                output: Box::new(output),
+                _keep: Keep::Child(child),
+            })
+        }
+        Target::Http { url, headers } => {
+            let (relay_in, adapter_reads) = tokio::io::duplex(PIPE_BYTES);
+            let (adapter_writes, relay_out) = tokio::io::duplex(PIPE_BYTES);
+            let adapter = Adapter {
+                client: client.clone(),
+                url: url.clone(),
+                headers: headers.clone(),
+                session: Arc::new(Mutex::new(Upstream::default())),
+                max_message,
+            };
+            let task = tokio::spawn(adapter.run(adapter_reads, adapter_writes));
+            Ok(Connection {
+                input: Box::new(relay_in),
+                output: Box::new(relay_out),
+                _keep: Keep::Adapter(task),
+            })
+        }
+    }
+}
+
+/// What the adapter learned of the upstream's session.
+#[derive(Default)]
+struct Upstream {
+    session_id: Option<String>,
+    protocol_version: Option<String>,
+    listening: bool,
+}
+
+#[derive(Clone)]
+struct Adapter {
+    client: reqwest::Client,
+    url: String,
+    headers: Vec<(String, String)>,
+    session: Arc<Mutex<Upstream>>,
+    max_message: usize,
+}
+
+impl Adapter {
+    async fn run(self, from_relay: DuplexStream, to_relay: DuplexStream) {
+        let (lines, receiver) = mpsc::channel::<Vec<u8>>(64);
+        let writer = tokio::spawn(write_lines(to_relay, receiver));
+        let mut posts = JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(HTTP_IN_FLIGHT));
+        let mut reader = BufReader::new(from_relay);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            while line.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                line.pop();
+            }
+            if line.is_empty() {
+                continue;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            // Reap what finished, so the set holds only what is in flight.
+            while posts.try_join_next().is_some() {}
+            let (adapter, lines, message) = (self.clone(), lines.clone(), line.clone());
+            posts.spawn(async move {
+                adapter.post(message, &lines).await;
+                drop(permit);
+            });
+        }
+        // The relay ended the session: end it upstream too.
+        let session = self.upstream().session_id.clone();
+        if let Some(session) = session {
+            let mut delete = self
+                .client
+                .delete(&self.url)
+                .header("mcp-session-id", session);
+            for (name, value) in &self.headers {
+                delete = delete.header(name, value);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), delete.send()).await;
+        }
+        posts.shutdown().await;
+        drop(lines);
+        let _ = writer.await;
+    }
+
+    fn upstream(&self) -> std::sync::MutexGuard<'_, Upstream> {
+        self.session.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// POSTs one message and relays what comes back.
+    async fn post(&self, message: Vec<u8>, lines: &mpsc::Sender<Vec<u8>>) {
+        let parsed: Option<Value> = serde_json::from_slice(&message).ok();
+        let method = parsed
+            .as_ref()
+            .and_then(|m| m.get("method"))
+            .and_then(Value::as_str);
+        let id = parsed.as_ref().and_then(|m| m.get("id")).cloned();
+        let is_request = method.is_some() && id.is_some();
+        let initialize = method == Some("initialize");
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        {
+            let upstream = self.upstream();
+            if let Some(session) = &upstream.session_id {
+                request = request.header("mcp-session-id", session);
+            }
+            let params = parsed.as_ref().and_then(|m| m.get("params"));
+            match headers::envelope_version(params) {
+                Some(version) => request = request.header(headers::PROTOCOL_VERSION, version),
+                None => {
+                    if let Some(version) = &upstream.protocol_version {
+                        request = request.header(headers::PROTOCOL_VERSION, version);
+                    }
+                }
+            }
+            if let Some(method) = method {
+                request = request.header(headers::METHOD, method);
+                if let Some(name) =
+                    headers::named_by(method).and_then(|member| params?.get(member)?.as_str())
+                {
+                    request = request.header(headers::NAME, headers::encode_value(name));
+                }
+            }
+        }
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let fail = |why: String| {
+            let answer = is_request.then(|| {
+                tracing::warn!(upstream = %self.url, %why, "an upstream request failed");
+                decode::error_response(id.as_ref(), SERVER_GONE, &why, None)
+            });
+            async move {
+                if let Some(answer) = answer {
+                    let _ = lines.send(answer).await;
+                }
+            }
+        };
+        let response = match request.body(message).send().await {
+            Ok(response) => response,
+            Err(error) => return fail(format!("the upstream is unreachable: {error}")).await,
+        };
+        let status = response.status();
+        if initialize && let Some(session) = response.headers().get("mcp-session-id") {
+            self.upstream().session_id = session.to_str().ok().map(str::to_owned);
+        }
+        if status == reqwest::StatusCode::ACCEPTED || status == reqwest::StatusCode::NO_CONTENT {
+            return;
+        }
+        let streaming = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if streaming && status.is_success() {
+            let answered = self.pump(response, lines, initialize).await;
+            if initialize {
+                self.listen_once(lines);
+            }
+            if let Err(why) = answered {
+                fail(why).await;
+            }
+            return;
+        }
+        let body = match read_limited(response, self.max_message).await {
+            Ok(body) => body,
+            Err(why) => return fail(why).await,
+        };
+        // A JSON-RPC answer is relayed whatever the status (an upstream may
+        // answer a refused request with 400 and a JSON-RPC error).
+        let mut answered = false;
+        if let Ok(value) = serde_json::from_slice::<Value>(&body) {
+            let messages = match value {
+                Value::Array(batch) => batch,
+                one => vec![one],
+            };
+            for message in messages {
+                if message.get("id").is_some()
+                    && (message.get("result").is_some() || message.get("error").is_some())
+                {
+                    answered = true;
+                }
+                self.relay(&message, lines, initialize).await;
+            }
+        }
+        if initialize {
+            self.listen_once(lines);
+        }
+        if !answered {
+            let snippet: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            let why = if status == reqwest::StatusCode::NOT_FOUND
+                && self.upstream().session_id.is_some()
+            {
+                "the upstream no longer knows this session".to_owned()
+            } else {
+                format!("the upstream answered HTTP {status}: {snippet}")
+            };
+            fail(why).await;
+        }
+    }
+
+    /// Relays each event of a `text/event-stream` answer; `Err` when the
+    /// stream broke before the request's answer came.
+    async fn pump(
+        &self,
+        response: reqwest::Response,
+        lines: &mpsc::Sender<Vec<u8>>,
+        initialize: bool,
+    ) -> Result<(), String> {
+        let mut parser = sse::Parser::new(self.max_message);
+        let mut body = response.bytes_stream();
+        let mut events = Vec::new();
+        let mut answered = false;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|error| format!("the upstream's stream broke: {error}"))?;
+            parser
+                .feed(&chunk, &mut events)
+                .map_err(|error| error.to_string())?;
+            for event in events.drain(..) {
+                let Ok(message) = serde_json::from_slice::<Value>(&event) else {
+                    tracing::warn!(upstream = %self.url, "dropped an upstream event that is not JSON");
+                    continue;
+                };
+                if message.get("id").is_some()
+                    && (message.get("result").is_some() || message.get("error").is_some())
+                {
+                    answered = true;
+                }
+                self.relay(&message, lines, initialize).await;
+            }
+        }
+        if answered {
+            Ok(())
+        } else {
+            Err("the upstream's stream ended without an answer".into())
+        }
+    }
+
+    /// Hands one upstream message to the relay, on a line of its own.
+    async fn relay(&self, message: &Value, lines: &mpsc::Sender<Vec<u8>>, initialize: bool) {
+        if initialize
+            && let Some(version) = message
+                .get("result")
+                .and_then(|r| r.get("protocolVersion"))
+                .and_then(Value::as_str)
+        {
+            self.upstream().protocol_version = Some(version.to_owned());
+        }
+        if let Ok(line) = serde_json::to_vec(message) {
+            let _ = lines.send(line).await;
+        }
+    }
+
+    /// Starts listening on the GET stream once the upstream has a session.
+    fn listen_once(&self, lines: &mpsc::Sender<Vec<u8>>) {
+        let start = {
+            let mut upstream = self.upstream();
+            let start = upstream.session_id.is_some()
+                && upstream.protocol_version.is_some()
+                && !upstream.listening;
+            upstream.listening |= start;
+            start
+        };
+        if start {
+            tokio::spawn(self.clone().listen(lines.clone()));
+        }
+    }
+
+    /// The upstream's GET stream: what the server sends outside any
+    /// request. Reopened while the session lasts; an upstream that offers
+    /// none (405) is not asked again.
+    async fn listen(self, lines: mpsc::Sender<Vec<u8>>) {
+        let mut backoff = Duration::from_millis(100);
+        for _ in 0..20 {
+            let Some(session) = self.upstream().session_id.clone() else {
+                return;
+            };
+            let mut request = self
+                .client
+                .get(&self.url)
+                .header("accept", "text/event-stream")
+                .header("mcp-session-id", session);
+            if let Some(version) = self.upstream().protocol_version.clone() {
+                request = request.header(headers::PROTOCOL_VERSION, version);
+            }
+            for (name, value) in &self.headers {
+                request = request.header(name, value);
+            }
+            match request.send().await {
+                Ok(response) if response.status().is_success() => {
+                    backoff = Duration::from_millis(100);
+                    let _ = self.pump(response, &lines, false).await;
+                }
+                Ok(response) if response.status().is_client_error() => return,
+                _ => {}
+            }
+            if lines.is_closed() {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+}
+
+async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| format!("reading the upstream's answer: {error}"))?;
+        if body.len() + chunk.len() > limit {
+            return Err(format!("the upstream's answer exceeds {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn write_lines(mut out: DuplexStream, mut lines: mpsc::Receiver<Vec<u8>>) {
+    while let Some(mut line) = lines.recv().await {
+        line.push(b'\n');
+        if out.write_all(&line).await.is_err() {
+            return;
+        }
+    }
+    let _ = out.shutdown().await;
+}
