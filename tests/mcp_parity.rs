@@ -5,6 +5,11 @@
 //! unchanged, requests and answers, server-initiated requests (sampling,
 //! elicitation), progress, cancellation, multi round-trip requests.
 //!
+//! Custody is `custody wrap` (stdio) or the streamable-HTTP gateway of
+//! `custody serve` (`/mcp`), in front of stdio and HTTP upstreams; the HTTP
+//! gateway is also put to the MCP conformance suite, which must find there
+//! what it finds directly.
+//!
 //! The peers are installed by `tests/peers/install.sh` (see
 //! `tests/common/mcp.rs`); `CUSTODY_SKIP_MCP_PEERS=1` skips these tests.
 
@@ -15,7 +20,7 @@ use std::thread;
 
 use common::mcp::{HttpUpstream, Scenario, Upstream, assert_same_transcript, conformance};
 use common::peers::{Peers, peers};
-use common::{Body, Server, call};
+use common::{Body, Server, call, mint_agent_token};
 use serde_json::{Value, json};
 
 /// The eras the client is run in: the 2025-11-25 handshake, and the SDK's
@@ -241,4 +246,125 @@ fn the_conformance_suite_against_server_everything_directly() {
     );
     assert_eq!(found.failed.len(), 19, "{:#}", found.report);
     assert_eq!(found.report["checks"], json!({"passed": 13, "failed": 19}));
+}
+
+/// `custody serve` with the streamable-HTTP gateway in front of one
+/// upstream (`upstream`: its `url = ...` or `command = [...]` line), and
+/// an anonymous caller declared (for the conformance suite, which sends no
+/// token).
+fn http_gateway(dir: &Path, upstream: &str) -> Server {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("custody.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\n[gateway.anonymous]\nagent = \"conformance\"\n\
+             [[gateway.upstreams]]\nname = \"upstream\"\n{upstream}\n"
+        ),
+    )
+    .unwrap();
+    Server::start(&dir.join("data"), &["--config", config.to_str().unwrap()])
+}
+
+/// A TOML array of strings.
+fn toml_array(argv: &[String]) -> String {
+    let quoted: Vec<String> = argv.iter().map(|a| format!("{a:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The scenario `name` directly against `direct` and through `gateway`
+/// (with an agent token), in both eras; the transcripts must match.
+fn http_gateway_parity(peers: &Peers, name: &str, direct: &Upstream, gateway: &Server) {
+    let token = mint_agent_token(gateway, "alice@example.com", "coder", "run-parity");
+    let through = Upstream::Url {
+        url: format!("{}/mcp", gateway.url),
+        bearer: Some(token),
+    };
+    for era in ERAS {
+        let [a, b] = both(
+            Scenario::new(peers, name, era),
+            direct.clone(),
+            Scenario::new(peers, name, era),
+            through.clone(),
+        );
+        assert_same_transcript(
+            &a,
+            &b,
+            &format!("{name} in the {era} era, through the HTTP gateway"),
+        );
+    }
+    let recorded = recorded_calls(gateway);
+    assert!(!recorded.is_empty(), "the calls were recorded");
+}
+
+#[test]
+fn server_everything_through_the_http_gateway_is_the_same_as_directly() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // An HTTP upstream, compared with itself directly.
+    let upstream = HttpUpstream::everything(&peers);
+    let gateway = http_gateway(
+        &dir.path().join("http"),
+        &format!("url = {:?}", upstream.url),
+    );
+    let direct = Upstream::Url {
+        url: upstream.url.clone(),
+        bearer: None,
+    };
+    http_gateway_parity(&peers, "everything", &direct, &gateway);
+    // A stdio upstream (a child per session), compared with a child of
+    // the client's.
+    let command = peers.everything_command();
+    let gateway = http_gateway(
+        &dir.path().join("stdio"),
+        &format!("command = {}", toml_array(&command)),
+    );
+    http_gateway_parity(&peers, "everything", &Upstream::Command(command), &gateway);
+}
+
+#[test]
+fn a_modern_upstream_through_the_http_gateway_is_the_same_as_directly() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = HttpUpstream::modern(&peers);
+    let gateway = http_gateway(
+        &dir.path().join("http"),
+        &format!("url = {:?}", upstream.url),
+    );
+    let direct = Upstream::Url {
+        url: upstream.url.clone(),
+        bearer: None,
+    };
+    http_gateway_parity(&peers, "modern", &direct, &gateway);
+    let command = peers.modern_command();
+    let gateway = http_gateway(
+        &dir.path().join("stdio"),
+        &format!("command = {}", toml_array(&command)),
+    );
+    http_gateway_parity(&peers, "modern", &Upstream::Command(command), &gateway);
+}
+
+/// The conformance suite finds through the HTTP gateway what it finds
+/// directly at server-everything: the same scenarios pass, and the same
+/// checks fail with the same messages, except that the gateway refuses a
+/// foreign `Origin` (DNS rebinding) where server-everything does not.
+#[test]
+fn the_http_gateway_passes_the_conformance_scenarios_of_its_upstream() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = HttpUpstream::everything(&peers);
+    let gateway = http_gateway(dir.path(), &format!("url = {:?}", upstream.url));
+    let direct = conformance(&peers, &upstream.url);
+    let through = conformance(&peers, &format!("{}/mcp", gateway.url));
+    let rebinding = "dns-rebinding-protection";
+    let mut expected = direct.passed.clone();
+    expected.insert(rebinding.to_owned());
+    assert_eq!(through.passed, expected, "{:#}", through.report);
+    let mut failures = direct.report["failures"].clone();
+    failures.as_object_mut().unwrap().remove(rebinding);
+    assert_eq!(through.report["failures"], failures, "{:#}", through.report);
+    eprintln!(
+        "conformance: {:.1} s directly, {:.1} s through the gateway",
+        direct.seconds, through.seconds
+    );
 }

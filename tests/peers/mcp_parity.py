@@ -126,7 +126,9 @@ async def elicitation(context, params):
         schema = dump(schema)
     seen["elicitation"].append({"message": params.message, "fields": sorted(schema.get("properties", {}))})
     wanted = schema.get("properties", {})
-    content = {k: v for k, v in ELICITED.items() if k in wanted}
+    # In key order: a gateway may re-serialize the answer (JSON objects are
+    # unordered), and server-everything prints what it got as it came.
+    content = {k: ELICITED[k] for k in sorted(ELICITED) if k in wanted}
     return types.ElicitResult(action="accept", content=content)
 
 
