@@ -33,6 +33,20 @@ fn stdio_upstream(peers: &Peers, name: &str, extra: &str) -> String {
     )
 }
 
+/// The gateway's events, oldest first, once `ready` says they are all
+/// there (they are recorded after the calls are answered), or after ten
+/// seconds.
+fn gateway_events_when(server: &Server, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = gateway_events(server);
+        if ready(&events) || std::time::Instant::now() > deadline {
+            return events;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The gateway's events, oldest first.
 fn gateway_events(server: &Server) -> Vec<Value> {
     let answer = call_ok(
@@ -219,7 +233,9 @@ fn one_endpoint_in_front_of_two_upstreams() {
 
     // Every call is an event: the chain of the token (authenticated), the
     // upstream as server, the upstream's own tool name, the outcome.
-    let events = gateway_events(&server);
+    let events = gateway_events_when(&server, |events| {
+        events.iter().filter(|e| e["kind"] == "tool_call").count() >= 5
+    });
     let calls: Vec<(String, String, String, String)> = events
         .iter()
         .filter(|e| e["kind"] == "tool_call")
@@ -539,7 +555,9 @@ fn an_http_upstream_behind_the_gateway() {
             .await;
         assert_eq!(text_of(echoed.answer()), "Echo: after cancel");
     });
-    let events = gateway_events(&server);
+    let events = gateway_events_when(&server, |events| {
+        events.iter().any(|e| e["outcome"]["status"] == "failure")
+    });
     let cancelled = events
         .iter()
         .find(|e| {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod mcp;
 pub mod mcp_http;
 
 use std::io::Read;
@@ -196,6 +197,9 @@ pub fn peers_dir() -> PathBuf {
 pub struct Peers {
     pub python: PathBuf,
     pub server: PathBuf,
+    /// The npm packages (server-filesystem, the conformance suite's own
+    /// prefix is beside it).
+    pub node_modules: PathBuf,
 }
 
 /// The installed peers, installed first if need be (once per test run),
@@ -206,6 +210,7 @@ pub fn peers() -> Option<Peers> {
     let peers = Peers {
         python: dir.join("venv/bin/python"),
         server: dir.join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
+        node_modules: dir.join("node/node_modules"),
     };
     if std::env::var_os("CUSTODY_SKIP_MCP_PEERS").is_some_and(|v| v == "1") {
         eprintln!("skipping: CUSTODY_SKIP_MCP_PEERS=1 asks to skip the tests of real MCP peers");

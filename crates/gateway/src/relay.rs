@@ -1220,7 +1220,11 @@ enum Incoming {
 impl Incoming {
     /// The next message: `None` at the end, `Some(None)` for one longer
     /// than `limit`.
-    async fn next(&mut self, reader: &mut Option<BufReader<Box<dyn AsyncRead + Unpin + Send>>>, limit: usize) -> Option<Option<Vec<u8>>> {
+    async fn next(
+        &mut self,
+        reader: &mut Option<BufReader<Box<dyn AsyncRead + Unpin + Send>>>,
+        limit: usize,
+    ) -> Option<Option<Vec<u8>>> {
         match self {
             Incoming::Messages(receiver) => {
                 let message = receiver.recv().await?;

@@ -82,8 +82,9 @@ pub struct GatewayConfig {
     pub relay: Config,
     /// Between an upstream's prefix and its tool's name (`__`).
     pub separator: String,
-    /// `Origin` values accepted; a request naming another is refused (a
-    /// request without one, from a program rather than a page, is not).
+    /// `Origin` values accepted besides the endpoint's own (that of
+    /// `resource`); a request naming another is refused (a request without
+    /// one, from a program rather than a page, is not).
     pub allowed_origins: Vec<String>,
     /// Sessions open at once; beyond it a new one is refused (503).
     pub max_sessions: usize,
@@ -376,9 +377,11 @@ fn jsonrpc_error(status: StatusCode, id: Option<&Value>, code: i64, message: &st
 /// The checks every method shares: the origin, then the caller.
 async fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Response> {
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|o| shared.config.allowed_origins.iter().any(|a| a == o));
+        // The endpoint's own origin is the same origin, not a foreign one.
+        let own = origin_of(&shared.config.resource);
+        let allowed = origin.to_str().is_ok_and(|o| {
+            (!own.is_empty() && o == own) || shared.config.allowed_origins.iter().any(|a| a == o)
+        });
         if !allowed {
             return Err(jsonrpc_error(
                 StatusCode::FORBIDDEN,
