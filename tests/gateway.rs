@@ -480,6 +480,12 @@ fn an_http_upstream_behind_the_gateway() {
         let echoed = client.call("echo", json!({"message": "over http"})).await;
         assert_eq!(text_of(echoed.answer()), "Echo: over http");
 
+        // A large call and its large result pass whole (the arguments are
+        // kept in the event only up to their limit, with their digest).
+        let large = "large ".repeat(300_000);
+        let echoed = client.call("echo", json!({"message": large})).await;
+        assert_eq!(text_of(echoed.answer()), format!("Echo: {large}"));
+
         // Progress arrives on the call's own stream, before its answer.
         let id = client.next_id();
         let long = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
@@ -565,6 +571,13 @@ fn an_http_upstream_behind_the_gateway() {
                 && e["outcome"]["status"] == "failure"
         })
         .unwrap_or_else(|| panic!("the cancelled call's event: {events:#?}"));
+    let large = events
+        .iter()
+        .find(|e| e["attributes"]["custody.arguments"]["custody.truncated"] == true)
+        .unwrap_or_else(|| panic!("the large call's event: {events:#?}"));
+    assert_eq!(large["target"]["tool"], "echo");
+    assert_eq!(large["outcome"]["status"], "success");
+    assert!(large["attributes"]["gen_ai.tool.call.arguments.sha256"].is_string());
     assert!(
         cancelled["outcome"]["reason"]
             .as_str()
