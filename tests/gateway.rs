@@ -324,7 +324,7 @@ fn the_door_refuses_what_it_must() {
     let Some(peers) = peers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let gateway = format!(
-        "[gateway]\nallowed_origins = [\"https://console.example.com\"]\n{}",
+        "[gateway]\nallowed_origins = [\"https://console.example.com\"]\nmax_sessions_per_caller = 3\n{}",
         stdio_upstream(&peers, "everything", "")
     );
     let server = serve_gateway(dir.path(), &gateway);
@@ -447,6 +447,15 @@ fn the_door_refuses_what_it_must() {
         assert_eq!(client.delete().await, 204);
         let gone = client.call("echo", json!({"message": "gone"})).await;
         assert_eq!(gone.status, 404);
+
+        // One caller opens at most 3 sessions at once (one is still open
+        // from the Origin check above).
+        for _ in 0..2 {
+            let mut more = McpHttp::new(&url, Some(&token));
+            assert_eq!(more.post(&init).await.status, 200);
+        }
+        let mut one_too_many = McpHttp::new(&url, Some(&token));
+        assert_eq!(one_too_many.post(&init).await.status, 429);
     });
 }
 

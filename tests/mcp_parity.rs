@@ -258,7 +258,9 @@ fn http_gateway(dir: &Path, upstream: &str) -> Server {
     std::fs::write(
         &config,
         format!(
-            "[gateway]\n[gateway.anonymous]\nagent = \"conformance\"\n\
+            // The conformance suite opens a session per scenario, all as
+            // the one anonymous caller.
+            "[gateway]\nmax_sessions_per_caller = 64\n[gateway.anonymous]\nagent = \"conformance\"\n\
              [[gateway.upstreams]]\nname = \"upstream\"\n{upstream}\n"
         ),
     )

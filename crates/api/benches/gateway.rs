@@ -346,6 +346,7 @@ async fn serve_gateway(dir: &std::path::Path, upstream: &str) -> (String, String
         separator: "__".into(),
         allowed_origins: Vec::new(),
         max_sessions: 1024,
+        max_sessions_per_caller: 64,
         idle_timeout: Duration::from_secs(3600),
         resource: format!("{public}/mcp"),
         authorization_servers: vec![public.clone()],

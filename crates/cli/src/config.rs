@@ -101,6 +101,7 @@ struct GatewayTable {
     #[serde(default)]
     allowed_origins: Vec<String>,
     max_sessions: Option<usize>,
+    max_sessions_per_caller: Option<usize>,
     idle_timeout_seconds: Option<u64>,
     call_timeout_seconds: Option<u64>,
     hold_timeout_seconds: Option<u64>,
@@ -380,6 +381,7 @@ fn gateway(table: GatewayTable) -> Result<Gateway, String> {
         separator: table.separator.unwrap_or_else(|| "__".into()),
         allowed_origins: table.allowed_origins,
         max_sessions: table.max_sessions.unwrap_or(1024).max(1),
+        max_sessions_per_caller: table.max_sessions_per_caller.unwrap_or(16).max(1),
         idle_timeout: Duration::from_secs(table.idle_timeout_seconds.unwrap_or(30 * 60).max(1)),
         resource: String::new(),
         authorization_servers: Vec::new(),

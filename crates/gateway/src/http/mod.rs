@@ -52,6 +52,8 @@ use mux::{End, Mux, Out, Stream};
 
 /// The most messages in one batch.
 const MAX_BATCH: usize = 256;
+/// How long a client may take to send a request's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Agents whose sessions a decision killed, remembered so that they do not
 /// simply start another.
 const KILLED_KEPT: usize = 65_536;
@@ -88,6 +90,9 @@ pub struct GatewayConfig {
     pub allowed_origins: Vec<String>,
     /// Sessions open at once; beyond it a new one is refused (503).
     pub max_sessions: usize,
+    /// Sessions one caller may have open at once; beyond it its new one is
+    /// refused (429): a stdio upstream starts a child per session.
+    pub max_sessions_per_caller: usize,
     /// A session unused this long is ended.
     pub idle_timeout: Duration,
     /// The endpoint's public URL: the protected resource of RFC 9728.
@@ -524,13 +529,27 @@ async fn post(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body)
         );
     }
     let limit = shared.config.relay.max_message;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return jsonrpc_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            None,
-            decode::INVALID_REQUEST,
-            &format!("the body exceeds {limit} bytes"),
-        );
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return jsonrpc_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                None,
+                decode::INVALID_REQUEST,
+                &format!("the body exceeds {limit} bytes"),
+            );
+        }
+        Err(_) => {
+            return jsonrpc_error(
+                StatusCode::REQUEST_TIMEOUT,
+                None,
+                decode::INVALID_REQUEST,
+                &format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            );
+        }
     };
     let batch = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let raws: Vec<Vec<u8>> = if batch {
@@ -679,6 +698,20 @@ fn open_session(shared: &Arc<Shared>, caller: Caller) -> Result<(String, Arc<Mux
             None,
             decode::INVALID_REQUEST,
             "the gateway has as many sessions open as it allows",
+        ));
+    }
+    let owned = sessions
+        .values()
+        .filter(|mux| mux.owner == caller.owner && mux.ended().is_none())
+        .count();
+    if owned >= shared.config.max_sessions_per_caller {
+        return Err(jsonrpc_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
+            decode::INVALID_REQUEST,
+            &format!(
+                "this caller has {owned} sessions open, the most it may; end one (DELETE) first"
+            ),
         ));
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
