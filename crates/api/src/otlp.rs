@@ -69,15 +69,38 @@ pub(crate) async fn post_traces(
         })?,
     };
 
+    let answer = export(&state, &caller, started, &request).await?;
+    Ok(match encoding {
+        Encoding::Protobuf => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-protobuf"),
+            )],
+            answer.encode_to_vec(),
+        )
+            .into_response(),
+        Encoding::Json => axum::Json(answer).into_response(),
+    })
+}
+
+/// Maps one trace request to events and records them, whichever transport
+/// brought it: the answer, once its events are durable, counts the spans
+/// refused and names the first few.
+pub(crate) async fn export(
+    state: &AppState,
+    caller: &Caller,
+    started: std::time::Instant,
+    request: &ExportTraceServiceRequest,
+) -> Result<ExportTraceServiceResponse, ApiError> {
     let mapped = match state.otlp.lock() {
-        Ok(mut mapper) => mapper.map(&request, Utc::now()),
-        Err(poisoned) => poisoned.into_inner().map(&request, Utc::now()),
+        Ok(mut mapper) => mapper.map(request, Utc::now()),
+        Err(poisoned) => poisoned.into_inner().map(request, Utc::now()),
     };
     let rejected = mapped.errors.len();
     if mapped.events.is_empty() {
         state.metrics.events_rejected.inc_by(rejected as u64);
     } else {
-        ingest(&state, &caller, started, mapped.events, rejected).await?;
+        ingest(state, caller, started, mapped.events, rejected).await?;
     }
 
     let partial_success = (rejected > 0).then(|| {
@@ -97,16 +120,5 @@ pub(crate) async fn post_traces(
             error_message: message,
         }
     });
-    let answer = ExportTraceServiceResponse { partial_success };
-    Ok(match encoding {
-        Encoding::Protobuf => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/x-protobuf"),
-            )],
-            answer.encode_to_vec(),
-        )
-            .into_response(),
-        Encoding::Json => axum::Json(answer).into_response(),
-    })
+    Ok(ExportTraceServiceResponse { partial_success })
 }
