@@ -33,8 +33,9 @@ pub struct Metrics {
     failed_commits: Gauge<u64, AtomicU64>,
     pending_postings: Gauge<u64, AtomicU64>,
     /// The OTLP mapper's memory of recent spans: held, linked,
-    /// parent_missing, evicted, expired (`custody_otlp::Stats`).
-    otlp_spans: [Gauge<u64, AtomicU64>; 5],
+    /// parent_missing, evicted, expired, orphans held, relinked, orphans
+    /// dropped (`custody_otlp::Stats`).
+    otlp_spans: [Gauge<u64, AtomicU64>; 8],
 }
 
 impl Default for Metrics {
@@ -96,7 +97,7 @@ impl Default for Metrics {
             "Index postings of committed events held in memory, not yet written to the postings table",
             pending_postings.clone(),
         );
-        let otlp_spans: [Gauge<u64, AtomicU64>; 5] = Default::default();
+        let otlp_spans: [Gauge<u64, AtomicU64>; 8] = Default::default();
         for (gauge, (name, help)) in otlp_spans.iter().zip([
             (
                 "otlp_spans_held",
@@ -117,6 +118,18 @@ impl Default for Metrics {
             (
                 "otlp_spans_expired",
                 "Spans forgotten because they outlived the OTLP receiver's memory, since start",
+            ),
+            (
+                "otlp_orphans_held",
+                "Spans mapped without their parent, kept to be linked when it arrives",
+            ),
+            (
+                "otlp_spans_relinked",
+                "Spans mapped again below a parent that arrived after them, since start",
+            ),
+            (
+                "otlp_orphans_dropped",
+                "Spans whose late parent never came while they were kept, since start",
             ),
         ]) {
             registry.register(name, help, gauge.clone());
@@ -161,6 +174,9 @@ pub(crate) async fn get_metrics(
         otlp.parent_missing,
         otlp.evicted,
         otlp.expired,
+        u64::try_from(otlp.orphans_held).unwrap_or(u64::MAX),
+        otlp.relinked,
+        otlp.orphans_dropped,
     ]) {
         gauge.set(value);
     }

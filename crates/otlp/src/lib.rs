@@ -25,9 +25,18 @@
 //! it links, evicts and misses ([`Stats`]). A span whose parent is in
 //! neither the request nor that buffer (it comes later, it was evicted, or
 //! it is never sent) is mapped at once with what is known from the spans of
-//! its own request, and carries the attribute `otlp.parent_missing: true`;
+//! its own request, and carries the attribute `otlp.parent_missing: true`:
 //! events are never held back waiting for a parent, since the exporter is
-//! answered only once its events are durable.
+//! answered only once its events are durable (and an SDK's batch exporter
+//! sends its next batch, which may hold the parent, only after that answer).
+//!
+//! **Late parents.** Such a span (with the spans below it) is also kept,
+//! bounded in count and age, keyed by the parent it waits for. When that
+//! parent arrives, in whatever later request, the kept spans are mapped
+//! again below it, and the request's answer includes their new events: the
+//! same action with the whole chain, each with an id derived from the first
+//! event's and the attribute `otlp.supersedes` naming it. The log stays
+//! append-only; a reader counting actions skips events superseded this way.
 //!
 //! *Invariant:* no IO, and no panic on any input.
 
@@ -55,11 +64,13 @@ use custody_event::{
     RawRecord, Source, SourceKind, Target,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, status::StatusCode};
 use uuid::Uuid;
 
 pub use attrs::Attrs;
-use lineage::{Buffer, Lineage};
+use lineage::{Buffer, Lineage, Orphan};
 pub use lineage::{Limits, Stats};
 pub use opentelemetry_proto::tonic::collector::trace::v1 as collector;
 
@@ -70,6 +81,10 @@ pub const NAMESPACE: Uuid = Uuid::from_u128(0x6f0c_2a51_93d4_4e8b_a1f7_35c2_d08e
 /// Set on an event whose span's parent was in neither its request nor the
 /// buffer of recent spans: its chain holds only what its request showed.
 pub const ATTR_PARENT_MISSING: &str = "otlp.parent_missing";
+/// Set on an event mapped again once its span's missing parent arrived:
+/// the id of the event it supersedes (the first, with the chain its own
+/// request showed).
+pub const ATTR_SUPERSEDES: &str = "otlp.supersedes";
 /// The span's name.
 pub const ATTR_SPAN_NAME: &str = "otlp.span.name";
 /// The resource's `service.name`.
@@ -125,6 +140,7 @@ struct Item<'a> {
     span: &'a Span,
     attrs: Attrs<'a>,
     resource: Attrs<'a>,
+    resource_attributes: &'a [KeyValue],
 }
 
 impl Mapper {
@@ -140,23 +156,63 @@ impl Mapper {
         self.buffer.stats()
     }
 
-    /// Maps every span of `request`, received at `now`.
+    /// Maps every span of `request`, received at `now`; and, when a span
+    /// arrives that earlier orphans were waiting for, those orphans again
+    /// (see the crate's documentation).
     pub fn map(&mut self, request: &ExportTraceServiceRequest, now: DateTime<Utc>) -> Mapped {
         self.buffer.expire(now);
+        let mut mapped = Mapped::default();
+        let mut orphans = self.map_request(request, now, &mut mapped, None);
+        // Each orphan is taken once, so this ends; a relinked span may
+        // release orphans of its own.
+        while !orphans.is_empty() {
+            let again = ExportTraceServiceRequest {
+                resource_spans: orphans
+                    .iter()
+                    .map(|orphan| ResourceSpans {
+                        resource: Some(Resource {
+                            attributes: orphan.resource.clone(),
+                            ..Resource::default()
+                        }),
+                        scope_spans: vec![ScopeSpans {
+                            spans: vec![orphan.span.clone()],
+                            ..ScopeSpans::default()
+                        }],
+                        ..ResourceSpans::default()
+                    })
+                    .collect(),
+            };
+            let firsts: Vec<EventId> = orphans.iter().map(|o| o.first).collect();
+            orphans = self.map_request(&again, now, &mut mapped, Some(&firsts));
+        }
+        mapped
+    }
+
+    /// Maps `request`'s spans into `mapped`, and returns the orphans the
+    /// spans that arrived release. `relinking` holds, for a request of
+    /// orphans mapped again, each span's first event id: their new events
+    /// supersede those, and their errors are not the client's.
+    fn map_request(
+        &mut self,
+        request: &ExportTraceServiceRequest,
+        now: DateTime<Utc>,
+        mapped: &mut Mapped,
+        relinking: Option<&[EventId]>,
+    ) -> Vec<Orphan> {
         let mut items = Vec::new();
         for resource_spans in &request.resource_spans {
-            let resource = Attrs::new(
-                resource_spans
-                    .resource
-                    .as_ref()
-                    .map_or(&[][..], |r| &r.attributes[..]),
-            );
+            let resource_attributes = resource_spans
+                .resource
+                .as_ref()
+                .map_or(&[][..], |r| &r.attributes[..]);
+            let resource = Attrs::new(resource_attributes);
             for scope_spans in &resource_spans.scope_spans {
                 for span in &scope_spans.spans {
                     items.push(Item {
                         span,
                         attrs: Attrs::new(&span.attributes),
                         resource,
+                        resource_attributes,
                     });
                 }
             }
@@ -170,7 +226,6 @@ impl Mapper {
             .map(|(i, item)| ((&item.span.trace_id[..], &item.span.span_id[..]), i))
             .collect();
         let mut lineages: Vec<Option<Resolved>> = vec![None; items.len()];
-        let mut mapped = Mapped::default();
         for index in 0..items.len() {
             resolve(index, &items, &by_id, &mut lineages, &mut self.buffer);
         }
@@ -178,11 +233,34 @@ impl Mapper {
             let Some(Some(resolved)) = lineages.get(index) else {
                 continue;
             };
-            match map_span(item, resolved, now) {
-                Ok(event) => mapped.events.push(event),
-                Err(message) => mapped.errors.push(SpanError { index, message }),
+            match (map_span(item, resolved, now), relinking) {
+                (Ok(event), None) => {
+                    // Kept to be mapped again when its parent arrives.
+                    if let (Some(parent), Some(id), Ok(trace)) = (
+                        resolved.missing_parent,
+                        event.id,
+                        <[u8; 16]>::try_from(&item.span.trace_id[..]),
+                    ) {
+                        let orphan = Orphan {
+                            span: item.span.clone(),
+                            resource: item.resource_attributes.to_vec(),
+                            first: id,
+                        };
+                        self.buffer.hold_orphan(trace, parent, orphan, now);
+                    }
+                    mapped.events.push(event);
+                }
+                (Ok(event), Some(firsts)) => {
+                    if let Some(first) = firsts.get(index) {
+                        mapped.events.push(superseding(event, *first));
+                    }
+                }
+                (Err(message), None) => mapped.errors.push(SpanError { index, message }),
+                // It was mapped once; this cannot fail where that did not.
+                (Err(_), Some(_)) => {}
             }
         }
+        let mut released = Vec::new();
         for (item, resolved) in items.iter().zip(&lineages) {
             if let Some(resolved) = resolved
                 && !resolved.own.is_empty()
@@ -191,11 +269,32 @@ impl Mapper {
                     <[u8; 8]>::try_from(&item.span.span_id[..]),
                 )
             {
-                self.buffer.insert(trace, span, resolved.own.clone(), now);
+                self.buffer.insert(
+                    trace,
+                    span,
+                    resolved.own.clone(),
+                    resolved.missing_parent,
+                    now,
+                );
+                released.extend(self.buffer.take_orphans(trace, span));
             }
         }
-        mapped
+        released
     }
+}
+
+/// A span's event mapped again once its parent arrived: a new event (its
+/// id derived from the first's, so that a span sent again is linked once),
+/// naming the event it supersedes.
+fn superseding(mut event: NewEvent, first: EventId) -> NewEvent {
+    let mut name = first.0.as_bytes().to_vec();
+    name.extend_from_slice(b"linked");
+    event.id = Some(EventId(Uuid::new_v5(&NAMESPACE, &name)));
+    event.attributes.remove(ATTR_PARENT_MISSING);
+    event
+        .attributes
+        .insert(ATTR_SUPERSEDES.to_owned(), first.to_string().into());
+    event
 }
 
 /// A span's place in the tree: the lineage above it and its own.
@@ -207,6 +306,9 @@ struct Resolved {
     own: Arc<Lineage>,
     /// Whether it named a parent found neither in the request nor the buffer.
     parent_missing: bool,
+    /// The parent that was missing, at its top (for a span below an
+    /// orphan, the orphan's): what to wait for.
+    missing_parent: Option<[u8; 8]>,
 }
 
 /// The deepest chain of parents followed within one request.
@@ -227,7 +329,7 @@ fn resolve(
     // The path from this span up to the first one already resolved or
     // without a parent in the request.
     let mut path = vec![index];
-    let base: (Arc<Lineage>, bool);
+    let base: (Arc<Lineage>, bool, Option<[u8; 8]>);
     loop {
         let Some(&current) = path.last() else { return };
         let Some(item) = items.get(current) else {
@@ -235,13 +337,17 @@ fn resolve(
         };
         let parent = &item.span.parent_span_id;
         if parent.is_empty() {
-            base = (Arc::new(Lineage::default()), false);
+            base = (Arc::new(Lineage::default()), false, None);
             break;
         }
         match by_id.get(&(&item.span.trace_id[..], &parent[..])) {
             Some(&up) if path.len() < MAX_DEPTH && !path.contains(&up) => {
                 if let Some(Some(resolved)) = lineages.get(up) {
-                    base = (resolved.own.clone(), false);
+                    base = (
+                        resolved.own.clone(),
+                        resolved.parent_missing,
+                        resolved.missing_parent,
+                    );
                     break;
                 }
                 path.push(up);
@@ -249,7 +355,7 @@ fn resolve(
             // A cycle or a chain too deep: the walk stops here, with what
             // it knows.
             Some(_) => {
-                base = (Arc::new(Lineage::default()), true);
+                base = (Arc::new(Lineage::default()), true, None);
                 break;
             }
             None => {
@@ -261,23 +367,27 @@ fn resolve(
                     _ => None,
                 };
                 base = match found {
-                    Some(lineage) => (lineage, false),
+                    // A remembered span that is itself an orphan's (or below
+                    // one) gives what it knows, and its wait.
+                    Some((lineage, waiting)) => (lineage, waiting.is_some(), waiting),
                     None => {
                         buffer.missed();
-                        (Arc::new(Lineage::default()), true)
+                        let waited = <[u8; 8]>::try_from(&parent[..]).ok();
+                        (Arc::new(Lineage::default()), true, waited)
                     }
                 };
                 break;
             }
         }
     }
-    let (mut above, mut missing) = base;
+    let (mut above, mut missing, mut waited) = base;
     // Down the path, from the topmost span to `index`.
     for &at in path.iter().rev() {
         let Some(item) = items.get(at) else { return };
         if let Some(Some(done)) = lineages.get(at) {
             above = done.own.clone();
             missing = done.parent_missing;
+            waited = done.missing_parent;
             continue;
         }
         let own = Arc::new(above.below(human(&item.attrs), agent_hop(item)));
@@ -285,6 +395,7 @@ fn resolve(
             above: above.clone(),
             own: own.clone(),
             parent_missing: missing,
+            missing_parent: waited,
         };
         if let Some(slot) = lineages.get_mut(at) {
             *slot = Some(resolved);

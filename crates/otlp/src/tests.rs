@@ -232,11 +232,124 @@ fn a_parent_sent_earlier_is_linked_and_a_parent_never_sent_is_reported() {
     assert_eq!(fresh.stats().parent_missing, 1);
 }
 
+/// The sub-agent's spans first (a sub-agent process exporting before its
+/// orchestrator), in two requests; then the orchestrator's: the orphans are
+/// mapped again below it, superseding their first events.
+#[test]
+fn spans_whose_parent_comes_later_are_linked_when_it_does() {
+    let spans = orchestration();
+    let mut mapper = Mapper::default();
+    // The researcher's tool and its own span: orphans of the orchestrator.
+    let first = mapper.map(&request(vec![spans[0].clone(), spans[1].clone()]), now());
+    let [tool, researcher] = &first.events[..] else {
+        panic!("{:#?}", first.events)
+    };
+    assert_eq!(chain(tool), ["agent:agent_researcher"]);
+    assert_eq!(researcher.attributes[ATTR_PARENT_MISSING], true);
+    // A later span of the researcher links to what is known of it, and
+    // waits with it.
+    let later = span(
+        6,
+        Some(3),
+        "execute_tool fetch",
+        &[
+            ("gen_ai.operation.name", "execute_tool"),
+            ("gen_ai.tool.name", "fetch"),
+        ],
+    );
+    let second = mapper.map(&request(vec![later]), now());
+    assert_eq!(second.events[0].attributes[ATTR_PARENT_MISSING], true);
+    assert_eq!(mapper.stats().orphans_held, 3);
+
+    // The orchestrator arrives, with its own tool.
+    let third = mapper.map(&request(spans[2..].to_vec()), now() + Duration::seconds(5));
+    assert_eq!(third.events.len(), 2 + 3, "{:#?}", third.events);
+    let relinked: Vec<&NewEvent> = third
+        .events
+        .iter()
+        .filter(|e| e.attributes.contains_key(ATTR_SUPERSEDES))
+        .collect();
+    assert_eq!(relinked.len(), 3);
+    let full = [
+        "human:alice@example.com",
+        "agent:agent_orchestrator",
+        "agent:agent_researcher",
+    ];
+    for event in &relinked {
+        assert!(!event.attributes.contains_key(ATTR_PARENT_MISSING));
+        assert_eq!(event.source.kind, SourceKind::Otlp);
+    }
+    let superseded: Vec<&str> = relinked
+        .iter()
+        .map(|e| e.attributes[ATTR_SUPERSEDES].as_str().unwrap())
+        .collect();
+    for first_event in [tool, researcher, &second.events[0]] {
+        let id = first_event.id.unwrap().to_string();
+        assert!(superseded.contains(&id.as_str()), "{id} in {superseded:?}");
+    }
+    let tools: Vec<&&NewEvent> = relinked
+        .iter()
+        .filter(|e| e.kind == EventKind::ToolCall)
+        .collect();
+    assert_eq!(tools.len(), 2);
+    for tool in tools {
+        assert_eq!(chain(tool), full);
+    }
+    let spawn = relinked
+        .iter()
+        .find(|e| e.kind == EventKind::AgentSpawn)
+        .unwrap();
+    assert_eq!(
+        chain(spawn),
+        ["human:alice@example.com", "agent:agent_orchestrator"]
+    );
+    assert_eq!(
+        spawn.target.principal.as_ref().unwrap().id,
+        "agent_researcher"
+    );
+    let stats = mapper.stats();
+    assert_eq!((stats.relinked, stats.orphans_held), (3, 0), "{stats:?}");
+
+    // Sent again, the same spans give the same ids (stored once).
+    let mut again = Mapper::default();
+    again.map(&request(vec![spans[0].clone(), spans[1].clone()]), now());
+    let repeat = again.map(&request(spans[2..].to_vec()), now());
+    let ids: Vec<_> = repeat.events.iter().map(|e| e.id).collect();
+    for event in relinked
+        .iter()
+        .filter(|e| e.context.span_id != Some(hex::encode([6u8; 8])))
+    {
+        assert!(ids.contains(&event.id));
+    }
+}
+
+#[test]
+fn orphans_are_bounded_in_count_and_age() {
+    let spans = orchestration();
+    let mut mapper = Mapper::new(Limits {
+        max_orphans: 1,
+        ..Limits::default()
+    });
+    mapper.map(&request(vec![spans[0].clone(), spans[1].clone()]), now());
+    let stats = mapper.stats();
+    assert_eq!(
+        (stats.orphans_held, stats.orphans_dropped),
+        (1, 1),
+        "{stats:?}"
+    );
+    let mut mapper = Mapper::default();
+    mapper.map(&request(vec![spans[1].clone()]), now());
+    let late = mapper.map(&request(spans[3..].to_vec()), now() + Duration::minutes(11));
+    assert_eq!(late.events.len(), 1, "too old to link: {:#?}", late.events);
+    assert_eq!(mapper.stats().orphans_dropped, 1);
+}
+
 #[test]
 fn the_buffer_is_bounded_in_count_and_age() {
     let mut mapper = Mapper::new(Limits {
         max_spans: 1,
         max_age: Duration::seconds(60),
+        max_orphans: 0,
     });
     let mut spans = orchestration();
     mapper.map(&request(spans.split_off(3)), now());
