@@ -263,3 +263,100 @@ fn otlp_json_gzip_partial_success_and_refusals() {
     let (status, _) = post("text/plain", None, b"x".to_vec(), &token);
     assert_eq!(status, 415);
 }
+
+/// A sub-agent's spans exported before its orchestrator's (two processes,
+/// one trace): stored at once with what they show, then, when the
+/// orchestrator's span arrives, stored again below it with the whole chain,
+/// naming the events they supersede.
+#[test]
+fn spans_exported_before_their_parent_are_linked_when_it_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let token = ingest_token(&server);
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let span = |id: &str, parent: &str, name: &str, attributes: Value| {
+        json!({"traceId": trace, "spanId": id, "parentSpanId": parent, "name": name,
+               "startTimeUnixNano": "1790000000000000000", "endTimeUnixNano": "1790000000100000000",
+               "attributes": attributes})
+    };
+    let attr = |key: &str, value: &str| json!({"key": key, "value": {"stringValue": value}});
+    let request = |service: &str, spans: Vec<Value>| {
+        Body::Json(json!({"resourceSpans": [{
+            "resource": {"attributes": [attr("service.name", service)]},
+            "scopeSpans": [{"spans": spans}]}]}))
+    };
+    let post = |body| {
+        let (status, answer) = call(&server, reqwest::Method::POST, "/v1/traces", &token, body);
+        assert_eq!(status, 200, "{answer}");
+    };
+    // The researcher's process: its agent span and a tool, whose parent
+    // (the orchestrator's span) is not sent yet.
+    post(request(
+        "researcher",
+        vec![
+            span(
+                "b7ad6b7169203331",
+                "00f067aa0ba902b7",
+                "invoke_agent researcher",
+                json!([
+                    attr("gen_ai.operation.name", "invoke_agent"),
+                    attr("gen_ai.agent.id", "researcher")
+                ]),
+            ),
+            span(
+                "c7ad6b7169203332",
+                "b7ad6b7169203331",
+                "execute_tool fetch",
+                json!([
+                    attr("gen_ai.operation.name", "execute_tool"),
+                    attr("gen_ai.tool.name", "fetch")
+                ]),
+            ),
+        ],
+    ));
+    let first = events_of(&server, trace);
+    assert_eq!(first.len(), 2);
+    assert!(
+        first
+            .iter()
+            .all(|e| e["attributes"]["otlp.parent_missing"] == true)
+    );
+    // The orchestrator's process, later.
+    post(request(
+        "orchestrator",
+        vec![span(
+            "00f067aa0ba902b7",
+            "",
+            "invoke_agent orchestrator",
+            json!([
+                attr("gen_ai.operation.name", "invoke_agent"),
+                attr("gen_ai.agent.id", "orchestrator"),
+                attr("user.id", "alice@example.com")
+            ]),
+        )],
+    ));
+    let events = events_of(&server, trace);
+    assert_eq!(events.len(), 5, "{events:#?}");
+    let linked: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["attributes"]["otlp.supersedes"].is_string())
+        .collect();
+    assert_eq!(linked.len(), 2);
+    let tool = linked.iter().find(|e| e["kind"] == "tool_call").unwrap();
+    assert_eq!(
+        chain(tool),
+        [
+            "human:alice@example.com",
+            "agent:orchestrator",
+            "agent:researcher"
+        ]
+    );
+    let first_tool = first.iter().find(|e| e["kind"] == "tool_call").unwrap();
+    assert_eq!(tool["attributes"]["otlp.supersedes"], first_tool["id"]);
+    let spawn = linked.iter().find(|e| e["kind"] == "agent_spawn").unwrap();
+    assert_eq!(
+        chain(spawn),
+        ["human:alice@example.com", "agent:orchestrator"]
+    );
+    assert_eq!(spawn["target"]["principal"]["id"], "researcher");
+}
