@@ -457,6 +457,35 @@ fn the_door_refuses_what_it_must() {
         let mut one_too_many = McpHttp::new(&url, Some(&token));
         assert_eq!(one_too_many.post(&init).await.status, 429);
     });
+
+    // What the door refused from a known caller is recorded, denied.
+    let refused = gateway_events_when(&server, |events| {
+        events
+            .iter()
+            .filter(|e| e["action"] == "custody/header-mismatch")
+            .count()
+            >= 3
+    });
+    let actions: Vec<&str> = refused
+        .iter()
+        .filter(|e| e["outcome"]["status"] == "denied")
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == "custody/header-mismatch")
+            .count(),
+        3,
+        "{actions:?}"
+    );
+    assert!(actions.contains(&"invalid_message"), "{actions:?}");
+    let mismatch = refused
+        .iter()
+        .find(|e| e["action"] == "custody/header-mismatch")
+        .unwrap();
+    assert_eq!(mismatch["actor"]["current"]["run_id"], "run-door");
+    assert_eq!(mismatch["attribution"]["method"], "authenticated");
 }
 
 /// A streamable-HTTP upstream (server-everything over HTTP), one upstream

@@ -404,6 +404,7 @@ async fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Caller, Response>
         Err(refusal) => return Err(unauthorized(shared, &refusal)),
     };
     if let Some(why) = shared.killed(&caller.owner) {
+        record_refusal(&caller, "custody/killed-agent", "", &why);
         return Err(jsonrpc_error(
             StatusCode::FORBIDDEN,
             None,
@@ -486,6 +487,12 @@ fn find_session(shared: &Shared, id: &str, caller: &Caller) -> Result<Arc<Mux>, 
             if mux.owner == caller.owner {
                 Ok(mux)
             } else {
+                record_refusal(
+                    caller,
+                    "custody/session-of-another",
+                    "",
+                    "the request named a session another caller opened",
+                );
                 Err(jsonrpc_error(
                     StatusCode::FORBIDDEN,
                     None,
@@ -588,6 +595,7 @@ async fn post(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body)
             _ => continue,
         };
         if let Err(why) = headers::check(&headers, method, params) {
+            record_refusal(&caller, "custody/header-mismatch", method, &why);
             return jsonrpc_error(
                 StatusCode::BAD_REQUEST,
                 id.map(|id| id.value()),
@@ -597,6 +605,7 @@ async fn post(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body)
         }
     }
     if !batch && let Some((Err(error), _)) = messages.first() {
+        record_refusal(&caller, "invalid_message", "", &error.message);
         let status = if error.code == decode::PARSE_ERROR {
             StatusCode::BAD_REQUEST
         } else {
@@ -684,6 +693,54 @@ async fn post(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body)
         response.headers_mut().insert("mcp-session-id", value);
     }
     response
+}
+
+/// Records a request refused before any relay saw it, as the relays record
+/// theirs: kind `mcp_request`, outcome `denied`, the caller's chain.
+/// Recording happens off the request's path; a failure is logged.
+fn record_refusal(caller: &Caller, action: &str, method: &str, why: &str) {
+    let clip = |text: &str, max: usize| -> String {
+        let mut end = text.len().min(max);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.get(..end).unwrap_or_default().to_owned()
+    };
+    let mut attributes = std::collections::BTreeMap::new();
+    if !method.is_empty() {
+        attributes.insert("mcp.method.name".into(), Value::from(clip(method, 1024)));
+    }
+    attributes.insert("custody.verdict".into(), Value::from("deny"));
+    let event = custody_event::NewEvent {
+        version: None,
+        id: Some(custody_event::EventId::new_v7()),
+        kind: custody_event::EventKind::McpRequest,
+        action: action.to_owned(),
+        observed_at: chrono::Utc::now(),
+        received_at: None,
+        source: custody_event::Source {
+            kind: custody_event::SourceKind::Gateway,
+            name: Some("custody gateway".into()),
+            record_id: None,
+        },
+        actor: caller.identity.chain().clone(),
+        target: custody_event::Target::default(),
+        outcome: custody_event::Outcome {
+            status: custody_event::OutcomeStatus::Denied,
+            reason: Some(clip(why, custody_event::MAX_TEXT_LEN)),
+            duration_ms: None,
+        },
+        attribution: None,
+        context: custody_event::Context::default(),
+        attributes,
+        raw: None,
+    };
+    let recorder = caller.recorder.clone();
+    tokio::spawn(async move {
+        if let Err(error) = recorder.record(std::slice::from_ref(&event)).await {
+            tracing::error!(%error, "a refused request could not be recorded");
+        }
+    });
 }
 
 /// A new session for `caller`, unless the gateway has as many as it keeps.
