@@ -324,6 +324,54 @@ fn server_everything_through_the_http_gateway_is_the_same_as_directly() {
     http_gateway_parity(&peers, "everything", &Upstream::Command(command), &gateway);
 }
 
+/// server-filesystem as a stdio upstream of the HTTP gateway, in each era
+/// against a directory of its own, compared with the server run directly
+/// against another.
+#[test]
+fn server_filesystem_through_the_http_gateway_is_the_same_as_directly() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for era in ERAS {
+        let (direct_dir, through_dir) = (
+            dir.path().join(format!("direct-{era}")),
+            dir.path().join(format!("through-{era}")),
+        );
+        std::fs::create_dir_all(&direct_dir).unwrap();
+        std::fs::create_dir_all(&through_dir).unwrap();
+        let gateway = http_gateway(
+            &dir.path().join(format!("gateway-{era}")),
+            &format!(
+                "command = {}",
+                toml_array(&peers.filesystem_command(&through_dir))
+            ),
+        );
+        let token = mint_agent_token(&gateway, "alice@example.com", "coder", "run-files");
+        let mut direct = Scenario::new(&peers, "filesystem", era);
+        direct.dir = Some(&direct_dir);
+        let mut through = Scenario::new(&peers, "filesystem", era);
+        through.dir = Some(&through_dir);
+        let [a, b] = both(
+            direct,
+            Upstream::Command(peers.filesystem_command(&direct_dir)),
+            through,
+            Upstream::Url {
+                url: format!("{}/mcp", gateway.url),
+                bearer: Some(token),
+            },
+        );
+        assert_same_transcript(
+            &a,
+            &b,
+            &format!("filesystem in the {era} era, through the HTTP gateway"),
+        );
+        let recorded = recorded_calls(&gateway);
+        assert!(
+            recorded.iter().any(|(tool, _, _)| tool == "write_file"),
+            "{recorded:?}"
+        );
+    }
+}
+
 #[test]
 fn a_modern_upstream_through_the_http_gateway_is_the_same_as_directly() {
     let Some(peers) = peers() else { return };

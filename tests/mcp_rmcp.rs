@@ -470,3 +470,49 @@ fn rmcp_probing_with_server_discover_reads_the_same_through_wrap() {
     );
     check_events(&server);
 }
+
+/// The scenario over streamable HTTP through the MCP gateway of `custody
+/// serve`, in front of server-everything as a stdio upstream (a child per
+/// session): the same transcript as directly; every call recorded with the
+/// agent token's chain, the upstream as server, in one gateway session.
+#[test]
+fn rmcp_reads_the_same_through_the_http_gateway() {
+    let Some(peers) = peers() else { return };
+    let direct = direct(&peers);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("custody.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\n[[gateway.upstreams]]\nname = \"everything\"\ncommand = [\"node\", {:?}, \"stdio\"]\n",
+            peers.server.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let token = mint_agent_token(&server, "alice@example.com", "coder", "run-7");
+    let through = scenario(Target::Http {
+        url: format!("{}/mcp", server.url),
+        bearer: Some(token),
+    })
+    .transcript;
+    check_transcript(&through);
+    assert_same(direct, &through, "through the HTTP gateway");
+    let calls = events(&server, "tool_call", 6);
+    assert_eq!(calls.len(), 6, "{calls:#?}");
+    let sessions: std::collections::BTreeSet<&str> = calls
+        .iter()
+        .map(|e| e["context"]["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert!(sessions.iter().all(|s| s.starts_with("gateway-")));
+    for call in &calls {
+        assert_eq!(call["target"]["server"], "everything");
+        assert_eq!(call["attribution"]["method"], "authenticated");
+        assert_eq!(call["actor"]["root"]["id"], "alice@example.com");
+        assert_eq!(call["actor"]["current"]["run_id"], "run-7");
+    }
+}
