@@ -21,6 +21,11 @@ pub struct Server {
     pub url: String,
     pub data_dir: PathBuf,
     pub token: String,
+    /// The OTLP/gRPC receiver's address (`127.0.0.1:PORT`), when started
+    /// with [`Server::start_with_otlp`].
+    pub otlp_grpc: Option<String>,
+    /// The OTLP/HTTP receiver's URL (`http://127.0.0.1:PORT`), likewise.
+    pub otlp_http: Option<String>,
 }
 
 impl Server {
@@ -44,6 +49,19 @@ impl Server {
         Server::attach(child, &format!("http://127.0.0.1:{port}"), data_dir)
     }
 
+    /// [`Server::start`] with the OTLP receivers on, each on a free
+    /// loopback port of its own (`custody()` turns them off otherwise).
+    pub fn start_with_otlp(data_dir: &Path, extra: &[&str]) -> Server {
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["--otlp-grpc-listen", &grpc, "--otlp-http-listen", &http];
+        args.extend_from_slice(extra);
+        let mut server = Server::start(data_dir, &args);
+        server.otlp_grpc = Some(grpc.clone());
+        server.otlp_http = Some(format!("http://{http}"));
+        server
+    }
+
     /// Takes charge of a `custody serve` spawned by the caller: waits until
     /// it answers on `url`, then reads the admin token from `data_dir`. The
     /// server is killed when the result is dropped, or if it never answers.
@@ -53,6 +71,8 @@ impl Server {
             url: url.to_owned(),
             data_dir: data_dir.to_owned(),
             token: String::new(),
+            otlp_grpc: None,
+            otlp_http: None,
         };
         wait_until_up(&mut server.child, url);
         server.token = std::fs::read_to_string(data_dir.join("admin.token"))
@@ -90,7 +110,11 @@ impl Drop for Server {
 }
 
 /// The `custody` binary, with none of the `CUSTODY_*` settings of the
-/// environment the tests run in, quiet logs and no stdin.
+/// environment the tests run in, quiet logs and no stdin. The OTLP
+/// receivers are off (`CUSTODY_OTLP_*_LISTEN=off`): by default `serve`
+/// takes the standard ports 4317 and 4318, which servers run in parallel
+/// cannot share. A test wanting them passes the flags, which win over the
+/// environment ([`Server::start_with_otlp`]), or removes the variables.
 pub fn custody() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_custody"));
     for (name, _) in std::env::vars_os() {
@@ -98,7 +122,11 @@ pub fn custody() -> Command {
             command.env_remove(name);
         }
     }
-    command.env("CUSTODY_LOG", "warn").stdin(Stdio::null());
+    command
+        .env("CUSTODY_LOG", "warn")
+        .env("CUSTODY_OTLP_GRPC_LISTEN", "off")
+        .env("CUSTODY_OTLP_HTTP_LISTEN", "off")
+        .stdin(Stdio::null());
     command
 }
 

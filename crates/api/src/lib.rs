@@ -1,5 +1,5 @@
-//! Custody's HTTP API: the JSON event collector, the OTLP/HTTP trace
-//! receiver, event queries, the OCSF export, the live stream, health and
+//! Custody's HTTP API: the JSON event collector, the OTLP trace receivers
+//! (HTTP and gRPC), event queries, the OCSF export, the live stream, health and
 //! metrics, all behind bearer tokens with roles.
 //!
 //! Only this crate knows HTTP. Handlers decode requests, check the caller's
@@ -13,6 +13,7 @@ mod delegate;
 mod error;
 mod gateway;
 mod graph;
+mod grpc;
 mod issuers;
 mod lineage;
 mod metrics;
@@ -175,10 +176,38 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The sockets a server answers on: the API's, and the OTLP receivers'
+/// own (the standard ports 4318 and 4317 by default), if enabled.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Every route of the API.
+    pub api: TcpListener,
+    /// OTLP/HTTP: `POST /v1/traces` only, as on the API's port.
+    pub otlp_http: Option<TcpListener>,
+    /// OTLP/gRPC: `opentelemetry.proto.collector.trace.v1.TraceService`.
+    pub otlp_grpc: Option<TcpListener>,
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then stops
 /// accepting and lets requests in flight finish.
 pub async fn serve(
     listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listeners = Listeners {
+        api: listener,
+        otlp_http: None,
+        otlp_grpc: None,
+    };
+    serve_all(listeners, state, shutdown).await
+}
+
+/// Serves the API and the OTLP receivers on `listeners` until `shutdown`
+/// resolves, then stops accepting on all of them and lets requests in
+/// flight finish.
+pub async fn serve_all(
+    listeners: Listeners,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -191,15 +220,59 @@ pub async fn serve(
             gateway.close();
         }
         // Live streams never end by themselves; tell them to, or graceful
-        // shutdown would wait for them forever.
+        // shutdown would wait for them forever. Every listener stops on it.
         stopping.send_replace(true);
+        Ok(())
     };
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    let stopped = |state: &AppState| {
+        let mut stopping = state.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }
+    };
+    let api = axum::serve(
+        listeners.api,
+        router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await
+    .with_graceful_shutdown(stopped(&state));
+    let otlp_http = async {
+        match listeners.otlp_http {
+            Some(listener) => {
+                axum::serve(
+                    listener,
+                    otlp_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stopped(&state))
+                .await
+            }
+            None => Ok(()),
+        }
+    };
+    let otlp_grpc = async {
+        match listeners.otlp_grpc {
+            Some(listener) => tonic::transport::Server::builder()
+                .add_service(grpc::TraceService::new(state.clone()))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stopped(&state),
+                )
+                .await
+                .map_err(std::io::Error::other),
+            None => Ok(()),
+        }
+    };
+    tokio::try_join!(shutdown, api.into_future(), otlp_http, otlp_grpc).map(|_| ())
+}
+
+/// The OTLP/HTTP receiver on a port of its own: `POST /v1/traces`, as on
+/// the API's port, and nothing else.
+pub fn otlp_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/traces", post(otlp::post_traces))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
 }
 
 /// Query parameters whose parse errors answer as every other error does:
@@ -255,32 +328,43 @@ impl FromRequestParts<AppState> for Caller {
         let authorization = parts
             .headers
             .get(header::AUTHORIZATION)
-            .map(|value| value.to_str());
-        let authorization = match authorization {
-            Some(Ok(value)) => Some(value),
-            Some(Err(_)) => {
-                return Err(ApiError::Unauthenticated(
-                    "the Authorization header is not text",
-                ));
-            }
-            None => None,
-        };
-        let secret = auth::bearer(authorization)?;
-        // An agent token, Custody's or a trusted issuer's, is a JWT, never
-        // an API token's `cst_` secret.
-        if let Some(delegation) = &state.delegation
-            && !secret.starts_with(TOKEN_PREFIX)
-            && secret.matches('.').count() == 2
-        {
-            return match delegation.accept(secret).await {
-                Ok(accepted) => Ok(Caller::agent(accepted)),
-                Err(error) => {
-                    let at = parts.uri.path().to_owned();
-                    delegate::record_refusal(state, &at, secret, &error.to_string()).await;
-                    Err(ApiError::AgentToken(error.to_string()))
-                }
-            };
-        }
-        auth::authenticate_secret(&state.store, secret)
+            .map(|value| value.to_str().map_err(|_| ()));
+        resolve_caller(state, authorization, parts.uri.path()).await
     }
+}
+
+/// The caller an `Authorization` value (`Some(Err(()))` when it is not
+/// text) stands for, whichever transport carried it: an API token, or an
+/// agent token of the delegation service or a trusted issuer. A refused
+/// agent token is recorded as a refusal at `at`.
+pub(crate) async fn resolve_caller(
+    state: &AppState,
+    authorization: Option<Result<&str, ()>>,
+    at: &str,
+) -> Result<Caller, ApiError> {
+    let authorization = match authorization {
+        Some(Ok(value)) => Some(value),
+        Some(Err(())) => {
+            return Err(ApiError::Unauthenticated(
+                "the Authorization header is not text",
+            ));
+        }
+        None => None,
+    };
+    let secret = auth::bearer(authorization)?;
+    // An agent token, Custody's or a trusted issuer's, is a JWT, never
+    // an API token's `cst_` secret.
+    if let Some(delegation) = &state.delegation
+        && !secret.starts_with(TOKEN_PREFIX)
+        && secret.matches('.').count() == 2
+    {
+        return match delegation.accept(secret).await {
+            Ok(accepted) => Ok(Caller::agent(accepted)),
+            Err(error) => {
+                delegate::record_refusal(state, at, secret, &error.to_string()).await;
+                Err(ApiError::AgentToken(error.to_string()))
+            }
+        };
+    }
+    auth::authenticate_secret(&state.store, secret)
 }

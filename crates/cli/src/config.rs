@@ -31,6 +31,15 @@ pub struct ServeArgs {
     /// Address the API listens on [default: 127.0.0.1:7070].
     #[arg(long, env = "CUSTODY_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Address the OTLP/gRPC trace receiver listens on, or `off`
+    /// [default: 127.0.0.1:4317, OTLP's standard port].
+    #[arg(long, env = "CUSTODY_OTLP_GRPC_LISTEN", value_parser = parse_listen)]
+    pub otlp_grpc_listen: Option<Listen>,
+    /// Address the OTLP/HTTP trace receiver (`POST /v1/traces`, also
+    /// served on the API's address) listens on, or `off`
+    /// [default: 127.0.0.1:4318, OTLP's standard port].
+    #[arg(long, env = "CUSTODY_OTLP_HTTP_LISTEN", value_parser = parse_listen)]
+    pub otlp_http_listen: Option<Listen>,
     /// `full` syncs every commit to disk, surviving power loss; `normal`
     /// survives a crash of the process but not of the machine [default: full].
     #[arg(long, env = "CUSTODY_DURABILITY", value_parser = parse_durability)]
@@ -77,6 +86,8 @@ pub struct ServeArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    otlp_grpc_listen: Option<String>,
+    otlp_http_listen: Option<String>,
     durability: Option<String>,
     queue_capacity: Option<usize>,
     max_body_bytes: Option<usize>,
@@ -205,6 +216,37 @@ pub enum KeysFrom {
     },
 }
 
+/// Where a listener listens, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// Not at all.
+    Off,
+    /// On this address.
+    At(SocketAddr),
+}
+
+impl Listen {
+    /// The address, unless off.
+    pub fn address(self) -> Option<SocketAddr> {
+        match self {
+            Listen::Off => None,
+            Listen::At(address) => Some(address),
+        }
+    }
+}
+
+/// OTLP/gRPC's standard address, on loopback.
+pub const DEFAULT_OTLP_GRPC: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    4317,
+));
+
+/// OTLP/HTTP's standard address, on loopback.
+pub const DEFAULT_OTLP_HTTP: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    4318,
+));
+
 /// The settings `custody serve` runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -212,6 +254,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Address the API listens on.
     pub listen: SocketAddr,
+    /// Address the OTLP/gRPC trace receiver listens on, if any.
+    pub otlp_grpc_listen: Option<SocketAddr>,
+    /// Address the OTLP/HTTP trace receiver listens on, if any.
+    pub otlp_http_listen: Option<SocketAddr>,
     /// How the store is opened.
     pub store: StoreOptions,
     /// Request limits.
@@ -248,6 +294,14 @@ impl Config {
             .map_err(|why| {
                 anyhow::anyhow!("{}: durability: {why}", display(args.config.as_deref()))
             })?;
+        let file_listen = |text: &Option<String>, key: &str| {
+            text.as_deref()
+                .map(parse_listen)
+                .transpose()
+                .map_err(|why| anyhow::anyhow!("{}: {key}: {why}", display(args.config.as_deref())))
+        };
+        let file_otlp_grpc = file_listen(&file.otlp_grpc_listen, "otlp_grpc_listen")?;
+        let file_otlp_http = file_listen(&file.otlp_http_listen, "otlp_http_listen")?;
         let issuers = trusted_issuers(file.issuers)
             .map_err(|why| anyhow::anyhow!("{}: {why}", display(args.config.as_deref())))?;
         let gateway = file.gateway.map(gateway).transpose().map_err(|why| {
@@ -280,6 +334,16 @@ impl Config {
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
+            otlp_grpc_listen: args
+                .otlp_grpc_listen
+                .or(file_otlp_grpc)
+                .unwrap_or(Listen::At(DEFAULT_OTLP_GRPC))
+                .address(),
+            otlp_http_listen: args
+                .otlp_http_listen
+                .or(file_otlp_http)
+                .unwrap_or(Listen::At(DEFAULT_OTLP_HTTP))
+                .address(),
             store,
             limits,
             public_url: args.public_url.or(file.public_url),
@@ -510,6 +574,17 @@ fn display(path: Option<&Path>) -> String {
         .unwrap_or_default()
 }
 
+/// `off`, or an address to listen on.
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(Listen::Off);
+    }
+    text.trim()
+        .parse()
+        .map(Listen::At)
+        .map_err(|why| format!("\"{text}\" is neither \"off\" nor an address: {why}"))
+}
+
 fn parse_durability(text: &str) -> Result<Durability, String> {
     match text {
         "full" => Ok(Durability::Full),
@@ -530,7 +605,8 @@ mod tests {
             &file,
             "data_dir = \"/var/lib/custody\"\nlisten = \"0.0.0.0:8080\"\ndurability = \"normal\"\n\
              pending_postings = 1000\nsensitive = [\"*payroll*\"]\ngraph = false\n\
-             sensitive_tags = [\"pii\"]\n",
+             sensitive_tags = [\"pii\"]\notlp_grpc_listen = \"off\"\n\
+             otlp_http_listen = \"0.0.0.0:14318\"\n",
         )
         .unwrap();
 
@@ -538,6 +614,10 @@ mod tests {
         assert_eq!(defaults.data_dir, PathBuf::from("./custody-data"));
         assert_eq!(defaults.listen.to_string(), "127.0.0.1:7070");
         assert_eq!(defaults.store.durability, Durability::Full);
+        assert_eq!(defaults.otlp_grpc_listen, Some(DEFAULT_OTLP_GRPC));
+        assert_eq!(defaults.otlp_http_listen, Some(DEFAULT_OTLP_HTTP));
+        assert_eq!(DEFAULT_OTLP_GRPC.to_string(), "127.0.0.1:4317");
+        assert_eq!(DEFAULT_OTLP_HTTP.to_string(), "127.0.0.1:4318");
 
         let from_file = Config::load(ServeArgs {
             config: Some(file.clone()),
@@ -551,6 +631,11 @@ mod tests {
         assert_eq!(from_file.sensitive, ["*payroll*"]);
         assert_eq!(from_file.sensitive_tags, ["pii"]);
         assert!(!from_file.graph);
+        assert_eq!(from_file.otlp_grpc_listen, None);
+        assert_eq!(
+            from_file.otlp_http_listen.unwrap().to_string(),
+            "0.0.0.0:14318"
+        );
         assert!(defaults.graph);
         assert_eq!(
             defaults.store.max_pending_postings,
@@ -562,12 +647,24 @@ mod tests {
             listen: Some("127.0.0.1:9000".parse().unwrap()),
             pending_postings: Some(50),
             sensitive: vec!["*secret*".into()],
+            otlp_grpc_listen: Some(parse_listen("127.0.0.1:14317").unwrap()),
+            otlp_http_listen: Some(parse_listen("OFF").unwrap()),
             ..Default::default()
         })
         .unwrap();
         assert_eq!(flagged.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(flagged.store.max_pending_postings, 50);
         assert_eq!(flagged.sensitive, ["*secret*"]);
+        assert_eq!(
+            flagged.otlp_grpc_listen.unwrap().to_string(),
+            "127.0.0.1:14317"
+        );
+        assert_eq!(flagged.otlp_http_listen, None);
+        assert!(
+            parse_listen("4317")
+                .unwrap_err()
+                .contains("neither \"off\"")
+        );
         assert_eq!(flagged.data_dir, PathBuf::from("/var/lib/custody"));
     }
 

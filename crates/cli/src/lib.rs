@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use config::{Config, ServeArgs};
+pub use config::{Config, Listen, ServeArgs};
 pub use replay::{Replayed, replay};
 
 /// Identity runtime attribution and containment for AI agents.

@@ -29,7 +29,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // anything in the data directory.
     let listener = TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("listening on {}", config.listen))?;
+        .with_context(|| format!("listening on {} (--listen)", config.listen))?;
+    let otlp_grpc = bind_otlp(config.otlp_grpc_listen, "OTLP/gRPC", "--otlp-grpc-listen").await?;
+    let otlp_http = bind_otlp(config.otlp_http_listen, "OTLP/HTTP", "--otlp-http-listen").await?;
     let _lock = lock_data_dir(&config.data_dir)?;
     let public_url = match &config.public_url {
         Some(url) => url.clone(),
@@ -75,6 +77,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         durability = ?config.store.durability,
         "custody is serving"
     );
+    for (listener, what) in [(&otlp_grpc, "OTLP/gRPC"), (&otlp_http, "OTLP/HTTP")] {
+        if let Some(listener) = listener {
+            tracing::info!(listen = %listener.local_addr()?, "receiving {what} traces");
+        }
+    }
     let delegation = delegation(&config.data_dir, &public_url)?.trusting(trusted);
     let mut state = AppState::new(engine, store.clone(), config.limits).with_delegation(delegation);
     if config.graph {
@@ -83,7 +90,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(gateway) = &config.gateway {
         state = with_gateway(state, gateway, &public_url, &config.issuers)?;
     }
-    custody_api::serve(listener, state, shutdown_signal())
+    let listeners = custody_api::Listeners {
+        api: listener,
+        otlp_http,
+        otlp_grpc,
+    };
+    custody_api::serve_all(listeners, state, shutdown_signal())
         .await
         .context("serving the API")?;
     tracing::info!("shutting down: committing queued events");
@@ -91,6 +103,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await?
         .context("closing the store")?;
     Ok(())
+}
+
+/// The listener of an OTLP receiver, unless it is off. A busy port stops
+/// the server, naming the flag that moves or disables the receiver.
+async fn bind_otlp(
+    address: Option<std::net::SocketAddr>,
+    what: &str,
+    flag: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    TcpListener::bind(address).await.map(Some).with_context(|| {
+        format!("listening on {address} for {what} ({flag}; `{flag} off` disables it)")
+    })
 }
 
 /// The state serving the MCP gateway too: its callers authenticated by the
