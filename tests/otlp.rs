@@ -1,6 +1,10 @@
-//! `POST /v1/traces` end to end: the real Python OpenTelemetry SDK exports
-//! an orchestrator agent's spans and its sub-agent's over OTLP/HTTP
-//! (protobuf) to a real `custody serve`, with an `ingest` token.
+//! The OTLP trace receivers end to end: the real Python OpenTelemetry SDK
+//! exports an orchestrator agent's spans and its sub-agent's to a real
+//! `custody serve`, with an `ingest` token, over OTLP/HTTP (protobuf,
+//! `POST /v1/traces` on the API's port and on the OTLP/HTTP port) and over
+//! OTLP/gRPC (gzip); a Rust gRPC client (tonic) checks the gRPC receiver's
+//! refusals, and the listeners' ports are checked to stop a server that
+//! cannot bind them.
 //!
 //! The SDK is installed by `tests/peers/install-otel.sh` (PyPI, into
 //! `target/otel-peers`), which the test runs itself when it is missing. A
@@ -13,8 +17,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Body, Server, call, call_ok, output_within};
+use common::{Body, Server, call, call_ok, custody, free_port, mint_agent_token, output_within};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use serde_json::{Value, json};
+use tonic::Code;
 
 /// Where `tests/peers/install-otel.sh` puts the SDK: `target/otel-peers`.
 fn peers_dir() -> PathBuf {
@@ -96,30 +104,32 @@ fn chain(event: &Value) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn the_opentelemetry_sdk_exports_an_agent_tree_over_otlp_http() {
-    let Some(python) = python() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
-    let token = ingest_token(&server);
-
+/// Runs `tests/peers/otel_agents.py`: the SDK exports the agent tree to
+/// `endpoint` over `protocol` (`http` or `grpc`); returns its trace id.
+fn sdk_export(python: &Path, endpoint: &str, token: &str, protocol: &str) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/otel_agents.py");
     let output = output_within(
-        Command::new(&python)
+        Command::new(python)
             .arg(&script)
-            .arg(format!("{}/v1/traces", server.url))
-            .arg(&token),
+            .arg(endpoint)
+            .arg(token)
+            .arg(protocol),
         common::COMMAND_TIMEOUT,
     );
     assert!(
         output.status.success(),
-        "{}",
+        "{protocol}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     let trace = String::from_utf8(output.stdout).unwrap().trim().to_owned();
     assert_eq!(trace.len(), 32, "{trace}");
+    trace
+}
 
-    let events = events_of(&server, &trace);
+/// The events of the agent tree the SDK exported as `trace`: the agents'
+/// spawns and their tool calls, each with its whole chain.
+fn assert_agent_tree(server: &Server, trace: &str) {
+    let events = events_of(server, trace);
     let summary: Vec<(String, String)> = events
         .iter()
         .map(|event| {
@@ -180,6 +190,40 @@ fn the_opentelemetry_sdk_exports_an_agent_tree_over_otlp_http() {
         find("agent-researcher")["context"]["session_id"],
         "conv-e2e"
     );
+}
+
+#[test]
+fn the_opentelemetry_sdk_exports_an_agent_tree_over_otlp_http() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let token = ingest_token(&server);
+    let trace = sdk_export(
+        &python,
+        &format!("{}/v1/traces", server.url),
+        &token,
+        "http",
+    );
+    assert_agent_tree(&server, &trace);
+}
+
+#[test]
+fn the_opentelemetry_sdk_exports_an_agent_tree_over_otlp_grpc_and_the_otlp_http_port() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_otlp(dir.path(), &[]);
+    let token = ingest_token(&server);
+
+    // OTLP/gRPC, gzip-compressed, on the gRPC listener.
+    let grpc = format!("http://{}", server.otlp_grpc.as_ref().unwrap());
+    let trace = sdk_export(&python, &grpc, &token, "grpc");
+    assert_agent_tree(&server, &trace);
+
+    // OTLP/HTTP on its own listener.
+    let http = format!("{}/v1/traces", server.otlp_http.as_ref().unwrap());
+    let again = sdk_export(&python, &http, &token, "http");
+    assert_ne!(again, trace);
+    assert_agent_tree(&server, &again);
 }
 
 #[test]
@@ -359,4 +403,203 @@ fn spans_exported_before_their_parent_are_linked_when_it_arrives() {
         ["human:alice@example.com", "agent:orchestrator"]
     );
     assert_eq!(spawn["target"]["principal"]["id"], "researcher");
+}
+
+/// A trace request with one tool call span and one span that cannot be
+/// mapped (its span id is too short), as OTLP/JSON.
+fn one_good_one_bad(trace: &str) -> ExportTraceServiceRequest {
+    serde_json::from_value(json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "grpc-agent"}}]},
+        "scopeSpans": [{"spans": [
+            {"traceId": trace, "spanId": "eee19b7ec3c1b174", "name": "execute_tool grep",
+             "startTimeUnixNano": "1790000000000000000", "endTimeUnixNano": "1790000000100000000",
+             "attributes": [{"key": "gen_ai.tool.name", "value": {"stringValue": "grep"}},
+                            {"key": "user.id", "value": {"stringValue": "bob"}}]},
+            {"traceId": trace, "spanId": "ee", "name": "broken"}
+        ]}]
+    }]}))
+    .unwrap()
+}
+
+/// A message on the wire where `ExportTraceServiceRequest.resource_spans`
+/// (field 1) holds bytes that are no `ResourceSpans`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotOtlp {
+    #[prost(bytes = "vec", tag = "1")]
+    resource_spans: Vec<u8>,
+}
+
+/// Calls `TraceService/Export` at `address` with `message`, gzip-compressed,
+/// `token` as the bearer (none if empty), as a gRPC client does.
+async fn grpc_export<M: prost::Message + Send + 'static>(
+    address: &str,
+    token: &str,
+    message: M,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connecting to the gRPC listener");
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(message);
+    if !token.is_empty() {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    let codec = tonic_prost::ProstCodec::<M, ExportTraceServiceResponse>::default();
+    grpc.unary(request, path, codec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[test]
+fn otlp_grpc_answers_and_refuses_with_grpc_status_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with_otlp(dir.path(), &[]);
+    let address = server.otlp_grpc.clone().unwrap();
+    let token = ingest_token(&server);
+    let viewer = server.cli(&["token", "create", "--role", "viewer", "--name", "v"]);
+    let viewer = String::from_utf8(viewer.stdout).unwrap().trim().to_owned();
+    let agent = mint_agent_token(&server, "carol@example.com", "grpc-bot", "run-g");
+    let trace = "6c8efff798038103d269b633813fc60c";
+    let agent_trace = "7d8efff798038103d269b633813fc60c";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    runtime.block_on(async {
+        // An ingest token: the good span stored, the bad one counted and
+        // named, as over HTTP.
+        let answer = grpc_export(&address, &token, one_good_one_bad(trace))
+            .await
+            .expect("an ingest token may export");
+        let partial = answer.partial_success.expect("a partial success");
+        assert_eq!(partial.rejected_spans, 1);
+        assert!(partial.error_message.contains("span 1"), "{partial:?}");
+
+        // An agent token is accepted as over HTTP.
+        grpc_export(&address, &agent, one_good_one_bad(agent_trace))
+            .await
+            .expect("an agent token may export its own spans");
+
+        // No token, a token that is no token, a forged agent token.
+        for bad in ["", "cst_nothing", "e30.e30.c2ln"] {
+            let refused = grpc_export(&address, bad, one_good_one_bad(trace))
+                .await
+                .unwrap_err();
+            assert_eq!(
+                refused.code(),
+                Code::Unauthenticated,
+                "{bad:?}: {refused:?}"
+            );
+        }
+        // A viewer may read, not export.
+        let refused = grpc_export(&address, &viewer, one_good_one_bad(trace))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("viewer"), "{refused:?}");
+        // Bytes that are not OTLP.
+        let garbage = NotOtlp {
+            resource_spans: vec![0xff, 0xff, 0xff],
+        };
+        let refused = grpc_export(&address, &token, garbage).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    });
+
+    let events = events_of(&server, trace);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["kind"], "tool_call");
+    assert_eq!(events[0]["actor"]["current"]["id"], "bob");
+    assert_eq!(events[0]["source"]["name"], "grpc-agent");
+    assert_eq!(events_of(&server, agent_trace).len(), 1);
+
+    // The OTLP/HTTP listener serves `/v1/traces`, with the same
+    // authentication, and nothing else.
+    let otlp_http = server.otlp_http.clone().unwrap();
+    let admin = server.token.clone();
+    let (refused, elsewhere) = runtime.block_on(async move {
+        let http = reqwest::Client::new();
+        let refused = http
+            .post(format!("{otlp_http}/v1/traces"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let elsewhere = http
+            .get(format!("{otlp_http}/v1/events"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        (refused, elsewhere)
+    });
+    assert_eq!(refused, 401);
+    assert_eq!(elsewhere, 404);
+}
+
+/// Runs `custody serve` on a free API port and a fresh data directory with
+/// `configure` applied; returns its stderr, failing unless it exits with 1
+/// without creating the data directory.
+fn serve_fails(configure: impl FnOnce(&mut Command)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut command = custody();
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(&data);
+    configure(&mut command);
+    let output = output_within(&mut command, common::COMMAND_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!data.exists(), "a store was created: {stderr}");
+    stderr
+}
+
+#[test]
+fn a_busy_otlp_port_stops_the_server_naming_the_flag() {
+    // A second server on the ports a first one holds.
+    let dir = tempfile::tempdir().unwrap();
+    let first = Server::start_with_otlp(dir.path(), &[]);
+    let grpc = first.otlp_grpc.clone().unwrap();
+    let stderr = serve_fails(|c| _ = c.args(["--otlp-grpc-listen", &grpc]));
+    assert!(
+        stderr.contains(&format!("listening on {grpc} for OTLP/gRPC"))
+            && stderr.contains("--otlp-grpc-listen off"),
+        "{stderr}"
+    );
+    let http = first.otlp_http.clone().unwrap().replace("http://", "");
+    let stderr = serve_fails(|c| _ = c.args(["--otlp-http-listen", &http]));
+    assert!(
+        stderr.contains(&format!("listening on {http} for OTLP/HTTP"))
+            && stderr.contains("--otlp-http-listen off"),
+        "{stderr}"
+    );
+    assert!(common::answers(&first.url));
+
+    // By default the receivers take the standard ports. Whether this test
+    // holds them or another program does, `serve` cannot bind them: the
+    // test never needs them to be free.
+    let _held = std::net::TcpListener::bind("127.0.0.1:4317");
+    let stderr = serve_fails(|c| _ = c.env_remove("CUSTODY_OTLP_GRPC_LISTEN"));
+    assert!(
+        stderr.contains("listening on 127.0.0.1:4317 for OTLP/gRPC (--otlp-grpc-listen"),
+        "{stderr}"
+    );
+    let _held = std::net::TcpListener::bind("127.0.0.1:4318");
+    let stderr = serve_fails(|c| _ = c.env_remove("CUSTODY_OTLP_HTTP_LISTEN"));
+    assert!(
+        stderr.contains("listening on 127.0.0.1:4318 for OTLP/HTTP (--otlp-http-listen"),
+        "{stderr}"
+    );
 }

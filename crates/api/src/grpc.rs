@@ -189,14 +189,26 @@ pub(crate) fn status(error: ApiError) -> Status {
     }
     match error {
         // OTLP: RESOURCE_EXHAUSTED is retried only when the server says
-        // when, with a RetryInfo.
+        // when, with a google.rpc.RetryInfo: in the status details, where
+        // the Go and Java exporters read it, and in the trailer
+        // `google.rpc.retryinfo-bin`, where the Python exporter does.
         ApiError::Busy {
             retry_after_secs, ..
-        } => Status::with_error_details(
-            code,
-            error.to_string(),
-            ErrorDetails::with_retry_info(Some(Duration::from_secs(retry_after_secs))),
-        ),
+        } => {
+            let delay = Duration::from_secs(retry_after_secs);
+            let info = tonic_types::pb::RetryInfo::from(tonic_types::RetryInfo::new(Some(delay)));
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert_bin(
+                "google.rpc.retryinfo-bin",
+                tonic::metadata::MetadataValue::from_bytes(&info.encode_to_vec()),
+            );
+            Status::with_error_details_and_metadata(
+                code,
+                error.to_string(),
+                ErrorDetails::with_retry_info(Some(delay)),
+                metadata,
+            )
+        }
         error => Status::new(code, error.to_string()),
     }
 }
@@ -215,6 +227,14 @@ mod tests {
         let details = status.get_error_details();
         let retry = details.retry_info().expect("a RetryInfo");
         assert_eq!(retry.retry_delay, Some(Duration::from_secs(2)));
+        let trailer = status
+            .metadata()
+            .get_bin("google.rpc.retryinfo-bin")
+            .expect("the Python exporter's trailer")
+            .to_bytes()
+            .unwrap();
+        let info = tonic_types::pb::RetryInfo::decode(trailer.as_ref()).unwrap();
+        assert_eq!(info.retry_delay.unwrap().seconds, 2);
         assert_eq!(
             super::status(ApiError::Unavailable).code(),
             Code::Unavailable
