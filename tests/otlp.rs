@@ -463,7 +463,7 @@ async fn grpc_export<M: prost::Message + Send + 'static>(
 #[test]
 fn otlp_grpc_answers_and_refuses_with_grpc_status_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_with_otlp(dir.path(), &[]);
+    let server = Server::start_with_otlp(dir.path(), &["--max-body-bytes", "65536"]);
     let address = server.otlp_grpc.clone().unwrap();
     let token = ingest_token(&server);
     let viewer = server.cli(&["token", "create", "--role", "viewer", "--name", "v"]);
@@ -511,6 +511,18 @@ fn otlp_grpc_answers_and_refuses_with_grpc_status_codes() {
         };
         let refused = grpc_export(&address, &token, garbage).await.unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        // Over the body limit once decompressed (it is sent gzipped).
+        let mut large = one_good_one_bad(trace);
+        large.resource_spans[0].scope_spans[0].spans[0].name = "x".repeat(100_000);
+        let refused = grpc_export(&address, &token, large).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(refused.message().contains("65536"), "{refused:?}");
+        assert!(
+            refused
+                .metadata()
+                .get_bin("google.rpc.retryinfo-bin")
+                .is_none()
+        );
     });
 
     let events = events_of(&server, trace);
