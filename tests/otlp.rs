@@ -615,3 +615,65 @@ fn a_busy_otlp_port_stops_the_server_naming_the_flag() {
         "{stderr}"
     );
 }
+
+/// `google.rpc.RetryInfo`, as the trailer `google.rpc.retryinfo-bin`
+/// carries it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<Delay>,
+}
+
+/// `google.protobuf.Duration`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Delay {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
+#[test]
+fn a_full_queue_is_resource_exhausted_over_grpc_with_when_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    // A queue of one event: a request arriving while another's events wait
+    // for their commit finds it full.
+    let server = Server::start_with_otlp(dir.path(), &["--queue-capacity", "1"]);
+    let address = server.otlp_grpc.clone().unwrap();
+    let token = ingest_token(&server);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let busy = runtime.block_on(async {
+        for round in 0..50u32 {
+            let exports: Vec<_> = (0..16u32)
+                .map(|i| {
+                    let (address, token) = (address.clone(), token.clone());
+                    let trace = format!("{:016x}{:016x}", round + 1, i + 1);
+                    tokio::spawn(async move {
+                        grpc_export(&address, &token, one_good_one_bad(&trace)).await
+                    })
+                })
+                .collect();
+            for export in exports {
+                if let Err(status) = export.await.unwrap()
+                    && status.code() == Code::ResourceExhausted
+                {
+                    return Some(status);
+                }
+            }
+        }
+        None
+    });
+    let busy = busy.expect("a full queue within 50 rounds of 16 concurrent exports");
+    assert!(busy.message().contains("queue is full"), "{busy:?}");
+    // The exporters' cue to retry, and when: in the status details (Go,
+    // Java) and in the trailer the Python exporter reads.
+    assert!(!busy.details().is_empty(), "{busy:?}");
+    let trailer = busy
+        .metadata()
+        .get_bin("google.rpc.retryinfo-bin")
+        .expect("a RetryInfo trailer")
+        .to_bytes()
+        .unwrap();
+    let info = <RetryInfo as prost::Message>::decode(trailer.as_ref()).unwrap();
+    assert_eq!(info.retry_delay.unwrap().seconds, 1);
+}
