@@ -252,7 +252,7 @@ fn check_events(server: &Server) -> (Vec<Value>, Vec<Value>) {
                 "tools/call",
                 "trigger-long-running-operation",
                 "failure",
-                "cancelled by the client"
+                "cancelled by the client: the rmcp scenario cancels it"
             ]),
             json!(["tools/call", "get-sum", "success", null]),
         ],

@@ -559,7 +559,13 @@ impl Session {
                             timer.abort();
                         }
                         if let Some(call) = cancelled.call {
-                            let reason = "cancelled by the client".to_owned();
+                            let reason = params
+                                .and_then(|p| p.get("reason"))
+                                .and_then(Value::as_str)
+                                .map_or_else(
+                                    || "cancelled by the client".to_owned(),
+                                    |why| format!("cancelled by the client: {}", clip(why, 512)),
+                                );
                             self.record(call, OutcomeStatus::Failure, Some(reason));
                         }
                     }
