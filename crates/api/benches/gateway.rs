@@ -58,6 +58,7 @@ async fn run(calls: usize, levels: &[usize]) {
     let upstream = serve_echo().await;
     let dir = tempfile::tempdir().expect("temporary directory");
     let (gateway, token, store) = serve_gateway(dir.path(), &upstream).await;
+    let proxy = serve_proxy(&upstream).await;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .tcp_nodelay(true)
@@ -69,35 +70,52 @@ async fn run(calls: usize, levels: &[usize]) {
         // direct and gateway measurements so that drift hits both.
         let direct_sessions = open_sessions(&http, &upstream, None, concurrency).await;
         let gateway_sessions = open_sessions(&http, &gateway, Some(&token), concurrency).await;
+        let proxy_sessions = open_sessions(&http, &proxy, None, concurrency).await;
         measure(&http, &upstream, None, &direct_sessions, calls / 10).await;
         measure(&http, &gateway, Some(&token), &gateway_sessions, calls / 10).await;
+        measure(&http, &proxy, None, &proxy_sessions, calls / 10).await;
         let mut direct = Vec::new();
         let mut through = Vec::new();
+        let mut bare = Vec::new();
         for _ in 0..2 {
             direct.push(measure(&http, &upstream, None, &direct_sessions, calls / 2).await);
             through
                 .push(measure(&http, &gateway, Some(&token), &gateway_sessions, calls / 2).await);
+            bare.push(measure(&http, &proxy, None, &proxy_sessions, calls / 2).await);
         }
         let direct = Run::merge(direct);
         let through = Run::merge(through);
+        let bare = Run::merge(bare);
         println!("concurrency {concurrency}:");
         println!(
-            "  baseline  direct to the upstream:  {:>8.0} calls/s   latency p50 {:>7.1} µs, p99 {:>7.1} µs",
+            "  baseline  direct to the upstream:  {:>8.0} calls/s   latency p50 {:>7.1} µs, p99 {:>7.1} µs; CPU {:>5.1} µs/call",
             direct.rate(),
             direct.percentile(50.0),
-            direct.percentile(99.0)
+            direct.percentile(99.0),
+            direct.cpu_per_call()
         );
         println!(
-            "  measured  through the gateway:     {:>8.0} calls/s   latency p50 {:>7.1} µs, p99 {:>7.1} µs",
+            "  reference bare axum->reqwest proxy:{:>8.0} calls/s   latency p50 {:>7.1} µs, p99 {:>7.1} µs; CPU {:>5.1} µs/call ({:.0}% of direct's throughput)",
+            bare.rate(),
+            bare.percentile(50.0),
+            bare.percentile(99.0),
+            bare.cpu_per_call(),
+            100.0 * bare.rate() / direct.rate()
+        );
+        println!(
+            "  measured  through the gateway:     {:>8.0} calls/s   latency p50 {:>7.1} µs, p99 {:>7.1} µs; CPU {:>5.1} µs/call",
             through.rate(),
             through.percentile(50.0),
-            through.percentile(99.0)
+            through.percentile(99.0),
+            through.cpu_per_call()
         );
         println!(
-            "  added     p50 {:+.1} µs, p99 {:+.1} µs; throughput {:.0}% of direct",
+            "  added     p50 {:+.1} µs, p99 {:+.1} µs, CPU {:+.1} µs/call; throughput {:.0}% of direct, {:.0}% of the bare proxy",
             through.percentile(50.0) - direct.percentile(50.0),
             through.percentile(99.0) - direct.percentile(99.0),
-            100.0 * through.rate() / direct.rate()
+            through.cpu_per_call() - direct.cpu_per_call(),
+            100.0 * through.rate() / direct.rate(),
+            100.0 * through.rate() / bare.rate()
         );
     }
     // Every call through the gateway was recorded: wait for the store.
@@ -111,21 +129,39 @@ async fn run(calls: usize, levels: &[usize]) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("recorded  {stored} events for {expected} calls through the gateway");
+    let stats = store.stats();
+    println!(
+        "recorded  {stored} events for {expected} calls through the gateway, in {} commits",
+        stats.commits
+    );
 }
 
-/// One measurement: each call's latency, and the wall time of all.
+/// One measurement: each call's latency, the wall time of all, and the
+/// CPU time this process spent meanwhile (client, gateway, store and
+/// upstream together: less sensitive than throughput to what else the
+/// machine runs).
 struct Run {
     latencies: Vec<Duration>,
     wall: Duration,
+    cpu: Duration,
 }
 
 impl Run {
     fn merge(runs: Vec<Run>) -> Run {
         let wall = runs.iter().map(|r| r.wall).sum();
+        let cpu = runs.iter().map(|r| r.cpu).sum();
         let mut latencies: Vec<Duration> = runs.into_iter().flat_map(|r| r.latencies).collect();
         latencies.sort_unstable();
-        Run { latencies, wall }
+        Run {
+            latencies,
+            wall,
+            cpu,
+        }
+    }
+
+    /// CPU time of the whole process per call, in microseconds.
+    fn cpu_per_call(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
     }
 
     fn rate(&self) -> f64 {
@@ -154,6 +190,7 @@ async fn measure(
     calls: usize,
 ) -> Run {
     let each = calls / sessions.len().max(1);
+    let cpu = cpu_time();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for session in sessions {
@@ -187,7 +224,21 @@ async fn measure(
     Run {
         latencies,
         wall: started.elapsed(),
+        cpu: cpu_time().saturating_sub(cpu),
     }
+}
+
+/// The CPU time of this process's threads so far (Linux; zero elsewhere).
+fn cpu_time() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
 }
 
 async fn post(
@@ -284,6 +335,69 @@ async fn serve_echo() -> String {
         "/mcp",
         axum::routing::post(mcp).get(|| async { StatusCode::METHOD_NOT_ALLOWED }),
     );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// A proxy with no Custody logic: each POST forwarded to `upstream` by a
+/// shared reqwest client, the session header passed both ways. What one
+/// more HTTP server and client hop costs on this machine, for reference.
+async fn serve_proxy(upstream: &str) -> String {
+    #[derive(Clone)]
+    struct Proxy {
+        client: reqwest::Client,
+        upstream: reqwest::Url,
+    }
+    async fn forward(
+        axum::extract::State(proxy): axum::extract::State<Proxy>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        let mut request = proxy
+            .client
+            .post(proxy.upstream.clone())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for name in ["mcp-session-id", "mcp-protocol-version"] {
+            if let Some(value) = headers.get(name) {
+                request = request.header(name, value);
+            }
+        }
+        let Ok(response) = request.body(body).send().await else {
+            return StatusCode::BAD_GATEWAY.into_response();
+        };
+        let status = response.status();
+        let session = response.headers().get("mcp-session-id").cloned();
+        let Ok(bytes) = response.bytes().await else {
+            return StatusCode::BAD_GATEWAY.into_response();
+        };
+        let mut answer = (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response();
+        if let Some(session) = session {
+            answer.headers_mut().insert("mcp-session-id", session);
+        }
+        answer
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
+    let proxy = Proxy {
+        client,
+        upstream: upstream.parse().expect("the upstream's URL"),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listening");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("address"));
+    let app = axum::Router::new()
+        .route("/mcp", axum::routing::post(forward))
+        .with_state(proxy);
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
 }

@@ -10,7 +10,7 @@
 //! server's request 1 never meet. A client may not reuse an id still in
 //! flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use custody_event::{
 };
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::approval::{Approval, Approvals, HeldCall};
@@ -172,6 +172,7 @@ impl Gateway {
             killed,
             killing: Arc::default(),
             closing: watch::Sender::new(false),
+            deadline_added: Notify::new(),
         };
         Gateway {
             session,
@@ -235,6 +236,7 @@ impl Gateway {
 
         let mut from_client = tokio::spawn(read_client(session.clone(), client_in));
         let mut from_server = tokio::spawn(read_server(session.clone(), server_out));
+        let timeouts = tokio::spawn(expire_late(session.clone()));
         let killed = async move {
             let reason = on_kill.wait_for(Option::is_some).await;
             reason
@@ -259,6 +261,7 @@ impl Gateway {
         };
         from_client.abort();
         from_server.abort();
+        timeouts.abort();
         // Calls still in flight (the client left before they were
         // answered) are recorded as failed, and held calls stop waiting.
         session.fail_in_flight(KILLED, "the session ended before the call was answered");
@@ -300,6 +303,9 @@ struct Session {
     killing: Arc<std::sync::OnceLock<String>>,
     /// Turns true when the session ends: held calls stop waiting.
     closing: watch::Sender<bool>,
+    /// Wakes the session's timer when a request is forwarded, so that it
+    /// sleeps until the earliest deadline.
+    deadline_added: Notify,
 }
 
 /// What is in flight, by direction, and what the session has seen.
@@ -316,6 +322,10 @@ struct State {
     /// Numbers the client's requests, so that a timer finds the request it
     /// was armed for and not a later one with the same id.
     admitted: u64,
+    /// The forwarded requests' deadlines, earliest first, with their
+    /// numbers and ids: one timer per session serves them all, rather
+    /// than a task per request.
+    deadlines: BTreeMap<(tokio::time::Instant, u64), Id>,
     /// The server's tools' definitions as first and last listed.
     catalog: Catalog,
 }
@@ -330,9 +340,10 @@ struct InFlight {
     /// A `tools/list` request: its answer is filtered and its tools'
     /// definitions noted.
     lists_tools: bool,
-    /// The timer failing the request if the server does not answer in
-    /// time, stopped when it does.
-    timer: Option<tokio::task::AbortHandle>,
+    /// When the request fails if the server has not answered it (once
+    /// forwarded): its key in `State::deadlines`, taken out when it is
+    /// answered.
+    deadline: Option<tokio::time::Instant>,
 }
 
 /// Why a request was not admitted.
@@ -506,9 +517,9 @@ impl Session {
     /// dropped.
     fn answered(&self, id: &Id) -> Option<InFlight> {
         let mut state = self.state();
-        if let Some(mut in_flight) = state.client.remove(id) {
-            if let Some(timer) = in_flight.timer.take() {
-                timer.abort();
+        if let Some(in_flight) = state.client.remove(id) {
+            if let Some(deadline) = in_flight.deadline {
+                state.deadlines.remove(&(deadline, in_flight.number));
             }
             return Some(in_flight);
         }
@@ -549,25 +560,28 @@ impl Session {
                 // answer that comes anyway is dropped, like a late one.
                 Some(false) => {
                     let cancelled = state.client.remove(&id);
+                    if let Some(InFlight {
+                        deadline: Some(deadline),
+                        number,
+                        ..
+                    }) = &cancelled
+                    {
+                        state.deadlines.remove(&(*deadline, *number));
+                    }
                     if state.expired.len() >= EXPIRED_KEPT {
                         state.expired.pop_front();
                     }
                     state.expired.push_back(id);
                     drop(state);
-                    if let Some(mut cancelled) = cancelled {
-                        if let Some(timer) = cancelled.timer.take() {
-                            timer.abort();
-                        }
-                        if let Some(call) = cancelled.call {
-                            let reason = params
-                                .and_then(|p| p.get("reason"))
-                                .and_then(Value::as_str)
-                                .map_or_else(
-                                    || "cancelled by the client".to_owned(),
-                                    |why| format!("cancelled by the client: {}", clip(why, 512)),
-                                );
-                            self.record(call, OutcomeStatus::Failure, Some(reason));
-                        }
+                    if let Some(call) = cancelled.and_then(|c| c.call) {
+                        let reason = params
+                            .and_then(|p| p.get("reason"))
+                            .and_then(Value::as_str)
+                            .map_or_else(
+                                || "cancelled by the client".to_owned(),
+                                |why| format!("cancelled by the client: {}", clip(why, 512)),
+                            );
+                        self.record(call, OutcomeStatus::Failure, Some(reason));
                     }
                 }
                 None => {}
@@ -624,7 +638,7 @@ impl Session {
                 held: false,
                 number,
                 lists_tools: request.method == "tools/list",
-                timer: None,
+                deadline: None,
             },
         );
         Ok(())
@@ -901,7 +915,11 @@ impl Session {
     /// Fails every client request in flight with `code`; their records say
     /// why.
     fn fail_in_flight(&self, code: i64, why: &str) {
-        let in_flight: Vec<(Id, InFlight)> = self.state().client.drain().collect();
+        let in_flight: Vec<(Id, InFlight)> = {
+            let mut state = self.state();
+            state.deadlines.clear();
+            state.client.drain().collect()
+        };
         let Some(to_client) = self.client_sender() else {
             return;
         };
@@ -915,35 +933,41 @@ impl Session {
         }
     }
 
-    /// Sends the request to the server and arms its timeout.
+    /// Sends the request to the server and arms its timeout (the
+    /// session's timer, `expire_late`, fails it if it is still in flight
+    /// then).
     async fn forward(self: &Arc<Self>, request: Request, call: Option<Call>) {
-        let number = match self.state().client.get_mut(&request.id) {
-            Some(in_flight) => {
-                in_flight.call = call;
-                in_flight.number
-            }
-            // Cancelled, or failed with the session, between its approval
-            // and here: recorded, never forwarded.
-            None => {
-                if let Some(call) = call {
-                    let reason = "ended before it was forwarded".to_owned();
-                    self.record(call, OutcomeStatus::Failure, Some(reason));
+        let deadline = tokio::time::Instant::now() + self.config.call_timeout;
+        let earliest = {
+            let mut state = self.state();
+            let State {
+                client, deadlines, ..
+            } = &mut *state;
+            match client.get_mut(&request.id) {
+                Some(in_flight) => {
+                    in_flight.call = call;
+                    in_flight.deadline = Some(deadline);
+                    deadlines.insert((deadline, in_flight.number), request.id.clone());
+                    deadlines
+                        .first_key_value()
+                        .is_some_and(|((first, number), _)| {
+                            *first == deadline && *number == in_flight.number
+                        })
                 }
-                return;
+                // Cancelled, or failed with the session, between its
+                // approval and here: recorded, never forwarded.
+                None => {
+                    drop(state);
+                    if let Some(call) = call {
+                        let reason = "ended before it was forwarded".to_owned();
+                        self.record(call, OutcomeStatus::Failure, Some(reason));
+                    }
+                    return;
+                }
             }
         };
-        let session = self.clone();
-        let mut closing = self.closing.subscribe();
-        let id = request.id.clone();
-        let timer = tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(session.config.call_timeout) => session.expire(&id, number).await,
-                // The session ended: what was in flight was failed then.
-                _ = closing.changed() => {}
-            }
-        });
-        if let Some(in_flight) = self.state().client.get_mut(&request.id) {
-            in_flight.timer = Some(timer.abort_handle());
+        if earliest {
+            self.deadline_added.notify_one();
         }
         self.send_server(request.canonical).await;
     }
@@ -1024,7 +1048,9 @@ impl Session {
                 Value::from(redact::digest(arguments)),
             );
             let kept = redact::redact(arguments);
-            let size = serde_json::to_vec(&kept).map(|v| v.len()).unwrap_or(0);
+            // Its size, serialized, counted without keeping the bytes.
+            let mut size = Counted(0);
+            let size = serde_json::to_writer(&mut size, &kept).map_or(0, |()| size.0);
             let kept = if size <= MAX_KEPT_ARGUMENTS {
                 kept
             } else {
@@ -1138,6 +1164,20 @@ fn error_text(error: &Value) -> String {
 }
 
 /// `text` cut to at most `max` bytes, at a character boundary.
+/// A sink counting the bytes written to it.
+struct Counted(usize);
+
+impl std::io::Write for Counted {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn clip(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
@@ -1279,6 +1319,45 @@ fn writer(mut out: impl AsyncWrite + Unpin + Send + 'static) -> (Lines, JoinHand
         let _ = out.shutdown().await;
     });
     (Lines::Queued { queue, room }, task)
+}
+
+/// The session's timer: sleeps until the earliest deadline of the
+/// requests forwarded, then fails those still unanswered (each on a task
+/// of its own, as telling the client and the server may wait for room).
+async fn expire_late(session: Arc<Session>) {
+    loop {
+        let earliest = session
+            .state()
+            .deadlines
+            .first_key_value()
+            .map(|((at, _), _)| *at);
+        match earliest {
+            None => session.deadline_added.notified().await,
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = session.deadline_added.notified() => continue,
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let due: Vec<(Id, u64)> = {
+            let mut state = session.state();
+            let mut due = Vec::new();
+            while let Some(entry) = state.deadlines.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let ((_, number), id) = entry.remove_entry();
+                due.push((id, number));
+            }
+            due
+        };
+        for (id, number) in due {
+            let session = session.clone();
+            tokio::spawn(async move { session.expire(&id, number).await });
+        }
+    }
 }
 
 async fn read_client(session: Arc<Session>, mut input: Incoming) {

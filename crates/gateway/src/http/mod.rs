@@ -832,9 +832,10 @@ async fn answer(
             "the session ended before answering",
         );
     };
-    if !batch && let Out::Answer(answer) = &first {
-        return json(answer.clone());
-    }
+    let first = match first {
+        Out::Answer(answer) if !batch => return json(answer),
+        other => other,
+    };
     if !streams {
         let mut collected = Vec::new();
         if let Out::Answer(answer) = first {

@@ -472,7 +472,10 @@ impl Mux {
                 .await;
         }
         if self.transparent {
-            return self.direct(0, request.id, request.canonical, stream).await;
+            let progress = progress_token(request.params.as_ref());
+            return self
+                .direct(0, request.id, request.canonical, progress, stream)
+                .await;
         }
         let method = request.method.as_str();
         if method == "ping" {
@@ -497,21 +500,29 @@ impl Mux {
         };
         match routed {
             Ok((index, params)) => {
+                // Routing renames the tool, prompt or reference only: the
+                // progress token is the request's.
+                let progress = progress_token(request.params.as_ref());
                 let line = match params {
                     Some(params) => with_params(&request, params),
                     None => request.canonical,
                 };
-                self.direct(index, request.id, line, stream).await;
+                self.direct(index, request.id, line, progress, stream).await;
             }
             Err((code, why)) => self.answer_now(stream, &request.id, code, &why).await,
         }
     }
 
-    /// Sends a request to one upstream; its answer goes to `stream`.
-    async fn direct(&self, index: usize, id: Id, line: Vec<u8>, stream: &Stream) {
-        let progress = serde_json::from_slice::<Value>(&line)
-            .ok()
-            .and_then(|m| progress_token(m.get("params")));
+    /// Sends a request to one upstream (`progress`: its progress token);
+    /// its answer goes to `stream`.
+    async fn direct(
+        &self,
+        index: usize,
+        id: Id,
+        line: Vec<u8>,
+        progress: Option<String>,
+        stream: &Stream,
+    ) {
         let Some(link) = self.links.get(index) else {
             return;
         };
@@ -765,6 +776,13 @@ impl Mux {
 
     /// A message from upstream `index`'s relay.
     async fn upstream_message(&self, index: usize, line: Vec<u8>) {
+        // Most are answers to one request: read only their id, without
+        // building the whole message, and pass them on as they came.
+        if let Some(id) = answer_id(&line)
+            && !self.state().fanouts.contains_key(&id)
+        {
+            return self.answer_waiter(id, line).await;
+        }
         let Ok(Value::Object(mut message)) = serde_json::from_slice::<Value>(&line) else {
             tracing::warn!("dropped an upstream message that is not a JSON object");
             return;
@@ -777,20 +795,7 @@ impl Mux {
                 if fanned {
                     return self.gathered(index, id, Value::Object(message)).await;
                 }
-                let waiter = {
-                    let mut state = self.state();
-                    let waiter = state.waiting.remove(&id);
-                    if let Some(token) = waiter.as_ref().and_then(|w| w.progress.as_ref()) {
-                        state.progress.remove(token);
-                    }
-                    waiter
-                };
-                match waiter {
-                    Some(waiter) => {
-                        let _ = waiter.stream.send(Out::Answer(line)).await;
-                    }
-                    None => tracing::warn!(%id, "dropped an answer no client request waits for"),
-                }
+                self.answer_waiter(id, line).await;
             }
             (true, Some(theirs)) => {
                 let (ours, expired) = self.note_server_request(index, &theirs);
@@ -824,6 +829,25 @@ impl Mux {
                 self.route(index, line, token);
             }
             (false, None) => tracing::warn!("dropped an upstream message without id or method"),
+        }
+    }
+
+    /// An upstream's answer to the client's request `id`, to the stream
+    /// waiting for it.
+    async fn answer_waiter(&self, id: Id, line: Vec<u8>) {
+        let waiter = {
+            let mut state = self.state();
+            let waiter = state.waiting.remove(&id);
+            if let Some(token) = waiter.as_ref().and_then(|w| w.progress.as_ref()) {
+                state.progress.remove(token);
+            }
+            waiter
+        };
+        match waiter {
+            Some(waiter) => {
+                let _ = waiter.stream.send(Out::Answer(line)).await;
+            }
+            None => tracing::warn!(%id, "dropped an answer no client request waits for"),
         }
     }
 
@@ -1141,6 +1165,36 @@ fn with_params(request: &Request, params: Value) -> Vec<u8> {
     serde_json::to_vec(&message).unwrap_or_else(|_| request.canonical.clone())
 }
 
+/// The id of a message that is an answer (an object with an `id` and no
+/// `method`), read without building the message; `None` for anything
+/// else, or anything this quick reading cannot settle (a key given twice,
+/// say), which is then read in full.
+fn answer_id(line: &[u8]) -> Option<Id> {
+    /// Present, whatever its value (`null` included).
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+        <Value as serde::Deserialize>::deserialize(d).map(Some)
+    }
+    fn present_any<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<()>, D::Error> {
+        <serde::de::IgnoredAny as serde::Deserialize>::deserialize(d).map(|_| Some(()))
+    }
+    #[derive(serde::Deserialize)]
+    struct Peek {
+        #[serde(default, deserialize_with = "present")]
+        id: Option<Value>,
+        #[serde(default, deserialize_with = "present_any")]
+        method: Option<()>,
+    }
+    // Only an object: a derived struct would also read an array.
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let peek: Peek = serde_json::from_slice(line).ok()?;
+    if peek.method.is_some() {
+        return None;
+    }
+    Id::from_value(&peek.id?)
+}
+
 fn progress_token(params: Option<&Value>) -> Option<String> {
     let token = params?.get("_meta")?.get("progressToken")?;
     Some(token.to_string())
@@ -1163,6 +1217,26 @@ fn decode_cursor(cursor: &str) -> Option<Vec<(usize, Option<String>)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_told_from_the_rest_by_their_id_and_no_method() {
+        let id = |line: &str| answer_id(line.as_bytes());
+        assert_eq!(
+            id(r#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#),
+            Id::from_value(&json!(7))
+        );
+        assert_eq!(id(r#" {"error":{},"id":"a"}"#), Id::from_value(&json!("a")));
+        // Requests, notifications, odd ids and anything unsure are read
+        // in full.
+        assert_eq!(id(r#"{"id":7,"method":"sampling/createMessage"}"#), None);
+        assert_eq!(id(r#"{"id":7,"method":null}"#), None);
+        assert_eq!(id(r#"{"method":"notifications/progress"}"#), None);
+        assert_eq!(id(r#"{"id":null,"result":{}}"#), None);
+        assert_eq!(id(r#"{"id":1.5,"result":{}}"#), None);
+        assert_eq!(id(r#"{"id":1,"id":2,"result":{}}"#), None);
+        assert_eq!(id(r#"[7,null]"#), None);
+        assert_eq!(id("not json"), None);
+    }
 
     #[test]
     fn cursors_name_the_upstreams_they_continue() {

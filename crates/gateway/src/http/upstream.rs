@@ -138,6 +138,9 @@ pub(crate) fn connect(
             let adapter = Adapter {
                 client: client.clone(),
                 url: url.clone(),
+                // Parsed once, not on every request; one that does not
+                // parse fails each request as it did.
+                endpoint: reqwest::Url::parse(url).ok(),
                 headers: headers.clone(),
                 session: Arc::new(Mutex::new(Upstream::default())),
                 max_message,
@@ -166,6 +169,7 @@ struct Upstream {
 struct Adapter {
     client: reqwest::Client,
     url: String,
+    endpoint: Option<reqwest::Url>,
     headers: Vec<(String, String)>,
     session: Arc<Mutex<Upstream>>,
     max_message: usize,
@@ -191,8 +195,7 @@ impl Adapter {
         let session = self.upstream().session_id.clone();
         if let Some(session) = session {
             let mut delete = self
-                .client
-                .delete(&self.url)
+                .to(reqwest::Method::DELETE)
                 .header("mcp-session-id", session);
             for (name, value) in &self.headers {
                 delete = delete.header(name, value);
@@ -202,23 +205,31 @@ impl Adapter {
         posts.shutdown().await;
     }
 
+    /// A request to the upstream's endpoint.
+    fn to(&self, method: reqwest::Method) -> reqwest::RequestBuilder {
+        match &self.endpoint {
+            Some(endpoint) => self.client.request(method, endpoint.clone()),
+            None => self.client.request(method, self.url.as_str()),
+        }
+    }
+
     fn upstream(&self) -> std::sync::MutexGuard<'_, Upstream> {
         self.session.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// POSTs one message and relays what comes back.
     async fn post(&self, message: Vec<u8>, lines: &mpsc::Sender<Vec<u8>>) {
-        let parsed: Option<Value> = serde_json::from_slice(&message).ok();
-        let method = parsed
-            .as_ref()
-            .and_then(|m| m.get("method"))
-            .and_then(Value::as_str);
-        let id = parsed.as_ref().and_then(|m| m.get("id")).cloned();
+        let Outgoing {
+            method,
+            id,
+            version,
+            name,
+        } = Outgoing::read(&message);
+        let method = method.as_deref();
         let is_request = method.is_some() && id.is_some();
         let initialize = method == Some("initialize");
         let mut request = self
-            .client
-            .post(&self.url)
+            .to(reqwest::Method::POST)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream");
         {
@@ -226,8 +237,7 @@ impl Adapter {
             if let Some(session) = &upstream.session_id {
                 request = request.header("mcp-session-id", session);
             }
-            let params = parsed.as_ref().and_then(|m| m.get("params"));
-            match headers::envelope_version(params) {
+            match version {
                 Some(version) => request = request.header(headers::PROTOCOL_VERSION, version),
                 None => {
                     if let Some(version) = &upstream.protocol_version {
@@ -237,10 +247,8 @@ impl Adapter {
             }
             if let Some(method) = method {
                 request = request.header(headers::METHOD, method);
-                if let Some(name) =
-                    headers::named_by(method).and_then(|member| params?.get(member)?.as_str())
-                {
-                    request = request.header(headers::NAME, headers::encode_value(name));
+                if let Some(name) = name {
+                    request = request.header(headers::NAME, headers::encode_value(&name));
                 }
             }
         }
@@ -403,8 +411,7 @@ impl Adapter {
                 return;
             };
             let mut request = self
-                .client
-                .get(&self.url)
+                .to(reqwest::Method::GET)
                 .header("accept", "text/event-stream")
                 .header("mcp-session-id", session);
             if let Some(version) = self.upstream().protocol_version.clone() {
@@ -430,6 +437,110 @@ impl Adapter {
     }
 }
 
+/// What the adapter reads of a message it forwards: its method and id,
+/// the protocol version of its envelope, and the name (or URI) the routing
+/// header carries.
+#[derive(Debug, Default, PartialEq)]
+struct Outgoing {
+    method: Option<String>,
+    /// Present (`null` included) when the message has an id.
+    id: Option<Value>,
+    version: Option<String>,
+    name: Option<String>,
+}
+
+impl Outgoing {
+    /// Read without building the message (its arguments are skipped)
+    /// when it is an object with one copy of each key read; otherwise in
+    /// full, as a JSON value, so both readings agree.
+    fn read(message: &[u8]) -> Outgoing {
+        let object = message.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+        if object && let Ok(peek) = serde_json::from_slice::<Peek>(message) {
+            let method = peek
+                .method
+                .as_ref()
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let params = match peek.params {
+                None => None,
+                Some(raw) if raw.get().starts_with('{') => {
+                    match serde_json::from_str::<PeekParams>(raw.get()) {
+                        Ok(params) => Some(params),
+                        Err(_) => return Outgoing::read_whole(message),
+                    }
+                }
+                // Not an object: nothing is read from it.
+                Some(_) => None,
+            };
+            let params = params.as_ref();
+            let version = params
+                .and_then(|p| p.meta.as_ref())
+                .and_then(|m| m.get(headers::PROTOCOL_VERSION_META))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let name = method
+                .as_deref()
+                .and_then(headers::named_by)
+                .and_then(|member| match member {
+                    "name" => params?.name.as_ref(),
+                    _ => params?.uri.as_ref(),
+                })
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            return Outgoing {
+                method,
+                id: peek.id,
+                version,
+                name,
+            };
+        }
+        Outgoing::read_whole(message)
+    }
+
+    fn read_whole(message: &[u8]) -> Outgoing {
+        let parsed: Option<Value> = serde_json::from_slice(message).ok();
+        let method = parsed
+            .as_ref()
+            .and_then(|m| m.get("method"))
+            .and_then(Value::as_str);
+        let params = parsed.as_ref().and_then(|m| m.get("params"));
+        Outgoing {
+            method: method.map(str::to_owned),
+            id: parsed.as_ref().and_then(|m| m.get("id")).cloned(),
+            version: headers::envelope_version(params).map(str::to_owned),
+            name: method
+                .and_then(headers::named_by)
+                .and_then(|member| params?.get(member)?.as_str())
+                .map(str::to_owned),
+        }
+    }
+}
+
+/// Present, whatever its value (`null` included).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+#[derive(serde::Deserialize)]
+struct Peek {
+    #[serde(default, deserialize_with = "present")]
+    method: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Value>,
+    #[serde(default)]
+    params: Option<Box<serde_json::value::RawValue>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekParams {
+    #[serde(default)]
+    name: Option<Value>,
+    #[serde(default)]
+    uri: Option<Value>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Value>,
+}
+
 async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
@@ -441,4 +552,35 @@ async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outgoing;
+
+    /// The quick reading agrees with reading the whole message, whatever
+    /// shape it has.
+    #[test]
+    fn outgoing_reads_as_the_whole_message_does() {
+        let messages = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"a":[1,{"b":2}]},"name":"echo"}}"#,
+            r#"{"id":null,"method":"resources/read","params":{"uri":"file:///x","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            r#"{"id":"a","method":"tools/call","params":{"name":"x","name":"y"}}"#,
+            r#"{"id":1,"id":2,"method":"ping"}"#,
+            r#"{"id":1,"method":"tools/call","params":["echo",1,2]}"#,
+            r#"{"id":1,"method":"tools/call","params":null}"#,
+            r#"{"method":7,"params":{"name":3}}"#,
+            r#"{"method":"notifications/initialized"}"#,
+            r#"["tools/call",1,{"name":"echo"}]"#,
+            r#" {"id":2,"method":"prompts/get","params":{"name":"caf\u00e9"}}"#,
+            "not json",
+        ];
+        for message in messages {
+            assert_eq!(
+                Outgoing::read(message.as_bytes()),
+                Outgoing::read_whole(message.as_bytes()),
+                "{message}"
+            );
+        }
+    }
 }
