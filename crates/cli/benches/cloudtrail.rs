@@ -18,7 +18,10 @@
 //! runtime, as in its own process) against the API served in-process (its
 //! own runtime of 2 workers): it covers reading, gunzipping, mapping,
 //! sending, the server's decoding, the engine's stages, group commit with
-//! fsync and every acknowledgement. Client and server share the cores.
+//! fsync and every acknowledgement. Client and server share the cores. A
+//! `client` line gives the client's own work alone (gunzip, mapping with
+//! `custody_import`, serializing the events it sends) on one thread, and the
+//! `cpu` line what the whole process spent during the import.
 //!
 //! Knobs: `CUSTODY_BENCH_DURABILITY=normal`, `CUSTODY_BENCH_ATTRIBUTE=
 //! attribution` (no graph, as `--no-graph`).
@@ -93,7 +96,10 @@ fn main() {
         "measured  custody ingest --format cloudtrail DIR, acknowledged durable: {rate:>9.0} records/s   (load {})",
         load()
     );
-    println!("ratio     ingest / 1-thread parse: {:.0}%", 100.0 * rate / one);
+    println!(
+        "ratio     ingest / 1-thread parse: {:.0}%",
+        100.0 * rate / one
+    );
 }
 
 fn load() -> String {
@@ -141,8 +147,7 @@ fn write_files(logs: &Path, records: usize, per_file: usize) -> Written {
         ));
         let body: Vec<Value> = (next..next + count).map(record).collect();
         let text = serde_json::to_vec(&json!({ "Records": body })).expect("serializing");
-        let mut encoder =
-            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         encoder.write_all(&text).expect("gzip");
         let gzipped = encoder.finish().expect("gzip");
         std::fs::write(&path, &gzipped).expect("writing a log file");
@@ -279,10 +284,12 @@ fn ingest(logs: &Path, dir: &Path, records: usize, durability: Durability, graph
     ])
     .expect("the command line");
     let cpu_before = thread_cpu();
+    let process_before = process_cpu();
     let started = Instant::now();
     let code = custody_cli::run(cli).expect("ingest");
     let elapsed = started.elapsed();
     let cpu = thread_cpu();
+    let process = process_cpu() - process_before;
     assert_eq!(code, ExitCode::SUCCESS, "every record is accepted");
     let mut spent: Vec<(String, f64)> = cpu
         .iter()
@@ -299,7 +306,11 @@ fn ingest(logs: &Path, dir: &Path, records: usize, durability: Durability, graph
         .iter()
         .map(|(name, seconds)| format!("{name} {:.0}%", 100.0 * seconds / elapsed.as_secs_f64()))
         .collect();
-    println!("cpu       during ingest, of one core: {}", spent.join(", "));
+    println!(
+        "cpu       during ingest, of one core: all {:.0}% (client and server); by thread still running: {}",
+        100.0 * process / elapsed.as_secs_f64(),
+        spent.join(", ")
+    );
     let _ = stop.send(());
     let _ = runtime.block_on(server);
     let stats = store.stats();
@@ -316,6 +327,24 @@ fn ingest(logs: &Path, dir: &Path, records: usize, durability: Durability, graph
     store.close().expect("closing the store");
     runtime.shutdown_timeout(Duration::from_secs(1));
     records as f64 / elapsed.as_secs_f64()
+}
+
+/// CPU seconds (user and system) of this process, its ended threads included.
+fn process_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// CPU seconds (user and system) by thread name, summed over threads of one
@@ -347,9 +376,7 @@ fn thread_cpu() -> std::collections::HashMap<String, f64> {
 
 const ACCOUNTS: [&str; 3] = ["111122223333", "444455556666", "777788889999"];
 const REGIONS: [&str; 4] = ["us-east-1", "us-west-2", "eu-west-1", "ap-southeast-2"];
-const USERS: [&str; 6] = [
-    "alice", "bob", "carol", "ci-deployer", "dan", "terraform",
-];
+const USERS: [&str; 6] = ["alice", "bob", "carol", "ci-deployer", "dan", "terraform"];
 const ROLES: [&str; 5] = [
     "deployer",
     "data-pipeline",
