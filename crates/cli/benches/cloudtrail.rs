@@ -450,7 +450,7 @@ fn record(i: usize) -> Value {
                     }
                 }
             });
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 identity["sessionContext"]["sourceIdentity"] =
                     json!(format!("agent-{}@example.com", i % 40));
             }
