@@ -92,8 +92,6 @@ const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6a0d_6a35_4f0c_4b8e_9a5
 struct Totals {
     sent: u64,
     rejected: u64,
-    skipped: u64,
-    files: u64,
 }
 
 pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
@@ -114,18 +112,51 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let mut totals = Totals::default();
-    for file in &files {
-        bar.set_message(file.display().to_string());
-        ingest_file(&client, file, &state_dir, &args, &bar, &mut totals).await?;
-        totals.files += 1;
+    // Files are read, checked and cut into batches on a thread of their own,
+    // a few batches ahead of the requests, so reading the next file overlaps
+    // the server's work on the last ones.
+    let (steps, mut prepared) = tokio::sync::mpsc::channel::<Step>(PREPARED_AHEAD);
+    let reader = {
+        let bar = bar.clone();
+        let options = ReadOptions {
+            state_dir,
+            batch: args.batch as usize,
+            format: args.format,
+            restart: args.restart,
+        };
+        tokio::task::spawn_blocking(move || read_files(&files, &options, &bar, &steps))
+    };
+    let mut upload = Upload {
+        client: &client,
+        files: VecDeque::new(),
+        pending: VecDeque::new(),
+        bar: &bar,
+        totals: Totals::default(),
+    };
+    let mut uploaded = Ok(());
+    while let Some(step) = prepared.recv().await {
+        uploaded = upload.step(step).await;
+        if uploaded.is_err() {
+            break;
+        }
     }
+    // Stops the reader at its next batch if sending failed.
+    drop(prepared);
+    let read = reader.await.context("the reading thread failed")?;
+    // Whatever was sent before a failure is still settled and recorded.
+    while uploaded.is_ok() && !upload.pending.is_empty() {
+        uploaded = upload.settle().await;
+    }
+    uploaded?;
+    let read = read?;
+    let totals = upload.totals;
     bar.finish_and_clear();
+    let rejected = totals.rejected + read.rejected;
     eprintln!(
-        "sent {} events from {} files; {} refused; {} skipped as already sent",
-        totals.sent, totals.files, totals.rejected, totals.skipped
+        "sent {} events from {} files; {rejected} refused; {} skipped as already sent",
+        totals.sent, read.files, read.skipped
     );
-    Ok(if totals.rejected > 0 {
+    Ok(if rejected > 0 {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
@@ -203,38 +234,75 @@ fn head_digest(file: &Path, size: u64) -> anyhow::Result<String> {
         .collect())
 }
 
-/// One batch on its way: the lines of its items, the last line done once it
-/// is acknowledged, its body (kept to send it again) and the request.
-struct Pending {
-    lines: Vec<usize>,
-    through: usize,
-    body: Vec<u8>,
-    request: JoinHandle<anyhow::Result<Result<serde_json::Value, Refusal>>>,
+/// What the reading thread hands to the sending side, in file order.
+enum Step {
+    /// A file starts; progress is recorded in `state_path`.
+    File {
+        file: PathBuf,
+        state_path: PathBuf,
+        progress: Progress,
+    },
+    /// A batch of the last file started: its NDJSON body, the line of each
+    /// event, and the last line done once it is acknowledged.
+    Batch {
+        body: Vec<u8>,
+        lines: Vec<usize>,
+        through: usize,
+    },
+    /// The last file started was read through `last_line`.
+    End { last_line: usize },
 }
 
-/// The sending of one file: batches in flight and what is recorded as done.
-struct Upload<'a> {
-    client: &'a Client,
-    file: &'a Path,
-    state_path: PathBuf,
-    progress: Progress,
-    pending: VecDeque<Pending>,
-    bar: &'a ProgressBar,
-    totals: &'a mut Totals,
+/// Batches prepared ahead of the requests.
+const PREPARED_AHEAD: usize = 8;
+
+/// How files are read.
+struct ReadOptions {
+    state_dir: PathBuf,
+    batch: usize,
+    format: Format,
+    restart: bool,
 }
 
-async fn ingest_file(
-    client: &Client,
-    file: &Path,
-    state_dir: &Path,
-    args: &IngestArgs,
+/// What the reading side counts.
+#[derive(Debug, Default)]
+struct ReadTotals {
+    rejected: u64,
+    skipped: u64,
+    files: u64,
+}
+
+/// Reads every file in order, reporting bad items, and hands their batches
+/// to the sending side through `steps`. Stops early when the sending side is
+/// gone.
+fn read_files(
+    files: &[PathBuf],
+    options: &ReadOptions,
     bar: &ProgressBar,
-    totals: &mut Totals,
-) -> anyhow::Result<()> {
+    steps: &tokio::sync::mpsc::Sender<Step>,
+) -> anyhow::Result<ReadTotals> {
+    let mut totals = ReadTotals::default();
+    for file in files {
+        if !read_file(file, options, bar, steps, &mut totals)? {
+            break;
+        }
+        totals.files += 1;
+    }
+    Ok(totals)
+}
+
+/// Reads one file; `false` when the sending side is gone.
+fn read_file(
+    file: &Path,
+    options: &ReadOptions,
+    bar: &ProgressBar,
+    steps: &tokio::sync::mpsc::Sender<Step>,
+    totals: &mut ReadTotals,
+) -> anyhow::Result<bool> {
     let canonical =
         std::fs::canonicalize(file).with_context(|| format!("resolving `{}`", file.display()))?;
     let size = std::fs::metadata(file)?.len();
-    let state_path = progress_path(state_dir, &canonical);
+    let state_path = progress_path(&options.state_dir, &canonical);
     let earlier: Option<Progress> = std::fs::read(&state_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -250,7 +318,7 @@ async fn ingest_file(
     let same_file = |p: &Progress| {
         p.size <= size && head_digest(file, p.size).is_ok_and(|digest| digest == p.head)
     };
-    if let Some(earlier) = earlier.filter(|p| !args.restart && same_file(p)) {
+    if let Some(earlier) = earlier.filter(|p| !options.restart && same_file(p)) {
         if earlier.complete && earlier.size == size {
             bar.suspend(|| {
                 eprintln!(
@@ -258,7 +326,7 @@ async fn ingest_file(
                     file.display()
                 )
             });
-            return Ok(());
+            return Ok(true);
         }
         progress.done_through = earlier.done_through;
         if progress.done_through > 0 {
@@ -271,25 +339,25 @@ async fn ingest_file(
             });
         }
     }
-
-    let mut upload = Upload {
-        client,
-        file,
+    let done_through = progress.done_through;
+    let send = |step: Step| steps.blocking_send(step).is_ok();
+    if !send(Step::File {
+        file: file.to_owned(),
         state_path,
         progress,
-        pending: VecDeque::new(),
-        bar,
-        totals,
-    };
+    }) {
+        return Ok(false);
+    }
+
     let mut batch: Vec<u8> = Vec::new();
     let mut lines: Vec<usize> = Vec::new();
-    let batch_size = args.batch as usize;
-    let mut items = Items::open(file, args.format)?;
+    let batch_size = options.batch;
+    let mut items = Items::open(file, options.format)?;
     while let Some(item) = items.next_item() {
         let (line, bytes) = match item {
             Ok(item) => item,
             Err(error) => {
-                upload.totals.rejected += 1;
+                totals.rejected += 1;
                 bar.suspend(|| eprintln!("{}: {error}", file.display()));
                 if items.stopped() {
                     break;
@@ -297,11 +365,11 @@ async fn ingest_file(
                 continue;
             }
         };
-        if line <= upload.progress.done_through {
-            upload.totals.skipped += 1;
+        if line <= done_through {
+            totals.skipped += 1;
             continue;
         }
-        let events = match args.format {
+        let events = match options.format {
             Format::Custody => vec![(line, prepare(&canonical, line, &bytes))],
             Format::Cloudtrail => prepare_records(&custody_import::CloudTrail, line, &bytes),
             Format::Okta => prepare_records(&custody_import::Okta, line, &bytes),
@@ -316,7 +384,7 @@ async fn ingest_file(
                     lines.push(at);
                 }
                 Err(error) => {
-                    upload.totals.rejected += 1;
+                    totals.rejected += 1;
                     bar.suspend(|| eprintln!("{}:{at}: {error}", file.display()));
                 }
             }
@@ -328,26 +396,61 @@ async fn ingest_file(
                 } else {
                     line.saturating_sub(1)
                 };
-                upload.send(
-                    std::mem::take(&mut batch),
-                    std::mem::take(&mut lines),
+                let step = Step::Batch {
+                    body: std::mem::take(&mut batch),
+                    lines: std::mem::take(&mut lines),
                     through,
-                );
-                if upload.pending.len() >= IN_FLIGHT {
-                    upload.settle().await?;
+                };
+                if !send(step) {
+                    return Ok(false);
                 }
             }
         }
     }
     if !lines.is_empty() {
-        upload.send(batch, lines, items.last_line);
+        let step = Step::Batch {
+            body: batch,
+            lines,
+            through: items.last_line,
+        };
+        if !send(step) {
+            return Ok(false);
+        }
     }
-    while !upload.pending.is_empty() {
-        upload.settle().await?;
-    }
-    upload.progress.complete = true;
-    upload.progress.done_through = upload.progress.done_through.max(items.last_line);
-    save_progress(&upload.state_path, &upload.progress)
+    Ok(send(Step::End {
+        last_line: items.last_line,
+    }))
+}
+
+/// One batch on its way: its file, the lines of its items, the last line
+/// done once it is acknowledged, its body (kept to send it again) and the
+/// request.
+struct Pending {
+    file: u64,
+    lines: Vec<usize>,
+    through: usize,
+    body: Vec<u8>,
+    request: JoinHandle<anyhow::Result<Result<serde_json::Value, Refusal>>>,
+}
+
+/// A file being sent: what is recorded as done, and, once it is read
+/// through, its last line.
+struct Sending {
+    number: u64,
+    file: PathBuf,
+    state_path: PathBuf,
+    progress: Progress,
+    read_through: Option<usize>,
+}
+
+/// The sending of files: batches in flight, across files, acknowledged in
+/// order, and what is recorded as done of each file.
+struct Upload<'a> {
+    client: &'a Client,
+    files: VecDeque<Sending>,
+    pending: VecDeque<Pending>,
+    bar: &'a ProgressBar,
+    totals: Totals,
 }
 
 /// Checks one item locally and gives it an id if it has none.
@@ -363,44 +466,88 @@ fn prepare(file: &Path, line: usize, bytes: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// The events of the `source` records in one item starting on `line`, each
-/// with the line its record starts on, or why it was refused.
-fn prepare_records<S: custody_import::Source>(
+/// with the line its record starts on, or why it was refused. Records are
+/// mapped and serialized on as many threads as there are cores.
+fn prepare_records<S: custody_import::Source + Sync>(
     source: &S,
     line: usize,
     bytes: &[u8],
 ) -> Vec<(usize, Result<Vec<u8>, String>)> {
-    let imported = custody_import::import(source, bytes, chrono::Utc::now());
+    // Asked once: the answer can cost reading the cgroup's files.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads =
+        *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let imported =
+        custody_import::import_parallel(source, bytes, chrono::Utc::now(), threads, |item| {
+            match item {
+                Ok((at, event)) => (
+                    line + at.line - 1,
+                    Ok(serde_json::to_vec(&event).unwrap_or_default()),
+                ),
+                Err(refused) => (line + refused.position.line - 1, Err(refused)),
+            }
+        });
     let several = imported.len() > 1;
     imported
         .into_iter()
-        .map(|item| match item {
-            Ok((at, event)) => (
-                line + at.line - 1,
-                Ok(serde_json::to_vec(&event).unwrap_or_default()),
-            ),
-            Err(refused) => {
-                let at = refused.position;
-                let error = if several {
-                    format!("record {}: {}", at.index, refused.error)
+        .map(|(at, event)| {
+            let event = event.map_err(|refused| {
+                if several {
+                    format!("record {}: {}", refused.position.index, refused.error)
                 } else {
                     refused.error.to_string()
-                };
-                (line + at.line - 1, Err(error))
-            }
+                }
+            });
+            (at, event)
         })
         .collect()
 }
 
 impl Upload<'_> {
-    /// Starts sending a batch.
-    fn send(&mut self, body: Vec<u8>, lines: Vec<usize>, through: usize) {
-        let request = self.request(body.clone());
-        self.pending.push_back(Pending {
-            lines,
-            through,
-            body,
-            request,
-        });
+    /// Takes one step of the reading side.
+    async fn step(&mut self, step: Step) -> anyhow::Result<()> {
+        match step {
+            Step::File {
+                file,
+                state_path,
+                progress,
+            } => {
+                let number = self.files.back().map_or(0, |f| f.number + 1);
+                self.bar.set_message(file.display().to_string());
+                self.files.push_back(Sending {
+                    number,
+                    file,
+                    state_path,
+                    progress,
+                    read_through: None,
+                });
+            }
+            Step::Batch {
+                body,
+                lines,
+                through,
+            } => {
+                let file = self.files.back().map_or(0, |f| f.number);
+                let request = self.request(body.clone());
+                self.pending.push_back(Pending {
+                    file,
+                    lines,
+                    through,
+                    body,
+                    request,
+                });
+                if self.pending.len() >= IN_FLIGHT {
+                    self.settle().await?;
+                }
+            }
+            Step::End { last_line } => {
+                if let Some(sending) = self.files.back_mut() {
+                    sending.read_through = Some(last_line);
+                }
+                self.complete_files()?;
+            }
+        }
+        Ok(())
     }
 
     fn request(
@@ -411,10 +558,33 @@ impl Upload<'_> {
         tokio::spawn(async move { client.post_events(body).await })
     }
 
+    /// Records as complete the files read through whose batches are all
+    /// acknowledged.
+    fn complete_files(&mut self) -> anyhow::Result<()> {
+        while let Some(sending) = self.files.front_mut() {
+            let Some(last_line) = sending.read_through else {
+                break;
+            };
+            if self
+                .pending
+                .front()
+                .is_some_and(|p| p.file == sending.number)
+            {
+                break;
+            }
+            sending.progress.complete = true;
+            sending.progress.done_through = sending.progress.done_through.max(last_line);
+            save_progress(&sending.state_path, &sending.progress)?;
+            self.files.pop_front();
+        }
+        Ok(())
+    }
+
     /// Waits for the oldest batch, retrying it while the server is busy or
     /// failing, then records its lines as done.
     async fn settle(&mut self) -> anyhow::Result<()> {
         let Some(Pending {
+            file: number,
             lines,
             through,
             body,
@@ -423,7 +593,10 @@ impl Upload<'_> {
         else {
             return Ok(());
         };
-        let file = self.file.display();
+        let Some(sending) = self.files.iter_mut().find(|f| f.number == number) else {
+            anyhow::bail!("a batch of no file was sent");
+        };
+        let file = sending.file.display();
         let mut failures = 0;
         let answer = loop {
             let failure = match (&mut request).await.context("a request task failed")? {
@@ -446,7 +619,9 @@ impl Upload<'_> {
             }
             // Ids are fixed, so a batch the server did store before failing
             // is not stored twice.
-            request = self.request(body.clone());
+            let client = self.client.clone();
+            let body = body.clone();
+            request = tokio::spawn(async move { client.post_events(body).await });
         };
         let errors = match &answer {
             Ok(answer) => {
@@ -458,9 +633,10 @@ impl Upload<'_> {
             Err(refusal) if refusal.body.get("rejected").is_some() => &refusal.body["rejected"],
             Err(refusal) => anyhow::bail!("{file}: {refusal}"),
         };
-        report_rejects(self.file, &lines, errors, self.bar, self.totals);
-        self.progress.done_through = self.progress.done_through.max(through);
-        save_progress(&self.state_path, &self.progress)
+        report_rejects(&sending.file, &lines, errors, self.bar, &mut self.totals);
+        sending.progress.done_through = sending.progress.done_through.max(through);
+        save_progress(&sending.state_path, &sending.progress)?;
+        self.complete_files()
     }
 }
 

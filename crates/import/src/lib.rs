@@ -41,6 +41,7 @@ pub use fields::Fields;
 pub use github::GitHub;
 pub use okta::Okta;
 pub use shape::Position;
+use shape::Split;
 
 /// Attribute set on an event whose record gave no readable time, so its
 /// `observed_at` is the time of the import.
@@ -117,6 +118,68 @@ pub fn import<S: Source>(source: &S, input: &[u8], imported_at: DateTime<Utc>) -
         .collect()
 }
 
+/// As [`import`], mapping the records on up to `threads` threads and passing
+/// each result through `then` on the thread that mapped it (a caller that
+/// serializes the events does it there too). Results keep the input's order.
+pub fn import_parallel<S, T, F>(
+    source: &S,
+    input: &[u8],
+    imported_at: DateTime<Utc>,
+    threads: usize,
+    then: F,
+) -> Vec<T>
+where
+    S: Source + Sync,
+    T: Send,
+    F: Fn(Imported) -> T + Sync,
+{
+    let records = shape::split(input, S::WRAPPER);
+    let one = |(position, record): Split<'_>| {
+        then(
+            record
+                .and_then(|record| import_one(source, record, imported_at))
+                .map(|event| (position, event))
+                .map_err(|error| RecordError { position, error }),
+        )
+    };
+    // Below a few hundred records a thread costs more than it saves.
+    let threads = threads.clamp(1, records.len() / 256 + 1);
+    if threads == 1 {
+        return records.into_iter().map(one).collect();
+    }
+    let size = records.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<Split<'_>>> = Vec::with_capacity(threads);
+    let mut rest = records.into_iter();
+    loop {
+        let chunk: Vec<Split<'_>> = rest.by_ref().take(size).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        chunks.push(chunk);
+    }
+    let one = &one;
+    std::thread::scope(|scope| {
+        let mut chunks = chunks.into_iter();
+        // The first chunk is mapped on this thread.
+        let first = chunks.next();
+        let others: Vec<_> = chunks
+            .map(|chunk| scope.spawn(move || chunk.into_iter().map(one).collect::<Vec<T>>()))
+            .collect();
+        let mut out: Vec<T> = first
+            .map(|chunk| chunk.into_iter().map(one).collect())
+            .unwrap_or_default();
+        for other in others {
+            match other.join() {
+                Ok(mapped) => out.extend(mapped),
+                // Mapping never panics (the crate's invariant); were it to,
+                // the panic goes on.
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
+}
+
 /// Maps one raw record and fills the parts of the event every source shares.
 fn import_one<S: Source>(
     source: &S,
@@ -156,4 +219,44 @@ fn import_one<S: Source>(
         FieldError::at("", format!("the record maps to an invalid event: {error}"))
     })?;
     Ok(event)
+}
+
+#[cfg(test)]
+mod parallel_tests {
+    use super::*;
+
+    #[test]
+    fn parallel_import_keeps_every_record_in_order() {
+        let record = |n: usize| {
+            if n == 700 {
+                // Refused: not an object.
+                "1".to_owned()
+            } else {
+                format!(
+                    r#"{{"eventName":"GetObject","eventSource":"s3.amazonaws.com","eventTime":"2026-11-25T10:00:00Z","eventID":"e{n}","userIdentity":{{"type":"IAMUser","arn":"arn:aws:iam::1:user/u{n}","accountId":"1"}}}}"#
+                )
+            }
+        };
+        let records: Vec<String> = (0..1000).map(record).collect();
+        let input = format!("{{\"Records\": [\n{}\n]}}", records.join(",\n"));
+        let now = Utc::now();
+        let show = |item: Imported| match item {
+            Ok((at, event)) => format!("{at:?} {}", serde_json::to_string(&event).unwrap()),
+            Err(error) => format!("error {error}"),
+        };
+        let one: Vec<String> = import(&CloudTrail, input.as_bytes(), now)
+            .into_iter()
+            .map(show)
+            .collect();
+        for threads in [1, 2, 3, 8] {
+            let many = import_parallel(&CloudTrail, input.as_bytes(), now, threads, show);
+            assert_eq!(many, one, "{threads} threads");
+        }
+        assert_eq!(one.len(), 1000);
+        assert!(
+            one[700].starts_with("error record 700 (line 702)"),
+            "{}",
+            one[700]
+        );
+    }
 }
