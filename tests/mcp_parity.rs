@@ -299,12 +299,17 @@ fn http_gateway_parity(peers: &Peers, name: &str, direct: &Upstream, gateway: &S
     assert!(!recorded.is_empty(), "the calls were recorded");
 }
 
-#[test]
-fn server_everything_through_the_http_gateway_is_the_same_as_directly() {
-    let Some(peers) = peers() else { return };
+/// The scenario `name` through the HTTP gateway in front of `upstream`
+/// (served over HTTP, compared with itself directly), then in front of
+/// `command` (a stdio child per session, compared with a child of the
+/// client's).
+fn through_the_http_gateway(
+    peers: &Peers,
+    name: &str,
+    upstream: &HttpUpstream,
+    command: Vec<String>,
+) {
     let dir = tempfile::tempdir().unwrap();
-    // An HTTP upstream, compared with itself directly.
-    let upstream = HttpUpstream::everything(&peers);
     let gateway = http_gateway(
         &dir.path().join("http"),
         &format!("url = {:?}", upstream.url),
@@ -313,15 +318,19 @@ fn server_everything_through_the_http_gateway_is_the_same_as_directly() {
         url: upstream.url.clone(),
         bearer: None,
     };
-    http_gateway_parity(&peers, "everything", &direct, &gateway);
-    // A stdio upstream (a child per session), compared with a child of
-    // the client's.
-    let command = peers.everything_command();
+    http_gateway_parity(peers, name, &direct, &gateway);
     let gateway = http_gateway(
         &dir.path().join("stdio"),
         &format!("command = {}", toml_array(&command)),
     );
-    http_gateway_parity(&peers, "everything", &Upstream::Command(command), &gateway);
+    http_gateway_parity(peers, name, &Upstream::Command(command), &gateway);
+}
+
+#[test]
+fn server_everything_through_the_http_gateway_is_the_same_as_directly() {
+    let Some(peers) = peers() else { return };
+    let upstream = HttpUpstream::everything(&peers);
+    through_the_http_gateway(&peers, "everything", &upstream, peers.everything_command());
 }
 
 /// server-filesystem as a stdio upstream of the HTTP gateway, in each era
@@ -375,23 +384,8 @@ fn server_filesystem_through_the_http_gateway_is_the_same_as_directly() {
 #[test]
 fn a_modern_upstream_through_the_http_gateway_is_the_same_as_directly() {
     let Some(peers) = peers() else { return };
-    let dir = tempfile::tempdir().unwrap();
     let upstream = HttpUpstream::modern(&peers);
-    let gateway = http_gateway(
-        &dir.path().join("http"),
-        &format!("url = {:?}", upstream.url),
-    );
-    let direct = Upstream::Url {
-        url: upstream.url.clone(),
-        bearer: None,
-    };
-    http_gateway_parity(&peers, "modern", &direct, &gateway);
-    let command = peers.modern_command();
-    let gateway = http_gateway(
-        &dir.path().join("stdio"),
-        &format!("command = {}", toml_array(&command)),
-    );
-    http_gateway_parity(&peers, "modern", &Upstream::Command(command), &gateway);
+    through_the_http_gateway(&peers, "modern", &upstream, peers.modern_command());
 }
 
 /// The conformance suite finds through the HTTP gateway what it finds
