@@ -1062,37 +1062,14 @@ impl Session {
     }
 
     fn base_event(&self, kind: EventKind, action: &str) -> NewEvent {
-        let mut attributes = std::collections::BTreeMap::new();
-        attributes.insert("mcp.method.name".into(), Value::from(clip(action, 1024)));
-        NewEvent {
-            version: None,
-            id: Some(EventId::new_v7()),
+        gateway_event(
             kind,
-            action: clip(action, custody_event::MAX_LABEL_LEN),
-            observed_at: Utc::now(),
-            received_at: None,
-            source: Source {
-                kind: SourceKind::Gateway,
-                name: Some(clip(
-                    &format!("{} {}", self.config.via, self.config.server),
-                    custody_event::MAX_ID_LEN,
-                )),
-                record_id: None,
-            },
-            actor: self.identity.chain().clone(),
-            target: Target {
-                server: Some(self.config.server.clone()),
-                ..Target::default()
-            },
-            outcome: outcome(OutcomeStatus::Unknown, None, None),
-            attribution: None,
-            context: Context {
-                session_id: Some(self.id.clone()),
-                ..Context::default()
-            },
-            attributes,
-            raw: None,
-        }
+            action,
+            &format!("{} {}", self.config.via, self.config.server),
+            self.identity.chain(),
+            Some(self.config.server.clone()),
+            Some(self.id.clone()),
+        )
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -1148,7 +1125,48 @@ fn target_name(request: &Request) -> Option<String> {
     request.name().or_else(|| request.uri()).map(str::to_owned)
 }
 
-fn outcome(status: OutcomeStatus, reason: Option<String>, took: Option<u64>) -> Outcome {
+/// An event of the gateway's, before its decision and outcome: `action` by
+/// `actor`, relayed by `source` (`custody wrap NAME`), to `server` in
+/// `session`.
+pub(crate) fn gateway_event(
+    kind: EventKind,
+    action: &str,
+    source: &str,
+    actor: &custody_event::Actor,
+    server: Option<String>,
+    session: Option<String>,
+) -> NewEvent {
+    let mut attributes = std::collections::BTreeMap::new();
+    attributes.insert("mcp.method.name".into(), Value::from(clip(action, 1024)));
+    NewEvent {
+        version: None,
+        id: Some(EventId::new_v7()),
+        kind,
+        action: clip(action, custody_event::MAX_LABEL_LEN),
+        observed_at: Utc::now(),
+        received_at: None,
+        source: Source {
+            kind: SourceKind::Gateway,
+            name: Some(clip(source, custody_event::MAX_ID_LEN)),
+            record_id: None,
+        },
+        actor: actor.clone(),
+        target: Target {
+            server,
+            ..Target::default()
+        },
+        outcome: outcome(OutcomeStatus::Unknown, None, None),
+        attribution: None,
+        context: Context {
+            session_id: session,
+            ..Context::default()
+        },
+        attributes,
+        raw: None,
+    }
+}
+
+pub(crate) fn outcome(status: OutcomeStatus, reason: Option<String>, took: Option<u64>) -> Outcome {
     Outcome {
         status,
         reason: reason.map(|r| clip(&r, custody_event::MAX_TEXT_LEN)),
@@ -1178,7 +1196,7 @@ impl std::io::Write for Counted {
     }
 }
 
-fn clip(text: &str, max: usize) -> String {
+pub(crate) fn clip(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;

@@ -47,7 +47,7 @@ use crate::decode::{self, ClientMessage};
 use crate::identity::Identity;
 use crate::outbox::Recorder;
 use crate::policy::ToolRules;
-use crate::relay::{Config, KILLED};
+use crate::relay::{self, Config, KILLED};
 use mux::{End, Mux, Out, Stream};
 
 /// The most messages in one batch.
@@ -699,42 +699,30 @@ async fn post(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body)
 /// theirs: kind `mcp_request`, outcome `denied`, the caller's chain.
 /// Recording happens off the request's path; a failure is logged.
 fn record_refusal(caller: &Caller, action: &str, method: &str, why: &str) {
-    let clip = |text: &str, max: usize| -> String {
-        let mut end = text.len().min(max);
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.get(..end).unwrap_or_default().to_owned()
-    };
-    let mut attributes = std::collections::BTreeMap::new();
-    if !method.is_empty() {
-        attributes.insert("mcp.method.name".into(), Value::from(clip(method, 1024)));
+    let mut event = relay::gateway_event(
+        custody_event::EventKind::McpRequest,
+        action,
+        "custody gateway",
+        caller.identity.chain(),
+        None,
+        None,
+    );
+    if method.is_empty() {
+        event.attributes.remove("mcp.method.name");
+    } else {
+        event.attributes.insert(
+            "mcp.method.name".into(),
+            Value::from(relay::clip(method, 1024)),
+        );
     }
-    attributes.insert("custody.verdict".into(), Value::from("deny"));
-    let event = custody_event::NewEvent {
-        version: None,
-        id: Some(custody_event::EventId::new_v7()),
-        kind: custody_event::EventKind::McpRequest,
-        action: action.to_owned(),
-        observed_at: chrono::Utc::now(),
-        received_at: None,
-        source: custody_event::Source {
-            kind: custody_event::SourceKind::Gateway,
-            name: Some("custody gateway".into()),
-            record_id: None,
-        },
-        actor: caller.identity.chain().clone(),
-        target: custody_event::Target::default(),
-        outcome: custody_event::Outcome {
-            status: custody_event::OutcomeStatus::Denied,
-            reason: Some(clip(why, custody_event::MAX_TEXT_LEN)),
-            duration_ms: None,
-        },
-        attribution: None,
-        context: custody_event::Context::default(),
-        attributes,
-        raw: None,
-    };
+    event
+        .attributes
+        .insert("custody.verdict".into(), Value::from("deny"));
+    event.outcome = relay::outcome(
+        custody_event::OutcomeStatus::Denied,
+        Some(why.to_owned()),
+        None,
+    );
     let recorder = caller.recorder.clone();
     tokio::spawn(async move {
         if let Err(error) = recorder.record(std::slice::from_ref(&event)).await {
@@ -772,14 +760,7 @@ fn open_session(shared: &Arc<Shared>, caller: Caller) -> Result<(String, Arc<Mux
         ));
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let event_session = format!("gateway-{}", custody_event::EventId::new_v7());
-    let mux = Mux::start(
-        shared,
-        caller.owner,
-        caller.identity,
-        caller.recorder,
-        event_session,
-    );
+    let mux = Mux::start(shared, caller);
     sessions.insert(id.clone(), mux.clone());
     Ok((id, mux))
 }
@@ -792,15 +773,8 @@ fn stateless_relays(shared: &Arc<Shared>, caller: Caller) -> Arc<Mux> {
     {
         return mux.clone();
     }
-    let event_session = format!("gateway-{}", custody_event::EventId::new_v7());
     let owner = caller.owner.clone();
-    let mux = Mux::start(
-        shared,
-        caller.owner,
-        caller.identity,
-        caller.recorder,
-        event_session,
-    );
+    let mux = Mux::start(shared, caller);
     stateless.insert(owner, mux.clone());
     mux
 }

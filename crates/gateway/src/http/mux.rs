@@ -37,7 +37,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::upstream;
-use super::{Shared, UpstreamConfig};
+use super::{Caller, Shared, UpstreamConfig};
 use crate::decode::{self, ClientMessage, Id, Request};
 use crate::identity::Identity;
 use crate::outbox::Recorder;
@@ -160,16 +160,28 @@ pub(crate) enum End {
     Closed(String),
 }
 
+impl End {
+    /// The JSON-RPC error a request of the ended session is answered with.
+    fn refusal(&self) -> (i64, String) {
+        match self {
+            End::Killed(why) => (KILLED, format!("custody ended the session: {why}")),
+            End::Closed(why) => (SERVER_GONE, format!("the session ended: {why}")),
+        }
+    }
+}
+
 impl Mux {
-    /// Starts a session for `identity`: a relay per upstream, each with its
-    /// own connection (a child per session for stdio upstreams).
-    pub(crate) fn start(
-        shared: &Arc<Shared>,
-        owner: String,
-        identity: Identity,
-        recorder: Arc<dyn Recorder>,
-        session_id: String,
-    ) -> Arc<Mux> {
+    /// Starts a session for `caller`: a relay per upstream, each with its
+    /// own connection (a child per session for stdio upstreams), its events
+    /// sharing a session id of their own (`gateway-<uuid>`, not the
+    /// `Mcp-Session-Id`, which is a credential of sorts).
+    pub(crate) fn start(shared: &Arc<Shared>, caller: Caller) -> Arc<Mux> {
+        let Caller {
+            owner,
+            identity,
+            recorder,
+        } = caller;
+        let session_id = format!("gateway-{}", custody_event::EventId::new_v7());
         let config = &shared.config;
         let mut links = Vec::new();
         let mut pipes = Vec::new();
@@ -332,10 +344,7 @@ impl Mux {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take();
         }
-        let (code, why) = match &end {
-            End::Killed(why) => (KILLED, format!("custody ended the session: {why}")),
-            End::Closed(why) => (SERVER_GONE, format!("the session ended: {why}")),
-        };
+        let (code, why) = end.refusal();
         let (waiting, fanouts) = {
             let mut state = self.state();
             state.general = None;
@@ -403,14 +412,9 @@ impl Mux {
             ClientMessage::Request(request) => {
                 match self.ended() {
                     None => self.request(request, stream).await,
-                    Some(End::Killed(why)) => {
-                        let why = format!("custody ended the session: {why}");
-                        self.answer_now(stream, &request.id, KILLED, &why).await;
-                    }
-                    Some(End::Closed(why)) => {
-                        let why = format!("the session ended: {why}");
-                        self.answer_now(stream, &request.id, SERVER_GONE, &why)
-                            .await;
+                    Some(end) => {
+                        let (code, why) = end.refusal();
+                        self.answer_now(stream, &request.id, code, &why).await;
                     }
                 }
                 1
@@ -552,6 +556,21 @@ impl Mux {
         }
     }
 
+    /// The upstream a listed tool or prompt name is for: the one whose
+    /// prefix it carries, with its own name there; else the upstream
+    /// without a prefix, with the name as it is.
+    fn owner_of<'n>(&self, name: &'n str) -> Option<(usize, Option<&'n str>)> {
+        self.links
+            .iter()
+            .enumerate()
+            .filter(|(_, link)| !link.prefix.is_empty())
+            .find_map(|(index, link)| Some((index, Some(name.strip_prefix(&link.prefix)?))))
+            .or_else(|| {
+                let index = self.links.iter().position(|l| l.prefix.is_empty())?;
+                Some((index, None))
+            })
+    }
+
     /// `tools/call` and `prompts/get`: the upstream whose prefix the name
     /// carries, and the params with the upstream's own name.
     fn by_name(&self, request: &Request) -> Result<(usize, Option<Value>), (i64, String)> {
@@ -563,20 +582,15 @@ impl Mux {
         let name = request
             .name()
             .ok_or_else(|| (INVALID_PARAMS, format!("the request names no {what}")))?;
-        for (index, link) in self.links.iter().enumerate() {
-            if link.prefix.is_empty() {
-                continue;
-            }
-            if let Some(own) = name.strip_prefix(&link.prefix) {
+        match self.owner_of(name) {
+            Some((index, Some(own))) => {
                 let mut params = request.params.clone().unwrap_or_else(|| json!({}));
                 if let Some(map) = params.as_object_mut() {
                     map.insert("name".into(), Value::from(own));
                 }
-                return Ok((index, Some(params)));
+                Ok((index, Some(params)))
             }
-        }
-        match self.links.iter().position(|l| l.prefix.is_empty()) {
-            Some(index) => Ok((index, None)),
+            Some((index, None)) => Ok((index, None)),
             None => Err((
                 INVALID_PARAMS,
                 format!("no upstream has the {what} `{name}`"),
@@ -619,19 +633,15 @@ impl Mux {
                     .and_then(|r| r.get("name"))
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                for (index, link) in self.links.iter().enumerate() {
-                    if let Some(own) = name.strip_prefix(&link.prefix)
-                        && !link.prefix.is_empty()
-                    {
+                match self.owner_of(name) {
+                    Some((index, Some(own))) => {
                         let mut params = request.params.clone().unwrap_or_default();
                         if let Some(r) = params.get_mut("ref").and_then(Value::as_object_mut) {
                             r.insert("name".into(), Value::from(own));
                         }
-                        return Ok((index, Some(params)));
+                        Ok((index, Some(params)))
                     }
-                }
-                match self.links.iter().position(|l| l.prefix.is_empty()) {
-                    Some(index) => Ok((index, None)),
+                    Some((index, None)) => Ok((index, None)),
                     None => Err((
                         INVALID_PARAMS,
                         format!("no upstream has the prompt `{name}`"),
@@ -733,39 +743,25 @@ impl Mux {
         }
         let line = serde_json::to_vec(&message).unwrap_or_default();
         if method == "notifications/cancelled" {
-            let id = params
+            let Some(id) = params
                 .as_ref()
                 .and_then(|p| p.get("requestId"))
-                .and_then(Id::from_value);
-            let targets: Vec<usize> = {
-                let state = self.state();
-                match id {
-                    Some(id) => match (state.waiting.get(&id), state.fanouts.get(&id)) {
-                        (Some(waiter), _) => vec![waiter.upstream],
-                        (None, Some(fanout)) => fanout.asked.clone(),
-                        (None, None) => Vec::new(),
-                    },
-                    None => Vec::new(),
-                }
+                .and_then(Id::from_value)
+            else {
+                return;
             };
+            // The client stopped waiting: its stream ends without an answer,
+            // and the upstreams it went to are told.
+            let targets: Vec<usize> =
+                match (self.take_waiter(&id), self.state().fanouts.remove(&id)) {
+                    (Some(waiter), _) => vec![waiter.upstream],
+                    (None, Some(fanout)) => fanout.asked,
+                    (None, None) => Vec::new(),
+                };
             for index in targets {
                 if let Some(link) = self.links.get(index) {
                     self.send(link, line.clone()).await;
                 }
-            }
-            // The client stopped waiting: its stream ends without an answer.
-            if let Some(id) = params
-                .as_ref()
-                .and_then(|p| p.get("requestId"))
-                .and_then(Id::from_value)
-            {
-                let mut state = self.state();
-                if let Some(waiter) = state.waiting.remove(&id)
-                    && let Some(token) = waiter.progress
-                {
-                    state.progress.remove(&token);
-                }
-                state.fanouts.remove(&id);
             }
             return;
         }
@@ -835,20 +831,22 @@ impl Mux {
     /// An upstream's answer to the client's request `id`, to the stream
     /// waiting for it.
     async fn answer_waiter(&self, id: Id, line: Vec<u8>) {
-        let waiter = {
-            let mut state = self.state();
-            let waiter = state.waiting.remove(&id);
-            if let Some(token) = waiter.as_ref().and_then(|w| w.progress.as_ref()) {
-                state.progress.remove(token);
-            }
-            waiter
-        };
-        match waiter {
+        match self.take_waiter(&id) {
             Some(waiter) => {
                 let _ = waiter.stream.send(Out::Answer(line)).await;
             }
             None => tracing::warn!(%id, "dropped an answer no client request waits for"),
         }
+    }
+
+    /// The request `id` no longer waited for, with its progress token.
+    fn take_waiter(&self, id: &Id) -> Option<Waiter> {
+        let mut state = self.state();
+        let waiter = state.waiting.remove(id)?;
+        if let Some(token) = &waiter.progress {
+            state.progress.remove(token);
+        }
+        Some(waiter)
     }
 
     /// Gives an upstream's request an id of the gateway's, unless the
