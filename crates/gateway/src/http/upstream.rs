@@ -295,7 +295,13 @@ impl Adapter {
             Err(why) => return fail(why).await,
         };
         // A JSON-RPC answer is relayed whatever the status (an upstream may
-        // answer a refused request with 400 and a JSON-RPC error).
+        // answer a refused request with 400 and a JSON-RPC error). The usual
+        // one, a single answer, goes on as it came: the relay reads it
+        // anyway, and building it here only to write it again is waste.
+        if !initialize && let Some(true) = answers_request(&body) {
+            let _ = lines.send(body).await;
+            return;
+        }
         let mut answered = false;
         if let Ok(value) = serde_json::from_slice::<Value>(&body) {
             let messages = match value {
@@ -539,6 +545,18 @@ struct PeekParams {
     meta: Option<Value>,
 }
 
+/// Whether `body` is one JSON object answering a request (an `id` with a
+/// `result` or an `error`), read without building its values; `None` when
+/// it cannot be read so (not one object, an escaped key).
+fn answers_request(body: &[u8]) -> Option<bool> {
+    let fields: std::collections::HashMap<&str, &serde_json::value::RawValue> =
+        serde_json::from_slice(body).ok()?;
+    Some(
+        fields.contains_key("id")
+            && (fields.contains_key("result") || fields.contains_key("error")),
+    )
+}
+
 async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
@@ -554,7 +572,34 @@ async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u
 
 #[cfg(test)]
 mod tests {
-    use super::Outgoing;
+    use super::{Outgoing, answers_request};
+
+    /// A single answer is recognised without being built; anything else
+    /// is left to the full reading.
+    #[test]
+    fn answers_are_recognised_as_they_came() {
+        let cases: [(&str, Option<bool>); 7] = [
+            (
+                r#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#,
+                Some(true),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700}}"#,
+                Some(true),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#,
+                Some(false),
+            ),
+            (r#"{"jsonrpc":"2.0","id":3}"#, Some(false)),
+            (r#"[{"jsonrpc":"2.0","id":3,"result":{}}]"#, None),
+            (r#"{"i\u0064":3,"result":{}}"#, None),
+            ("not json", None),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(answers_request(body.as_bytes()), expected, "{body}");
+        }
+    }
 
     /// The quick reading agrees with reading the whole message, whatever
     /// shape it has.
