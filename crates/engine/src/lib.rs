@@ -35,6 +35,6 @@ pub use decision::{Decision, Reason, ReasonSource, Verdict};
 pub use pipeline::{Engine, EngineBuilder, Evaluated, Ingested};
 pub use record::{Receipt, Record, RecordError, Reservation};
 pub use stages::{
-    Act, ActionRecord, Attribute, CUSTODY_EVIDENCE, Decide, Detect, Normalize, Provenance, Signal,
-    authenticate, recorded_by_custody,
+    Act, ActionRecord, Attribute, CUSTODY_EVIDENCE, Decide, Detect, FindingNote, Normalize,
+    Provenance, Signal, authenticate, recorded_by_custody,
 };

@@ -109,7 +109,7 @@ impl Engine {
         received_at: DateTime<Utc>,
         provenance: &Provenance,
     ) -> Decision {
-        self.judge(event, received_at, provenance, Acting::No)
+        self.judge(event, received_at, provenance, Acting::Preview)
             .decision
     }
 
@@ -201,11 +201,14 @@ impl Engine {
         let mut event = self.normalize.normalize(event, received_at);
         self.attribute.attribute(&mut event, provenance);
         let judged = catch_unwind(AssertUnwindSafe(|| {
-            let signals = self.detect.detect(&event);
+            let signals = match acting {
+                Acting::Preview => self.detect.peek(&event),
+                Acting::Yes | Acting::No => self.detect.detect(&event),
+            };
             let decision = self.decide.decide(&event, &signals);
             let actions = match acting {
                 Acting::Yes => self.act.act(&event, &decision),
-                Acting::No => Vec::new(),
+                Acting::No | Acting::Preview => Vec::new(),
             };
             (signals, decision, actions)
         }));
@@ -233,11 +236,14 @@ impl Engine {
     }
 }
 
-/// Whether the act stage carries out a decision: not for a preview.
+/// Whether the act stage carries out a decision, and whether detection
+/// counts the event: a preview does neither, and an event decided where it
+/// happened is counted but not acted on again.
 #[derive(Debug, Clone, Copy)]
 enum Acting {
     Yes,
     No,
+    Preview,
 }
 
 /// Builds an [`Engine`], replacing stages one by one.
@@ -368,10 +374,7 @@ mod tests {
 
     impl Detect for Trace {
         fn detect(&self, event: &RuntimeEvent) -> Vec<Signal> {
-            vec![Signal {
-                id: self.0.into(),
-                message: mark(event, self.0).join(","),
-            }]
+            vec![Signal::new(self.0, mark(event, self.0).join(","))]
         }
     }
 

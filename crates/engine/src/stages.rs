@@ -7,7 +7,9 @@
 //! the pipeline does today rather than hide an empty stage.
 
 use chrono::{DateTime, Utc};
-use custody_event::{Actor, AttributionMethod, EventId, Evidence, NewEvent, RuntimeEvent};
+use custody_event::{
+    Actor, AttributionMethod, EventId, Evidence, Finding, FindingId, NewEvent, RuntimeEvent,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::decision::Decision;
@@ -52,8 +54,16 @@ pub trait Attribute: Send + Sync {
 
 /// Finds what is suspicious about an event.
 pub trait Detect: Send + Sync {
-    /// The signals the event raises.
+    /// The signals the event raises. Stateful detections (correlations,
+    /// baselines, counters) count the event.
     fn detect(&self, event: &RuntimeEvent) -> Vec<Signal>;
+
+    /// The signals the event would raise, counting nothing: for a preview
+    /// of a call that may never happen. Stateless detections need not
+    /// override it.
+    fn peek(&self, event: &RuntimeEvent) -> Vec<Signal> {
+        self.detect(event)
+    }
 }
 
 /// Decides what to do with an event.
@@ -69,12 +79,38 @@ pub trait Act: Send + Sync {
 }
 
 /// Something a detection found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Signal {
     /// The rule, threshold or baseline that fired.
     pub id: String,
     /// A sentence for the responder.
     pub message: String,
+    /// The finding the signal opens or adds to, when it is one: the store
+    /// records it with the event, in the same transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding: Option<FindingNote>,
+}
+
+impl Signal {
+    /// A signal that is no finding.
+    pub fn new(id: impl Into<String>, message: impl Into<String>) -> Signal {
+        Signal {
+            id: id.into(),
+            message: message.into(),
+            finding: None,
+        }
+    }
+}
+
+/// How a signal bears on the findings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingNote {
+    /// A new finding.
+    Opens(Box<Finding>),
+    /// A repeat, within its de-duplication window, of an open finding: the
+    /// event is linked to it and counted, and no new finding is opened.
+    Repeats(FindingId),
 }
 
 /// An action taken (or, in monitor mode, not taken) on a decision.

@@ -13,6 +13,7 @@
 )]
 
 mod decode;
+mod finding;
 mod model;
 pub mod ocsf;
 pub mod schema;
@@ -21,4 +22,5 @@ pub use decode::{
     DecodeError, MAX_ATTRIBUTES, MAX_ID_LEN, MAX_LABEL_LEN, MAX_TEXT_LEN, MAX_TRACE_ID_LEN, decode,
     decode_value, validate,
 };
+pub use finding::{Analytic, Finding, FindingId, FindingKind, GroupField, Severity};
 pub use model::*;

@@ -630,6 +630,24 @@ pub enum CredentialKind {
     Other,
 }
 
+impl CredentialKind {
+    /// The kind's name in the JSON form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::CustodyToken => "custody_token",
+            CredentialKind::OauthToken => "oauth_token",
+            CredentialKind::ApiKey => "api_key",
+            CredentialKind::AwsAccessKey => "aws_access_key",
+            CredentialKind::AwsRoleSession => "aws_role_session",
+            CredentialKind::GithubToken => "github_token",
+            CredentialKind::OktaSession => "okta_session",
+            CredentialKind::Password => "password",
+            CredentialKind::Certificate => "certificate",
+            CredentialKind::Other => "other",
+        }
+    }
+}
+
 /// What an action was aimed at. Every part is optional; most events fill one
 /// or two.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

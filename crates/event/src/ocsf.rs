@@ -31,8 +31,10 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::finding::{Finding, FindingKind, Severity};
 use crate::model::{
-    CredentialKind, EventKind, OutcomeStatus, Principal, PrincipalKind, RuntimeEvent, SourceKind,
+    Actor, CredentialKind, EventKind, OutcomeStatus, Principal, PrincipalKind, RuntimeEvent,
+    SourceKind,
 };
 
 /// The OCSF schema version the export follows.
@@ -157,6 +159,120 @@ pub fn to_ocsf(event: &RuntimeEvent) -> Value {
         out.insert("raw_data".into(), raw.get().into());
     }
     out.insert("unmapped".into(), json!({ "custody": custody(event) }));
+    Value::Object(out)
+}
+
+/// Maps a finding onto OCSF's Detection Finding class (2004): the rule is
+/// `finding_info.analytic`, its events `finding_info.related_events`, MITRE
+/// ATT&CK tags `finding_info.attacks`; the chain is `actor` as for events,
+/// and the whole finding is `unmapped.custody`.
+pub fn finding_to_ocsf(finding: &Finding) -> Value {
+    const DETECTION_FINDING_UID: u32 = 2004;
+    const CREATE: u32 = 1;
+    let severity_id = match finding.severity {
+        Severity::Informational => 1,
+        Severity::Low => 2,
+        Severity::Medium => 3,
+        Severity::High => 4,
+        Severity::Critical => 5,
+    };
+    let caption = match finding.severity {
+        Severity::Informational => "Informational",
+        Severity::Low => "Low",
+        Severity::Medium => "Medium",
+        Severity::High => "High",
+        Severity::Critical => "Critical",
+    };
+    // OCSF analytic types: Rule (1), Behavioral (2), Statistical (3).
+    let (analytic_type_id, analytic_type) = match finding.kind {
+        FindingKind::Rule | FindingKind::Correlation => (1, "Rule"),
+        FindingKind::Baseline => (2, "Behavioral"),
+        FindingKind::Threshold => (3, "Statistical"),
+    };
+    let attacks: Vec<Value> = finding
+        .analytic
+        .tags
+        .iter()
+        .filter_map(|tag| tag.strip_prefix("attack."))
+        .filter(|id| {
+            id.starts_with('t') && id[1..].chars().next().is_some_and(|c| c.is_ascii_digit())
+        })
+        .map(|id| json!({"technique": {"uid": id.to_ascii_uppercase()}}))
+        .collect();
+    let mut info = Map::new();
+    info.insert("uid".into(), finding.id.to_string().into());
+    info.insert("title".into(), finding.analytic.title.clone().into());
+    info.insert("desc".into(), finding.message.clone().into());
+    info.insert("types".into(), json!([finding.kind.as_str()]));
+    info.insert(
+        "analytic".into(),
+        json!({
+            "uid": finding.analytic.id,
+            "name": finding.analytic.title,
+            "type_id": analytic_type_id,
+            "type": analytic_type,
+        }),
+    );
+    info.insert(
+        "related_events".into(),
+        finding
+            .events
+            .iter()
+            .map(|id| json!({"uid": id.to_string()}))
+            .collect(),
+    );
+    info.insert(
+        "first_seen_time".into(),
+        finding.first_seen.timestamp_millis().into(),
+    );
+    info.insert(
+        "last_seen_time".into(),
+        finding.last_seen.timestamp_millis().into(),
+    );
+    info.insert(
+        "created_time".into(),
+        finding.created_at.timestamp_millis().into(),
+    );
+    if !attacks.is_empty() {
+        info.insert("attacks".into(), attacks.into());
+    }
+    let mut out = Map::new();
+    out.insert("category_uid".into(), 2.into());
+    out.insert("category_name".into(), "Findings".into());
+    out.insert("class_uid".into(), DETECTION_FINDING_UID.into());
+    out.insert("class_name".into(), "Detection Finding".into());
+    out.insert("activity_id".into(), CREATE.into());
+    out.insert("activity_name".into(), "Create".into());
+    out.insert(
+        "type_uid".into(),
+        type_uid(DETECTION_FINDING_UID, CREATE).into(),
+    );
+    out.insert("type_name".into(), "Detection Finding: Create".into());
+    out.insert("severity_id".into(), severity_id.into());
+    out.insert("severity".into(), caption.into());
+    out.insert("status_id".into(), 1.into());
+    out.insert("status".into(), "New".into());
+    out.insert("time".into(), finding.created_at.timestamp_millis().into());
+    out.insert("message".into(), finding.message.clone().into());
+    out.insert("finding_info".into(), Value::Object(info));
+    out.insert("actor".into(), chain_actor(&finding.chain, None));
+    out.insert(
+        "metadata".into(),
+        json!({
+            "version": OCSF_VERSION,
+            "product": {
+                "name": PRODUCT_NAME,
+                "vendor_name": VENDOR_NAME,
+                "version": env!("CARGO_PKG_VERSION"),
+            },
+            "uid": finding.id.to_string(),
+        }),
+    );
+    // Serializing the finding cannot fail, as for events.
+    out.insert(
+        "unmapped".into(),
+        json!({"custody": serde_json::to_value(finding).unwrap_or_default()}),
+    );
     Value::Object(out)
 }
 
@@ -736,7 +852,10 @@ fn entity_management(event: &RuntimeEvent, out: &mut Map<String, Value>) {
 /// The OCSF actor: the accountable user, the agent acting for them, and the
 /// session and credential it used.
 fn actor(event: &RuntimeEvent) -> Value {
-    let chain = &event.actor;
+    chain_actor(&event.actor, event.context.session_id.as_deref())
+}
+
+fn chain_actor(chain: &Actor, session_id: Option<&str>) -> Value {
     let mut actor = Map::new();
     let current_is_agent = chain.current.kind == PrincipalKind::Agent;
     let user_principal = if current_is_agent {
@@ -752,8 +871,8 @@ fn actor(event: &RuntimeEvent) -> Value {
         actor.insert("app_uid".into(), chain.current.id.clone().into());
     }
     let mut session = Map::new();
-    if let Some(session_id) = &event.context.session_id {
-        session.insert("uid".into(), session_id.clone().into());
+    if let Some(session_id) = session_id {
+        session.insert("uid".into(), session_id.into());
     }
     if let Some(credential) = &chain.credential {
         session.insert("credential_uid".into(), credential.id.clone().into());

@@ -136,12 +136,12 @@ impl Catalog {
 
 /// The signal a changed tool definition raises.
 pub fn signal(tool: &str) -> Signal {
-    Signal {
-        id: SIGNAL.to_owned(),
-        message: format!(
+    Signal::new(
+        SIGNAL,
+        format!(
             "the tool `{tool}` changed its definition since it was first listed in this session"
         ),
-    }
+    )
 }
 
 /// The gateway's detect stage: a call to a tool whose definition changed

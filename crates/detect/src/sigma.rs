@@ -1,0 +1,482 @@
+//! The Sigma detect stage: rules routed by log source, correlations over
+//! Custody's chain keys, findings de-duplicated per rule and group.
+//!
+//! Each rule's log source decides which events it sees and through which
+//! face ([`crate::view`]): `product: aws` / `okta` / `github` rules read
+//! the raw records of their source; every other rule reads the Custody face
+//! of the events whose kind (`category`) and source (`service`) it names.
+//! The routes are computed once per (event kind, source) pair, so an event
+//! costs nothing for rules it cannot match.
+//!
+//! Detection is stateless and runs on the caller's thread. Only an event
+//! that matched a rule takes the correlation lock, where rsigma's
+//! correlation engine counts it in its groups (read from the Custody face,
+//! so `group-by: [chain.run]` works for every source). Correlation state is
+//! bounded by [`SigmaConfig::max_groups`]; what eviction removes is counted.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, TimeZone, Utc};
+use custody_engine::{Detect, FindingNote, Signal};
+use custody_event::{
+    Analytic, EventId, EventKind, Finding, FindingId, FindingKind, GroupField, RuntimeEvent,
+    Severity, SourceKind,
+};
+use hashlink::LruCache;
+use rsigma_eval::{
+    CorrelationConfig, CorrelationEngine, CorrelationEventMode, EvaluationResult, ResultBody,
+};
+use rsigma_parser::{Level, LogSource};
+
+use crate::rules::RuleSet;
+use crate::view::{Face, Parsed, agent_type_of, run_of};
+
+/// Limits and windows of the Sigma stage.
+#[derive(Debug, Clone)]
+pub struct SigmaConfig {
+    /// Live correlation groups kept, across all correlations; beyond it the
+    /// stalest are evicted (and counted).
+    pub max_groups: usize,
+    /// A finding's repeats within this many seconds of it, for the same rule
+    /// and group, are linked to it rather than opening another.
+    pub dedup_window_secs: i64,
+    /// Open findings remembered for de-duplication.
+    pub max_open_findings: usize,
+    /// Events a correlation finding keeps the ids of.
+    pub max_finding_events: usize,
+}
+
+impl Default for SigmaConfig {
+    fn default() -> Self {
+        SigmaConfig {
+            max_groups: 1_000_000,
+            dedup_window_secs: 600,
+            max_open_findings: 100_000,
+            max_finding_events: 32,
+        }
+    }
+}
+
+/// Counters of the Sigma stage, for metrics.
+#[derive(Debug, Default)]
+pub struct SigmaStats {
+    /// Events evaluated.
+    pub events: AtomicU64,
+    /// Detection rule matches.
+    pub matches: AtomicU64,
+    /// Correlation firings.
+    pub correlations: AtomicU64,
+    /// Findings opened.
+    pub findings: AtomicU64,
+    /// Matches linked to an open finding instead of opening one.
+    pub repeats: AtomicU64,
+    /// Correlation groups evicted to stay within `max_groups`.
+    pub groups_evicted: AtomicU64,
+    /// Live correlation groups.
+    pub groups: AtomicU64,
+}
+
+/// A rule's place in the routes.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    rule: u32,
+    face: Face,
+}
+
+/// What a finding needs of a rule.
+#[derive(Debug, Clone)]
+struct Meta {
+    analytic: Analytic,
+    severity: Severity,
+}
+
+/// The Sigma detect stage.
+pub struct Sigma {
+    rules: Vec<rsigma_eval::CompiledRule>,
+    routes: Vec<Vec<Route>>,
+    meta: HashMap<String, Meta>,
+    correlation: Option<Mutex<CorrelationEngine>>,
+    open: Mutex<LruCache<(String, Vec<GroupField>), Open>>,
+    config: SigmaConfig,
+    stats: SigmaStats,
+}
+
+impl std::fmt::Debug for Sigma {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sigma")
+            .field("rules", &self.rules.len())
+            .field("correlations", &self.correlation.is_some())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A finding still open for de-duplication.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    id: FindingId,
+    until: i64,
+}
+
+const SOURCES: [SourceKind; 7] = [
+    SourceKind::Gateway,
+    SourceKind::Otlp,
+    SourceKind::Api,
+    SourceKind::Cloudtrail,
+    SourceKind::Okta,
+    SourceKind::Github,
+    SourceKind::Custody,
+];
+
+fn route_index(kind: EventKind, source: SourceKind) -> usize {
+    let kind = EventKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+    let source = SOURCES.iter().position(|s| *s == source).unwrap_or(0);
+    kind * SOURCES.len() + source
+}
+
+/// The product and service of a source's native records, as stock Sigma
+/// rules name them.
+pub fn native_logsource(source: SourceKind) -> Option<(&'static str, &'static [&'static str])> {
+    match source {
+        SourceKind::Cloudtrail => Some(("aws", &["cloudtrail"])),
+        SourceKind::Okta => Some(("okta", &["okta"])),
+        SourceKind::Github => Some(("github", &["audit", "github"])),
+        _ => None,
+    }
+}
+
+/// The face through which a rule of `logsource` reads events of `kind` from
+/// `source`, if it reads them at all.
+fn face_for(logsource: &LogSource, kind: EventKind, source: SourceKind) -> Option<Face> {
+    let field = |value: &Option<String>| value.as_deref().map(str::to_ascii_lowercase);
+    let (product, service, category) = (
+        field(&logsource.product),
+        field(&logsource.service),
+        field(&logsource.category),
+    );
+    match product.as_deref() {
+        None | Some("custody") => {
+            let service_ok = service.as_deref().is_none_or(|s| s == source.as_str());
+            let category_ok = category.as_deref().is_none_or(|c| c == kind.as_str());
+            (service_ok && category_ok).then_some(Face::Custody)
+        }
+        Some(product) => {
+            let (native, services) = native_logsource(source)?;
+            let service_ok = service.as_deref().is_none_or(|s| services.contains(&s));
+            (product == native && service_ok && category.is_none()).then_some(Face::Native)
+        }
+    }
+}
+
+fn severity(level: Option<Level>) -> Severity {
+    match level {
+        Some(Level::Informational) => Severity::Informational,
+        Some(Level::Low) => Severity::Low,
+        Some(Level::Medium) | None => Severity::Medium,
+        Some(Level::High) => Severity::High,
+        Some(Level::Critical) => Severity::Critical,
+    }
+}
+
+impl Sigma {
+    /// The stage for `set`.
+    pub fn new(set: &RuleSet, config: SigmaConfig) -> Result<Sigma, String> {
+        let mut routes = vec![Vec::new(); EventKind::ALL.len() * SOURCES.len()];
+        for (index, rule) in set.rules.iter().enumerate() {
+            let index = u32::try_from(index).map_err(|_| "too many rules".to_owned())?;
+            for kind in EventKind::ALL {
+                for source in SOURCES {
+                    if let Some(face) = face_for(&rule.sigma.logsource, kind, source) {
+                        routes[route_index(kind, source)].push(Route { rule: index, face });
+                    }
+                }
+            }
+        }
+        let mut meta = HashMap::new();
+        for rule in &set.rules {
+            let analytic = Analytic {
+                id: rule.key().to_owned(),
+                title: rule.sigma.title.clone(),
+                tags: rule.sigma.tags.clone(),
+            };
+            let entry = Meta {
+                analytic,
+                severity: severity(rule.sigma.level),
+            };
+            for key in [rule.sigma.id.as_deref(), Some(rule.sigma.title.as_str())]
+                .into_iter()
+                .flatten()
+            {
+                meta.entry(key.to_owned()).or_insert_with(|| entry.clone());
+            }
+        }
+        for correlation in &set.correlations {
+            let entry = Meta {
+                analytic: Analytic {
+                    id: correlation.key().to_owned(),
+                    title: correlation.sigma.title.clone(),
+                    tags: correlation.sigma.tags.clone(),
+                },
+                severity: severity(correlation.sigma.level),
+            };
+            for key in [
+                correlation.sigma.id.as_deref(),
+                Some(correlation.sigma.title.as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                meta.entry(key.to_owned()).or_insert_with(|| entry.clone());
+            }
+        }
+        let correlation = if set.correlations.is_empty() {
+            None
+        } else {
+            let mut engine = CorrelationEngine::new(CorrelationConfig {
+                max_state_entries: config.max_groups,
+                correlation_event_mode: CorrelationEventMode::Refs,
+                max_correlation_events: config.max_finding_events,
+                ..CorrelationConfig::default()
+            });
+            for rule in &set.rules {
+                engine
+                    .add_rule(&rule.sigma)
+                    .map_err(|e| format!("{}: {e}", rule.origin.file))?;
+            }
+            for correlation in &set.correlations {
+                engine
+                    .add_correlation(&correlation.sigma)
+                    .map_err(|e| format!("{}: {e}", correlation.origin.file))?;
+            }
+            Some(Mutex::new(engine))
+        };
+        Ok(Sigma {
+            rules: set.rules.iter().map(|r| r.compiled.clone()).collect(),
+            routes,
+            meta,
+            correlation,
+            open: Mutex::new(LruCache::new(config.max_open_findings.max(1))),
+            config,
+            stats: SigmaStats::default(),
+        })
+    }
+
+    /// The stage's counters.
+    pub fn stats(&self) -> &SigmaStats {
+        &self.stats
+    }
+
+    /// How many detection and correlation rules are loaded.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// The detection rules `event` matches, statelessly.
+    fn matches(&self, parsed: &Parsed<'_>) -> Vec<EvaluationResult> {
+        let event = parsed.event();
+        let routes = &self.routes[route_index(event.kind, event.source.kind)];
+        let mut found = Vec::new();
+        for route in routes {
+            let Some(rule) = self.rules.get(route.rule as usize) else {
+                continue;
+            };
+            if let Some(result) = rsigma_eval::evaluate_rule(rule, &parsed.face(route.face)) {
+                found.push(result);
+            }
+        }
+        found
+    }
+
+    fn meta(&self, result: &EvaluationResult) -> Meta {
+        let header = &result.header;
+        header
+            .rule_id
+            .as_deref()
+            .and_then(|id| self.meta.get(id))
+            .or_else(|| self.meta.get(&header.rule_title))
+            .cloned()
+            .unwrap_or_else(|| Meta {
+                analytic: Analytic {
+                    id: header
+                        .rule_id
+                        .clone()
+                        .unwrap_or_else(|| header.rule_title.clone()),
+                    title: header.rule_title.clone(),
+                    tags: header.tags.clone(),
+                },
+                severity: severity(header.level),
+            })
+    }
+
+    /// A result as a signal: a new finding, or a repeat of an open one.
+    fn signal(&self, event: &RuntimeEvent, result: &EvaluationResult) -> Signal {
+        let meta = self.meta(result);
+        let at = event.observed_at;
+        let (kind, group, events, first_seen, detail) = match &result.body {
+            ResultBody::Detection(_) => {
+                let group = match run_of(event) {
+                    Some(run) => vec![field("chain.run", run)],
+                    None => vec![field("chain.actor", &event.actor.current.id)],
+                };
+                (FindingKind::Rule, group, vec![event.id], at, String::new())
+            }
+            ResultBody::Correlation(body) => {
+                let group = body
+                    .group_key
+                    .iter()
+                    .map(|(name, value)| field(name, value))
+                    .collect();
+                let refs = body.event_refs.as_deref().unwrap_or_default();
+                let mut events: Vec<EventId> = refs
+                    .iter()
+                    .filter_map(|r| r.id.as_deref()?.parse().ok())
+                    .collect();
+                if !events.contains(&event.id) {
+                    events.push(event.id);
+                }
+                let first = refs
+                    .iter()
+                    .map(|r| r.timestamp)
+                    .min()
+                    .and_then(|secs| Utc.timestamp_opt(secs, 0).single())
+                    .map_or(at, |first| first.min(at));
+                let detail = format!(
+                    " ({} {} within {}s)",
+                    body.correlation_type.as_str(),
+                    body.aggregated_value,
+                    body.timespan_secs
+                );
+                (FindingKind::Correlation, group, events, first, detail)
+            }
+        };
+        let key = (meta.analytic.id.clone(), group);
+        let now = at.timestamp();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = open.get(&key)
+            && now < existing.until
+        {
+            self.stats.repeats.fetch_add(1, Ordering::Relaxed);
+            return Signal {
+                id: meta.analytic.id,
+                message: format!("repeat of finding {}", existing.id),
+                finding: Some(FindingNote::Repeats(existing.id)),
+            };
+        }
+        let id = FindingId::new_v7();
+        open.insert(
+            key.clone(),
+            Open {
+                id,
+                until: now.saturating_add(self.config.dedup_window_secs),
+            },
+        );
+        drop(open);
+        self.stats.findings.fetch_add(1, Ordering::Relaxed);
+        let message = format!(
+            "{}: {} by {}{}{detail}",
+            meta.analytic.title,
+            event.action,
+            who(event),
+            run_of(event)
+                .map(|run| format!(" in run {run}"))
+                .unwrap_or_default(),
+        );
+        let finding = Finding {
+            id,
+            kind,
+            analytic: meta.analytic.clone(),
+            severity: meta.severity,
+            message: message.clone(),
+            created_at: Utc::now(),
+            first_seen,
+            last_seen: at,
+            group: key.1,
+            chain: event.actor.clone(),
+            events,
+        };
+        Signal {
+            id: meta.analytic.id,
+            message,
+            finding: Some(FindingNote::Opens(Box::new(finding))),
+        }
+    }
+}
+
+fn field(name: &str, value: &str) -> GroupField {
+    GroupField {
+        field: name.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+/// The actor as a responder reads it: the agent type and the human.
+fn who(event: &RuntimeEvent) -> String {
+    let actor = agent_type_of(event)
+        .map(|t| t.into_owned())
+        .unwrap_or_else(|| event.actor.current.id.clone());
+    match event.actor.root_id() {
+        Some(root) if root != actor => format!("{actor} (for {root})"),
+        _ => actor,
+    }
+}
+
+fn seconds(at: DateTime<Utc>) -> i64 {
+    at.timestamp()
+}
+
+impl Detect for Sigma {
+    fn detect(&self, event: &RuntimeEvent) -> Vec<Signal> {
+        self.stats.events.fetch_add(1, Ordering::Relaxed);
+        let parsed = Parsed::new(event);
+        let matched = self.matches(&parsed);
+        if matched.is_empty() {
+            return Vec::new();
+        }
+        self.stats
+            .matches
+            .fetch_add(matched.len() as u64, Ordering::Relaxed);
+        let results = match &self.correlation {
+            None => matched,
+            Some(engine) => {
+                let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
+                let before = engine.state_count();
+                let results = engine.process_with_detections(
+                    &parsed.face(Face::Custody),
+                    matched,
+                    seconds(event.observed_at),
+                );
+                let after = engine.state_count();
+                drop(engine);
+                // Each event adds at most one group per correlation; fewer
+                // groups after it than before means eviction ran.
+                if after < before {
+                    self.stats
+                        .groups_evicted
+                        .fetch_add((before - after) as u64, Ordering::Relaxed);
+                }
+                self.stats.groups.store(after as u64, Ordering::Relaxed);
+                results
+            }
+        };
+        let fired = results.iter().filter(|r| r.is_correlation()).count();
+        self.stats
+            .correlations
+            .fetch_add(fired as u64, Ordering::Relaxed);
+        results.iter().map(|r| self.signal(event, r)).collect()
+    }
+
+    /// Detection rules only, no finding opened: correlations and
+    /// de-duplication are state a preview must not touch.
+    fn peek(&self, event: &RuntimeEvent) -> Vec<Signal> {
+        let parsed = Parsed::new(event);
+        self.matches(&parsed)
+            .iter()
+            .map(|result| {
+                let meta = self.meta(result);
+                Signal::new(meta.analytic.id, meta.analytic.title)
+            })
+            .collect()
+    }
+}
