@@ -84,6 +84,14 @@ pub enum StoreError {
         /// The underlying error.
         source: serde_json::Error,
     },
+    /// A stored finding no longer parses.
+    #[error("parsing stored finding {seq}: {source}")]
+    CorruptFinding {
+        /// The finding's sequence number.
+        seq: i64,
+        /// The underlying error.
+        source: serde_json::Error,
+    },
     /// A pagination cursor is not one the store issued.
     #[error("invalid cursor `{cursor}`: {reason}")]
     Cursor {

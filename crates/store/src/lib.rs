@@ -31,6 +31,7 @@
 )]
 
 mod error;
+mod findings;
 mod postings;
 mod query;
 pub mod raw;
@@ -43,7 +44,8 @@ mod writer;
 mod tests;
 
 pub use error::StoreError;
+pub use findings::{FindingPage, FindingQuery, MAX_FINDINGS, MAX_LINKED_EVENTS, StoredFinding};
 pub use query::{Cursor, EventPage, EventQuery, MAX_LIMIT, Order, StoredEvent};
 pub use store::{DATABASE_FILE, Durability, Store, StoreOptions};
 pub use tokens::{NewToken, TokenRecord};
-pub use writer::{Committed, StoreStats};
+pub use writer::{Committed, Opened, StoreStats};

@@ -18,6 +18,7 @@ use custody_event::RuntimeEvent;
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use crate::StoreError;
+use crate::findings::PreparedFinding;
 use crate::postings::{Field, Identifiers, Pending, Posting, Postings};
 use crate::store::StoreOptions;
 
@@ -37,22 +38,32 @@ pub struct PreparedEvent {
     targets: Vec<i64>,
     pub(crate) body: String,
     pub(crate) decision: Option<String>,
+    pub(crate) findings: Vec<PreparedFinding>,
 }
 
 impl PreparedEvent {
     /// Serializes an evaluated event and extracts its index columns.
     ///
-    /// Signals and actions are not stored: the decision carries what they
-    /// led to.
+    /// Of the signals, the findings they open or repeat are stored (in
+    /// the event's transaction); actions are not: the decision carries
+    /// what they led to.
     pub fn new(evaluated: Evaluated) -> Result<PreparedEvent, StoreError> {
         let Evaluated {
-            event, decision, ..
+            event,
+            decision,
+            signals,
+            ..
         } = evaluated;
         let serialize_error = |source| StoreError::Serialize {
             id: event.id,
             source,
         };
         let body = to_json(&event).map_err(serialize_error)?;
+        let findings = if signals.is_empty() {
+            Vec::new()
+        } else {
+            crate::findings::prepare(&signals, event.observed_at).map_err(serialize_error)?
+        };
         // The default allow is by far the most common decision; storing it as
         // NULL keeps it out of every row.
         let decision_json = if decision == Decision::allow() {
@@ -82,6 +93,7 @@ impl PreparedEvent {
             targets: named.targets,
             body,
             decision: decision_json,
+            findings,
         })
     }
 }
@@ -130,7 +142,7 @@ impl Raw {
     /// Inserts `events` in one transaction and returns how many were new (an
     /// event whose id is already stored is skipped).
     pub fn insert(&mut self, events: &[PreparedEvent]) -> Result<usize, StoreError> {
-        let seqs = insert_group(&mut self.conn, &mut self.postings, events)
+        let seqs = insert_group(&mut self.conn, &mut self.postings, events, &mut Vec::new())
             .map_err(StoreError::sqlite("inserting events"))?;
         Ok(seqs.iter().flatten().count())
     }
@@ -157,13 +169,15 @@ pub(crate) fn recover(
 
 /// Inserts `events` in one immediate transaction, with the next chunk of the
 /// postings index's frozen run, and returns, for each event, its sequence
-/// number, or `None` when its id was already stored. On error the
+/// number, or `None` when its id was already stored. The findings opened
+/// are added to `opened` (sequence number, body). On error the
 /// transaction is rolled back when it drops: nothing of the group remains,
 /// and no posting is published.
 pub(crate) fn insert_group<'a>(
     conn: &mut Connection,
     postings: &mut Postings,
     events: impl IntoIterator<Item = &'a PreparedEvent>,
+    opened: &mut Vec<(i64, String)>,
 ) -> rusqlite::Result<Vec<Option<i64>>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut seqs = Vec::new();
@@ -190,6 +204,11 @@ pub(crate) fn insert_group<'a>(
                 event.attribution,
             ])?;
             let seq = (inserted == 1).then(|| tx.last_insert_rowid());
+            // A resubmitted event's findings were stored with it the first
+            // time.
+            if seq.is_some() && !event.findings.is_empty() {
+                crate::findings::insert(&tx, &event.id, &event.findings, opened)?;
+            }
             if let Some(seq) = seq {
                 let at = event.observed_at;
                 fresh.push((Field::Actor as i64, event.actor, at, seq));

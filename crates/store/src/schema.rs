@@ -84,6 +84,31 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         ELSE 4
     END;
     CREATE INDEX events_attribution ON events (attribution, observed_at);",
+    // Version 3: findings, each written with the event that completed it.
+    // `finding_events` links a finding to every event it rests on (its
+    // repeats included); `severity` holds Sigma's levels as 1..=5.
+    "CREATE TABLE findings (
+        seq        INTEGER PRIMARY KEY,
+        id         BLOB    NOT NULL UNIQUE CHECK (length(id) = 16),
+        created_at INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        rule       TEXT    NOT NULL,
+        kind       TEXT    NOT NULL,
+        severity   INTEGER NOT NULL,
+        run        TEXT,
+        root       TEXT,
+        repeats    INTEGER NOT NULL DEFAULT 0,
+        body       TEXT    NOT NULL
+    ) STRICT;
+    CREATE INDEX findings_rule ON findings (rule, seq);
+    CREATE INDEX findings_run ON findings (run, seq);
+    CREATE INDEX findings_root ON findings (root, seq);
+    CREATE TABLE finding_events (
+        finding BLOB NOT NULL,
+        event   BLOB NOT NULL,
+        PRIMARY KEY (finding, event)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX finding_events_event ON finding_events (event);",
 ];
 
 /// The hash an identifier is stored and indexed under: the first 64 bits of
@@ -266,7 +291,17 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(tables, ["events", "meta", "postings", "tokens"]);
+        assert_eq!(
+            tables,
+            [
+                "events",
+                "finding_events",
+                "findings",
+                "meta",
+                "postings",
+                "tokens"
+            ]
+        );
         let mode: String = conn
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .unwrap();

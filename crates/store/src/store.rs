@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use custody_engine::{Evaluated, Receipt, Record, RecordError, Reservation};
-use custody_event::EventId;
+use custody_event::{EventId, FindingId};
 use rusqlite::Connection;
 use tokio::sync::broadcast;
 
+use crate::findings::{FindingPage, FindingQuery, StoredFinding};
 use crate::postings::Pending;
 use crate::query::{self, EventPage, EventQuery, StoredEvent};
 use crate::raw;
 use crate::tokens::{self, NewToken, TokenRecord};
-use crate::writer::{Committed, StoreStats, Writer};
+use crate::writer::{Committed, Live, Opened, StoreStats, Writer};
 use crate::{StoreError, schema};
 
 /// The database file's name inside the store's directory.
@@ -86,7 +87,7 @@ struct Inner {
     options: StoreOptions,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
-    live: broadcast::Sender<Committed>,
+    live: Live,
     /// Postings committed but not yet in the postings table.
     pending: Arc<Pending>,
 }
@@ -103,7 +104,10 @@ impl Store {
         let mut conn = schema::open(&path, options.durability)?;
         let pending = Arc::new(Pending::default());
         let postings = raw::recover(&mut conn, pending.clone(), options.max_pending_postings)?;
-        let (live, _) = broadcast::channel(LIVE_CAPACITY);
+        let live = Live {
+            events: broadcast::channel(LIVE_CAPACITY).0,
+            findings: broadcast::channel(LIVE_CAPACITY).0,
+        };
         let checkpoints = schema::connect(&path, options.durability)?;
         let writer = Writer::spawn(
             conn,
@@ -142,7 +146,12 @@ impl Store {
     /// subscriber more than a few thousand commits behind misses some and is
     /// told so by [`broadcast::error::RecvError::Lagged`].
     pub fn subscribe(&self) -> broadcast::Receiver<Committed> {
-        self.inner.live.subscribe()
+        self.inner.live.events.subscribe()
+    }
+
+    /// The live tail of findings: each commit's new findings.
+    pub fn subscribe_findings(&self) -> broadcast::Receiver<Opened> {
+        self.inner.live.findings.subscribe()
     }
 
     /// The writer's counters.
@@ -151,6 +160,21 @@ impl Store {
             pending_postings: self.inner.pending.len() as u64,
             ..self.inner.writer.stats()
         }
+    }
+
+    /// A page of findings matching `q`, newest first.
+    pub fn findings(&self, q: &FindingQuery) -> Result<FindingPage, StoreError> {
+        self.read(|conn| crate::findings::query(conn, q))
+    }
+
+    /// One finding, with every event linked to it.
+    pub fn finding(&self, id: FindingId) -> Result<Option<StoredFinding>, StoreError> {
+        self.read(|conn| crate::findings::get(conn, id))
+    }
+
+    /// The findings `event` is linked to.
+    pub fn findings_of_event(&self, event: EventId) -> Result<Vec<FindingId>, StoreError> {
+        self.read(|conn| crate::findings::of_event(conn, event))
     }
 
     /// A page of events matching `q`.

@@ -1233,3 +1233,153 @@ fn a_scan_pages_through_every_event_in_commit_order() {
     }
     assert_eq!(seen, ["read", "s3", "spawn", "login", "write"]);
 }
+
+/// A finding opened by `rule` on `evaluated`, resting also on `earlier`.
+fn opening(evaluated: &mut Evaluated, rule: &str, earlier: &[EventId]) -> custody_event::FindingId {
+    use custody_event::{Analytic, Finding, FindingId, FindingKind, Severity};
+    let event = &evaluated.event;
+    let finding = Finding {
+        id: FindingId::new_v7(),
+        kind: FindingKind::Correlation,
+        analytic: Analytic {
+            id: rule.into(),
+            title: format!("{rule} title"),
+            tags: vec!["attack.t1098".into()],
+        },
+        severity: Severity::High,
+        message: "found".into(),
+        created_at: event.received_at,
+        first_seen: event.observed_at,
+        last_seen: event.observed_at,
+        group: Vec::new(),
+        chain: event.actor.clone(),
+        events: earlier.iter().copied().chain([event.id]).collect(),
+    };
+    let id = finding.id;
+    evaluated.signals.push(custody_engine::Signal {
+        id: rule.into(),
+        message: "found".into(),
+        finding: Some(custody_engine::FindingNote::Opens(Box::new(finding))),
+    });
+    id
+}
+
+fn repeating(evaluated: &mut Evaluated, rule: &str, finding: custody_event::FindingId) {
+    evaluated.signals.push(custody_engine::Signal {
+        id: rule.into(),
+        message: "again".into(),
+        finding: Some(custody_engine::FindingNote::Repeats(finding)),
+    });
+}
+
+#[test]
+fn findings_are_stored_with_their_events_and_repeats() {
+    let (_dir, store) = open();
+    let mut live = store.subscribe_findings();
+    let run = json!({"actor": {"root": {"type": "human", "id": "alice"},
+        "current": {"type": "agent", "id": "coder", "run_id": "run-1"}}});
+    let read = event("read", 1, run.clone());
+    let mut post = event("post", 2, run.clone());
+    let id = opening(&mut post, "exfil", &[read.event.id]);
+    record(&store, vec![read.clone(), post.clone()]);
+
+    let opened = live.try_recv().expect("the commit published its finding");
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].finding.id, id);
+
+    // A repeat in a later batch links its event and counts it.
+    let mut again = event("again", 9, run.clone());
+    repeating(&mut again, "exfil", id);
+    record(&store, vec![again.clone()]);
+    assert!(live.try_recv().is_err(), "a repeat opens nothing");
+
+    let stored = store.finding(id).unwrap().expect("stored");
+    assert_eq!(stored.repeats, 1);
+    assert_eq!(stored.finding.last_seen, at(9));
+    assert_eq!(
+        stored.finding.events,
+        vec![read.event.id, post.event.id, again.event.id],
+        "every linked event, in observation order"
+    );
+    assert_eq!(store.findings_of_event(again.event.id).unwrap(), vec![id]);
+
+    // Resubmitting an event stores neither it nor its finding again.
+    let mut resent = post.clone();
+    resent.signals.clear();
+    opening(&mut resent, "exfil", &[]);
+    record(&store, vec![resent]);
+
+    let other = {
+        let mut other = event(
+            "other",
+            20,
+            json!({"actor": {"current": {"type": "agent", "id": "x", "run_id": "run-2"}}}),
+        );
+        opening(&mut other, "spawn-storm", &[]);
+        record(&store, vec![other]);
+    };
+    let _ = other;
+    let all = store
+        .findings(&crate::FindingQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        all.findings
+            .iter()
+            .map(|f| f.finding.analytic.id.as_str())
+            .collect::<Vec<_>>(),
+        ["spawn-storm", "exfil"],
+        "newest first"
+    );
+    let by_run = store
+        .findings(&crate::FindingQuery {
+            run: Some("run-1".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_run.findings.len(), 1);
+    assert_eq!(by_run.findings[0].repeats, 1);
+    let by_rule = store
+        .findings(&crate::FindingQuery {
+            rule: Some("spawn-storm".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(by_rule.findings.len(), 1);
+    let critical = store
+        .findings(&crate::FindingQuery {
+            min_severity: Some(custody_event::Severity::Critical),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(critical.findings.is_empty());
+
+    // Pages of one, by cursor.
+    let first = store
+        .findings(&crate::FindingQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    let next = first.next.expect("a second page");
+    let second = store
+        .findings(&crate::FindingQuery {
+            limit: 1,
+            cursor: Some(next),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(second.findings[0].finding.id, id);
+    assert!(second.next.is_none());
+    let bad = store.findings(&crate::FindingQuery {
+        limit: 1,
+        cursor: Some("nope".into()),
+        ..Default::default()
+    });
+    assert!(bad.is_err());
+}

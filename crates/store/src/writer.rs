@@ -17,12 +17,23 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, oneshot};
 
 use crate::StoreError;
+use crate::findings::StoredFinding;
 use crate::postings::Postings;
 use crate::query::StoredEvent;
 use crate::raw::{PreparedEvent, insert_group};
 
 /// What the live tail carries: the new events of one commit, in commit order.
 pub type Committed = Arc<Vec<StoredEvent>>;
+
+/// What the live tail of findings carries: the findings one commit opened.
+pub type Opened = Arc<Vec<StoredFinding>>;
+
+/// The live tails the writer publishes to after each commit.
+#[derive(Debug, Clone)]
+pub(crate) struct Live {
+    pub(crate) events: broadcast::Sender<Committed>,
+    pub(crate) findings: broadcast::Sender<Opened>,
+}
 
 /// Counters of the writer, cheap to read at any time (e.g. for Prometheus).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,7 +104,7 @@ impl Writer {
         postings: Postings,
         capacity: usize,
         max_group: usize,
-        live: broadcast::Sender<Committed>,
+        live: Live,
     ) -> Result<Writer, StoreError> {
         let (committed, commits) = std::sync::mpsc::sync_channel::<()>(1);
         let checkpointer = std::thread::Builder::new()
@@ -341,7 +352,7 @@ fn run(
     mut conn: Connection,
     mut postings: Postings,
     max_group: usize,
-    live: &broadcast::Sender<Committed>,
+    live: &Live,
     committed: &std::sync::mpsc::SyncSender<()>,
 ) {
     let _exit = Exit(shared);
@@ -363,10 +374,16 @@ fn write(
     conn: &mut Connection,
     postings: &mut Postings,
     group: Vec<Batch>,
-    live: &broadcast::Sender<Committed>,
+    live: &Live,
 ) {
     let size = group.iter().map(|batch| batch.events.len()).sum::<usize>() as u64;
-    let result = insert_group(conn, postings, group.iter().flat_map(|batch| &batch.events));
+    let mut opened = Vec::new();
+    let result = insert_group(
+        conn,
+        postings,
+        group.iter().flat_map(|batch| &batch.events),
+        &mut opened,
+    );
     shared.last_group_size.store(size, Ordering::Relaxed);
     shared.queued.fetch_sub(size, Ordering::SeqCst);
     let seqs = match result {
@@ -384,7 +401,18 @@ fn write(
     let new = seqs.iter().flatten().count() as u64;
     shared.commits.fetch_add(1, Ordering::Relaxed);
     shared.committed_events.fetch_add(new, Ordering::Relaxed);
-    let publish = live.receiver_count() > 0;
+    // Findings go out before the receipts settle, so a client that saw its
+    // batch durable finds the batch's findings already in the tail.
+    if !opened.is_empty() && live.findings.receiver_count() > 0 {
+        // Bodies were serialized from findings a moment ago; one that does
+        // not parse back would be a bug, and is left out of the tail only.
+        let findings = opened
+            .iter()
+            .filter_map(|(seq, body)| crate::findings::opened(*seq, body).ok())
+            .collect();
+        let _ = live.findings.send(Arc::new(findings));
+    }
+    let publish = live.events.receiver_count() > 0;
     let mut committed = Vec::new();
     let mut seqs = seqs.into_iter();
     for Batch { events, done } in group {
@@ -408,7 +436,7 @@ fn write(
     }
     if !committed.is_empty() {
         // Sending fails only when every subscriber has just gone.
-        let _ = live.send(Arc::new(committed));
+        let _ = live.events.send(Arc::new(committed));
     }
 }
 
