@@ -1309,16 +1309,13 @@ fn findings_are_stored_with_their_events_and_repeats() {
     opening(&mut resent, "exfil", &[]);
     record(&store, vec![resent]);
 
-    let other = {
-        let mut other = event(
-            "other",
-            20,
-            json!({"actor": {"current": {"type": "agent", "id": "x", "run_id": "run-2"}}}),
-        );
-        opening(&mut other, "spawn-storm", &[]);
-        record(&store, vec![other]);
-    };
-    let _ = other;
+    let mut other = event(
+        "other",
+        20,
+        json!({"actor": {"current": {"type": "agent", "id": "x", "run_id": "run-2"}}}),
+    );
+    opening(&mut other, "spawn-storm", &[]);
+    record(&store, vec![other]);
     let all = store
         .findings(&crate::FindingQuery {
             limit: 10,
