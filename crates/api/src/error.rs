@@ -105,7 +105,10 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        ApiError::Internal(error.to_string())
+        match error {
+            StoreError::Cursor { .. } => ApiError::BadRequest(format!("cursor: {error}")),
+            error => ApiError::Internal(error.to_string()),
+        }
     }
 }
 

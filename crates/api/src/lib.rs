@@ -11,6 +11,7 @@ mod bindings;
 mod collect;
 mod delegate;
 mod error;
+mod findings;
 mod gateway;
 mod graph;
 mod grpc;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub otlp: Arc<std::sync::Mutex<custody_otlp::Mapper>>,
     /// The MCP gateway, when configured.
     pub gateway: Option<custody_gateway::http::HttpGateway>,
+    /// The engine's Sigma detect stage, when it runs one (for metrics).
+    pub detections: Option<Arc<custody_detect::Sigma>>,
 }
 
 impl AppState {
@@ -100,7 +103,15 @@ impl AppState {
             graph: None,
             otlp: Arc::default(),
             gateway: None,
+            detections: None,
         }
+    }
+
+    /// The state with the engine's Sigma stage, whose counters `/metrics`
+    /// reports.
+    pub fn with_detections(mut self, sigma: Arc<custody_detect::Sigma>) -> AppState {
+        self.detections = Some(sigma);
+        self
     }
 
     /// The same state serving the MCP gateway at its path.
@@ -151,6 +162,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/traces", post(otlp::post_traces))
         .route("/v1/events/stream", get(query::stream_events))
+        .route("/v1/findings", get(findings::list_findings))
+        .route("/v1/findings/stream", get(findings::stream_findings))
+        .route("/v1/findings/{id}", get(findings::get_finding))
         .route("/v1/events/{id}", get(query::get_event))
         .route("/v1/export/ocsf", get(query::export_ocsf))
         // OAuth needs these open; the token endpoint is authenticated by

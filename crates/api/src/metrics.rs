@@ -36,6 +36,8 @@ pub struct Metrics {
     /// parent_missing, evicted, expired, orphans held, relinked, orphans
     /// dropped (`custody_otlp::Stats`).
     otlp_spans: [Gauge<u64, AtomicU64>; 8],
+    /// The detect stage's counters (`custody_detect::SigmaStats`).
+    detections: [Gauge<u64, AtomicU64>; 7],
 }
 
 impl Default for Metrics {
@@ -134,9 +136,34 @@ impl Default for Metrics {
         ]) {
             registry.register(name, help, gauge.clone());
         }
+        let detections: [Gauge<u64, AtomicU64>; 7] = Default::default();
+        for (gauge, (name, help)) in detections.iter().zip([
+            ("detect_events", "Events the Sigma rules saw, since start"),
+            (
+                "detect_rule_matches",
+                "Sigma detection rule matches, since start",
+            ),
+            (
+                "detect_correlations_fired",
+                "Sigma correlation rules that fired, since start",
+            ),
+            ("findings_opened", "Findings opened, since start"),
+            (
+                "findings_repeated",
+                "Matches linked to an open finding within its de-duplication window, since start",
+            ),
+            (
+                "detect_correlation_groups_evicted",
+                "Correlation groups evicted to keep within the cap, since start",
+            ),
+            ("detect_correlation_groups", "Live correlation groups"),
+        ]) {
+            registry.register(name, help, gauge.clone());
+        }
         Metrics {
             registry,
             otlp_spans,
+            detections,
             events_accepted,
             events_rejected,
             throttled_batches,
@@ -179,6 +206,21 @@ pub(crate) async fn get_metrics(
         otlp.orphans_dropped,
     ]) {
         gauge.set(value);
+    }
+    if let Some(sigma) = &state.detections {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = sigma.stats();
+        for (gauge, counter) in metrics.detections.iter().zip([
+            &stats.events,
+            &stats.matches,
+            &stats.correlations,
+            &stats.findings,
+            &stats.repeats,
+            &stats.groups_evicted,
+            &stats.groups,
+        ]) {
+            gauge.set(counter.load(Relaxed));
+        }
     }
     let mut text = String::new();
     encode(&mut text, &metrics.registry)

@@ -73,6 +73,14 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub sensitive_tags: Vec<String>,
+    /// A Sigma rule file or a directory of them (read recursively), run
+    /// beside the built-in rule pack; repeatable, or comma-separated in the
+    /// environment.
+    #[arg(long = "rules", env = "CUSTODY_RULES", value_delimiter = ',')]
+    pub rules: Vec<PathBuf>,
+    /// Run only the rules given with `--rules`, not the built-in pack.
+    #[arg(long, env = "CUSTODY_NO_BUILTIN_RULES")]
+    pub no_builtin_rules: bool,
     /// Index postings held in memory before they are written out as a
     /// sorted run: more means fewer, better-packed writes and more memory,
     /// about 60-120 bytes each [default: 600000].
@@ -96,6 +104,10 @@ struct FileConfig {
     sensitive: Option<Vec<String>>,
     sensitive_tags: Option<Vec<String>>,
     pending_postings: Option<usize>,
+    rules: Option<Vec<PathBuf>>,
+    builtin_rules: Option<bool>,
+    #[serde(default)]
+    placeholders: custody_detect::Placeholders,
     #[serde(default)]
     issuers: Vec<IssuerTable>,
     gateway: Option<GatewayTable>,
@@ -272,6 +284,12 @@ pub struct Config {
     /// Event attributes (`KEY` or `KEY=VALUE`) that label a resource
     /// sensitive.
     pub sensitive_tags: Vec<String>,
+    /// Sigma rule files and directories run beside the built-in pack.
+    pub rules: Vec<PathBuf>,
+    /// Whether the built-in rule pack runs.
+    pub builtin_rules: bool,
+    /// Values of the placeholders rules expand (`[placeholders]`).
+    pub placeholders: custody_detect::Placeholders,
     /// External issuers whose agent tokens are accepted.
     pub issuers: Vec<Trust>,
     /// The MCP gateway, when configured.
@@ -358,6 +376,13 @@ impl Config {
             } else {
                 args.sensitive_tags
             },
+            rules: if args.rules.is_empty() {
+                file.rules.unwrap_or_default()
+            } else {
+                args.rules
+            },
+            builtin_rules: !args.no_builtin_rules && file.builtin_rules.unwrap_or(true),
+            placeholders: file.placeholders,
             issuers,
             gateway,
         })

@@ -7,10 +7,12 @@
 
 mod client;
 mod config;
+mod findings;
 mod graph;
 mod ingest;
 mod lineage;
 mod replay;
+mod rules;
 mod serve;
 mod show;
 mod token;
@@ -49,6 +51,11 @@ enum Command {
     Graph(graph::GraphArgs),
     /// Show every chain that touched a resource.
     Who(graph::WhoArgs),
+    /// List findings (rule hits, correlations), or follow new ones.
+    Findings(findings::FindingsArgs),
+    /// Check Sigma rules and their examples.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
     /// Manage API tokens in the local store.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -126,6 +133,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.shutdown_timeout(std::time::Duration::from_millis(100));
             code
         }
+        Command::Findings(args) => runtime
+            .block_on(findings::run(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Rules(command) => rules::run(command),
         Command::Token(command) => token::run(command).map(|()| ExitCode::SUCCESS),
         Command::Schema { new } => {
             let schema = if new {

@@ -39,6 +39,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // Before the store opens: a bad JWKS file should stop the server first.
     let trusted = trusted_issuers(&config.issuers, &public_url).await?;
+    // So should a rule that does not load.
+    let sigma = Arc::new(detections(&config)?);
     let store = Store::open(&config.data_dir, config.store.clone())
         .with_context(|| format!("opening the store in `{}`", config.data_dir.display()))?;
     first_start(&store, &config.data_dir)?;
@@ -69,6 +71,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = Arc::new(
         Engine::builder(Arc::new(store.clone()))
             .attribute(live.clone())
+            .detect(sigma.clone())
             .build(),
     );
     tracing::info!(
@@ -83,7 +86,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     let delegation = delegation(&config.data_dir, &public_url)?.trusting(trusted);
-    let mut state = AppState::new(engine, store.clone(), config.limits).with_delegation(delegation);
+    let mut state = AppState::new(engine, store.clone(), config.limits)
+        .with_delegation(delegation)
+        .with_detections(sigma);
     if config.graph {
         state = state.with_graph(live);
     }
@@ -103,6 +108,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await?
         .context("closing the store")?;
     Ok(())
+}
+
+/// The Sigma rules: the built-in pack unless turned off, and the files
+/// and directories configured. A rule that does not load stops the server,
+/// every error named by file and line.
+fn detections(config: &Config) -> anyhow::Result<custody_detect::Sigma> {
+    let mut files = if config.builtin_rules {
+        custody_detect::builtin::files()
+    } else {
+        Vec::new()
+    };
+    for path in &config.rules {
+        files.extend(
+            custody_detect::rules::read(path)
+                .with_context(|| format!("reading Sigma rules from `{}`", path.display()))?,
+        );
+    }
+    let set =
+        custody_detect::RuleSet::load_with(&files, &config.placeholders).map_err(|errors| {
+            let listed: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!(
+                "{} error(s) in the Sigma rules:\n  {}",
+                errors.len(),
+                listed.join("\n  ")
+            )
+        })?;
+    tracing::info!(
+        rules = set.rules.len(),
+        correlations = set.correlations.len(),
+        "loaded the Sigma rules"
+    );
+    custody_detect::Sigma::new(&set, custody_detect::SigmaConfig::default())
+        .map_err(|why| anyhow::anyhow!("starting the Sigma rules: {why}"))
 }
 
 /// The listener of an OTLP receiver, unless it is off. A busy port stops

@@ -131,6 +131,15 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     if !args.json {
         println!("{}", header());
     }
+    follow(response, |name, data| dispatch(name, data, args.json)).await
+}
+
+/// Reads a server-sent event stream, handing each event's name and data to
+/// `on`, until the server closes it (an error: live streams do not end).
+pub(crate) async fn follow(
+    response: reqwest::Response,
+    mut on: impl FnMut(&str, &str),
+) -> anyhow::Result<()> {
     let mut body = response.bytes_stream();
     let mut buffer = Vec::new();
     let mut event_name = String::new();
@@ -142,7 +151,7 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\r', '\n']);
             if line.is_empty() {
-                dispatch(&event_name, &data, args.json);
+                on(&event_name, &data);
                 event_name.clear();
                 data.clear();
             } else if let Some(name) = line.strip_prefix("event:") {

@@ -28,7 +28,7 @@ use hashlink::LruCache;
 use rsigma_eval::{
     CorrelationConfig, CorrelationEngine, CorrelationEventMode, EvaluationResult, ResultBody,
 };
-use rsigma_parser::{Level, LogSource};
+use rsigma_parser::{CorrelationType, Level, LogSource};
 
 use crate::rules::RuleSet;
 use crate::view::{Face, Parsed, agent_type_of, run_of};
@@ -90,6 +90,13 @@ struct Route {
 struct Meta {
     analytic: Analytic,
     severity: Severity,
+    /// A building block of correlations that do not `generate` its
+    /// matches: it opens no finding of its own.
+    correlation_only: bool,
+    /// The distinct events a firing must rest on: a temporal correlation
+    /// over several rules is several events, even when one event matches
+    /// more than one of its rules.
+    min_events: usize,
 }
 
 /// The Sigma detect stage.
@@ -194,6 +201,14 @@ impl Sigma {
                 }
             }
         }
+        // Sigma v2: a correlation's rules report their own matches only
+        // when it says `generate: true`.
+        let quiet: std::collections::HashSet<&str> = set
+            .correlations
+            .iter()
+            .filter(|c| !c.sigma.generate)
+            .flat_map(|c| c.sigma.rules.iter().map(String::as_str))
+            .collect();
         let mut meta = HashMap::new();
         for rule in &set.rules {
             let analytic = Analytic {
@@ -201,9 +216,15 @@ impl Sigma {
                 title: rule.sigma.title.clone(),
                 tags: rule.sigma.tags.clone(),
             };
+            let correlation_only = [rule.sigma.id.as_deref(), rule.sigma.name.as_deref()]
+                .into_iter()
+                .flatten()
+                .any(|key| quiet.contains(key));
             let entry = Meta {
                 analytic,
                 severity: severity(rule.sigma.level),
+                correlation_only,
+                min_events: 1,
             };
             for key in [rule.sigma.id.as_deref(), Some(rule.sigma.title.as_str())]
                 .into_iter()
@@ -213,6 +234,10 @@ impl Sigma {
             }
         }
         for correlation in &set.correlations {
+            let temporal = matches!(
+                correlation.sigma.correlation_type,
+                CorrelationType::Temporal | CorrelationType::TemporalOrdered
+            );
             let entry = Meta {
                 analytic: Analytic {
                     id: correlation.key().to_owned(),
@@ -220,6 +245,12 @@ impl Sigma {
                     tags: correlation.sigma.tags.clone(),
                 },
                 severity: severity(correlation.sigma.level),
+                correlation_only: false,
+                min_events: if temporal {
+                    correlation.sigma.rules.len().min(2)
+                } else {
+                    1
+                },
             };
             for key in [
                 correlation.sigma.id.as_deref(),
@@ -247,7 +278,7 @@ impl Sigma {
             }
             for correlation in &set.correlations {
                 engine
-                    .add_correlation(&correlation.sigma)
+                    .add_correlation(&in_milliseconds(&correlation.sigma))
                     .map_err(|e| format!("{}: {e}", correlation.origin.file))?;
             }
             Some(Mutex::new(engine))
@@ -307,12 +338,30 @@ impl Sigma {
                     tags: header.tags.clone(),
                 },
                 severity: severity(header.level),
+                correlation_only: false,
+                min_events: 1,
             })
     }
 
+    /// Whether a result makes a signal: building blocks of correlations
+    /// do not, nor a temporal correlation resting on fewer distinct events
+    /// than it needs (rsigma counts one event matching both steps of an
+    /// ordered pair as the pair).
+    fn reported(&self, result: &EvaluationResult, meta: &Meta) -> bool {
+        match &result.body {
+            ResultBody::Detection(_) => !meta.correlation_only,
+            ResultBody::Correlation(body) => {
+                let refs = body.event_refs.as_deref().unwrap_or_default();
+                let mut ids: Vec<&str> = refs.iter().filter_map(|r| r.id.as_deref()).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids.len() >= meta.min_events
+            }
+        }
+    }
+
     /// A result as a signal: a new finding, or a repeat of an open one.
-    fn signal(&self, event: &RuntimeEvent, result: &EvaluationResult) -> Signal {
-        let meta = self.meta(result);
+    fn signal(&self, event: &RuntimeEvent, result: &EvaluationResult, meta: Meta) -> Signal {
         let at = event.observed_at;
         let (kind, group, events, first_seen, detail) = match &result.body {
             ResultBody::Detection(_) => {
@@ -340,13 +389,13 @@ impl Sigma {
                     .iter()
                     .map(|r| r.timestamp)
                     .min()
-                    .and_then(|secs| Utc.timestamp_opt(secs, 0).single())
+                    .and_then(|millis| Utc.timestamp_millis_opt(millis).single())
                     .map_or(at, |first| first.min(at));
                 let detail = format!(
                     " ({} {} within {}s)",
                     body.correlation_type.as_str(),
                     body.aggregated_value,
-                    body.timespan_secs
+                    body.timespan_secs / 1000
                 );
                 (FindingKind::Correlation, group, events, first, detail)
             }
@@ -404,6 +453,19 @@ impl Sigma {
     }
 }
 
+/// The correlation engine counts time in whole "seconds"; Custody gives it
+/// milliseconds, so that the order of an agent's calls within one second is
+/// kept (a secret read and the post after it are often milliseconds apart),
+/// and scales the correlation's windows to match.
+fn in_milliseconds(rule: &rsigma_parser::CorrelationRule) -> rsigma_parser::CorrelationRule {
+    let mut rule = rule.clone();
+    rule.timespan.seconds = rule.timespan.seconds.saturating_mul(1000);
+    if let Some(gap) = &mut rule.gap {
+        gap.seconds = gap.seconds.saturating_mul(1000);
+    }
+    rule
+}
+
 fn field(name: &str, value: &str) -> GroupField {
     GroupField {
         field: name.to_owned(),
@@ -422,8 +484,10 @@ fn who(event: &RuntimeEvent) -> String {
     }
 }
 
-fn seconds(at: DateTime<Utc>) -> i64 {
-    at.timestamp()
+/// An event's time as the correlation engine counts it (see
+/// [`in_milliseconds`]).
+fn engine_time(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
 }
 
 impl Detect for Sigma {
@@ -445,7 +509,7 @@ impl Detect for Sigma {
                 let results = engine.process_with_detections(
                     &parsed.face(Face::Custody),
                     matched,
-                    seconds(event.observed_at),
+                    engine_time(event.observed_at),
                 );
                 let after = engine.state_count();
                 drop(engine);
@@ -460,11 +524,18 @@ impl Detect for Sigma {
                 results
             }
         };
-        let fired = results.iter().filter(|r| r.is_correlation()).count();
-        self.stats
-            .correlations
-            .fetch_add(fired as u64, Ordering::Relaxed);
-        results.iter().map(|r| self.signal(event, r)).collect()
+        let mut signals = Vec::new();
+        for result in &results {
+            let meta = self.meta(result);
+            if !self.reported(result, &meta) {
+                continue;
+            }
+            if result.is_correlation() {
+                self.stats.correlations.fetch_add(1, Ordering::Relaxed);
+            }
+            signals.push(self.signal(event, result, meta));
+        }
+        signals
     }
 
     /// Detection rules only, no finding opened: correlations and
@@ -473,9 +544,9 @@ impl Detect for Sigma {
         let parsed = Parsed::new(event);
         self.matches(&parsed)
             .iter()
-            .map(|result| {
+            .filter_map(|result| {
                 let meta = self.meta(result);
-                Signal::new(meta.analytic.id, meta.analytic.title)
+                (!meta.correlation_only).then(|| Signal::new(meta.analytic.id, meta.analytic.title))
             })
             .collect()
     }

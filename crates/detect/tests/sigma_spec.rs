@@ -696,3 +696,57 @@ fn peeking_counts_nothing() {
         "the peeked read was not counted"
     );
 }
+
+#[test]
+fn building_blocks_report_only_when_the_correlation_generates() {
+    let sigma = stage(ORDERED);
+    let read = custody_event("run-1", "get_secret", 0);
+    assert!(
+        sigma.detect(&read).is_empty(),
+        "a building block opens no finding"
+    );
+    assert!(sigma.peek(&read).is_empty());
+
+    let generating = ORDERED.replace(
+        "    timespan: 10m\n",
+        "    timespan: 10m\n    generate: true\n",
+    );
+    let sigma = stage(&generating);
+    let ids: Vec<String> = sigma.detect(&read).into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, ["secret"]);
+}
+
+#[test]
+fn one_event_matching_both_steps_is_not_a_sequence() {
+    let rules = ORDERED
+        .replace("target.tool: get_secret", "target.tool|contains: secret")
+        .replace("target.tool: http_post", "target.tool|contains: http");
+    let sigma = stage(&rules);
+    let both = custody_event("run-1", "secret_http_get", 0);
+    assert!(
+        !fires(&sigma, &both),
+        "one event is not a read followed by a post"
+    );
+    let post = custody_event("run-1", "http_post", 5);
+    assert!(
+        fires(&sigma, &post),
+        "the earlier read and a later post are"
+    );
+}
+
+/// Agents act in milliseconds: a post and then a read in the same second
+/// are not a read followed by a post.
+#[test]
+fn order_holds_within_a_second() {
+    let sigma = stage(ORDERED);
+    let at_ms = |mut event: RuntimeEvent, millis: i64| {
+        event.observed_at = at(0) + Duration::milliseconds(millis);
+        event
+    };
+    let post = at_ms(custody_event("run-1", "http_post", 0), 100);
+    let read = at_ms(custody_event("run-1", "get_secret", 0), 200);
+    let again = at_ms(custody_event("run-1", "http_post", 0), 300);
+    assert!(!fires(&sigma, &post));
+    assert!(!fires(&sigma, &read), "the post came before the read");
+    assert!(fires(&sigma, &again));
+}

@@ -64,7 +64,9 @@ fn check_dir(dir: &Path) -> usize {
         let fired: BTreeSet<String> = fired(&set, &path).into_iter().flatten().collect();
         for rule in &expected.fires {
             if !fired.contains(rule) {
-                failures.push(format!("{technique}: {rule} did not fire (fired: {fired:?})"));
+                failures.push(format!(
+                    "{technique}: {rule} did not fire (fired: {fired:?})"
+                ));
             }
         }
         checked += 1;

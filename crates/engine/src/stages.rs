@@ -66,6 +66,16 @@ pub trait Detect: Send + Sync {
     }
 }
 
+impl<T: Detect + ?Sized> Detect for std::sync::Arc<T> {
+    fn detect(&self, event: &RuntimeEvent) -> Vec<Signal> {
+        (**self).detect(event)
+    }
+
+    fn peek(&self, event: &RuntimeEvent) -> Vec<Signal> {
+        (**self).peek(event)
+    }
+}
+
 /// Decides what to do with an event.
 pub trait Decide: Send + Sync {
     /// The decision, given the event and its signals.

@@ -1,0 +1,188 @@
+//! Findings: `GET /v1/findings`, `GET /v1/findings/{id}` and the live
+//! stream `GET /v1/findings/stream`. `format=ocsf` answers with OCSF
+//! Detection Findings.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use custody_event::{FindingId, Severity};
+use custody_store::{FindingQuery, MAX_FINDINGS, StoredFinding};
+use futures_util::{Stream, StreamExt as _};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::query::read;
+use crate::{AppState, Params};
+
+/// The filters of a findings listing, as query parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FindingParams {
+    /// The rule's id.
+    pub rule: Option<String>,
+    /// The run the finding's chain acts in.
+    pub run: Option<String>,
+    /// The root of the finding's chain.
+    pub root: Option<String>,
+    /// The least severity: informational, low, medium, high, critical.
+    pub severity: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// `custody` (default) or `ocsf`.
+    pub format: Option<String>,
+}
+
+/// How findings are written out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Custody,
+    Ocsf,
+}
+
+impl FindingParams {
+    fn format(&self) -> Result<Format, ApiError> {
+        match self.format.as_deref() {
+            None | Some("custody") => Ok(Format::Custody),
+            Some("ocsf") => Ok(Format::Ocsf),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "format: \"{other}\" is neither \"custody\" nor \"ocsf\""
+            ))),
+        }
+    }
+
+    fn to_query(&self) -> Result<FindingQuery, ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=MAX_FINDINGS).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "limit: {limit} is not between 1 and {MAX_FINDINGS}"
+            )));
+        }
+        let min_severity = self
+            .severity
+            .as_deref()
+            .map(|s| {
+                s.parse::<Severity>()
+                    .map_err(|why| ApiError::BadRequest(format!("severity: {why}")))
+            })
+            .transpose()?;
+        Ok(FindingQuery {
+            rule: self.rule.clone(),
+            run: self.run.clone(),
+            root: self.root.clone(),
+            min_severity,
+            limit,
+            cursor: self.cursor.clone(),
+        })
+    }
+}
+
+/// A stored finding as the API writes it.
+fn render(stored: &StoredFinding, format: Format) -> Value {
+    match format {
+        Format::Ocsf => {
+            let mut ocsf = custody_event::ocsf::finding_to_ocsf(&stored.finding);
+            if let Some(info) = ocsf.get_mut("finding_info") {
+                info["count"] = json!(stored.repeats + 1);
+            }
+            ocsf
+        }
+        Format::Custody => json!({
+            "seq": stored.seq,
+            "finding": stored.finding,
+            "repeats": stored.repeats,
+        }),
+    }
+}
+
+pub(crate) async fn list_findings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(params): Params<FindingParams>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let format = params.format()?;
+    let query = params.to_query()?;
+    let page = read(&state, move |store| store.findings(&query)).await?;
+    let findings: Vec<Value> = page.findings.iter().map(|f| render(f, format)).collect();
+    Ok(Json(json!({"findings": findings, "next_cursor": page.next})).into_response())
+}
+
+pub(crate) async fn get_finding(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(params): Params<FindingParams>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let format = params.format()?;
+    let id: FindingId = id
+        .parse()
+        .map_err(|error| ApiError::BadRequest(format!("finding id \"{id}\": {error}")))?;
+    let stored = read(&state, move |store| store.finding(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no finding has id {id}")))?;
+    Ok(Json(render(&stored, format)).into_response())
+}
+
+pub(crate) async fn stream_findings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(params): Params<FindingParams>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    if params.limit.is_some() || params.cursor.is_some() {
+        return Err(ApiError::BadRequest(
+            "the live stream takes only rule, run, root, severity and format".into(),
+        ));
+    }
+    let format = params.format()?;
+    let filter = params.to_query()?;
+    let opened = BroadcastStream::new(state.store.subscribe_findings());
+    let mut stopping = state.stopping.subscribe();
+    let stream = opened
+        .map(move |message| match message {
+            Ok(batch) => batch
+                .iter()
+                .filter(|stored| matches(&filter, stored))
+                .map(|stored| {
+                    Ok(SseEvent::default()
+                        .event("finding")
+                        .id(stored.seq.to_string())
+                        .data(render(stored, format).to_string()))
+                })
+                .collect::<Vec<_>>(),
+            Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                vec![Ok(SseEvent::default()
+                    .event("lagged")
+                    .data(missed.to_string()))]
+            }
+        })
+        .flat_map(futures_util::stream::iter)
+        .take_until(async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn matches(filter: &FindingQuery, stored: &StoredFinding) -> bool {
+    let finding = &stored.finding;
+    let equals = |wanted: &Option<String>, have: Option<&str>| {
+        wanted.as_deref().is_none_or(|w| have == Some(w))
+    };
+    equals(&filter.rule, Some(finding.analytic.id.as_str()))
+        && equals(&filter.run, finding.chain.run_id())
+        && equals(&filter.root, finding.chain.root_id())
+        && filter
+            .min_severity
+            .is_none_or(|least| finding.severity >= least)
+}
