@@ -210,12 +210,13 @@ pub(crate) async fn get_metrics(
     if let Some(sigma) = &state.detections {
         use std::sync::atomic::Ordering::Relaxed;
         let stats = sigma.stats();
+        let findings = sigma.findings();
         for (gauge, counter) in metrics.detections.iter().zip([
             &stats.events,
             &stats.matches,
             &stats.correlations,
-            &stats.findings,
-            &stats.repeats,
+            &findings.opened,
+            &findings.repeats,
             &stats.groups_evicted,
             &stats.groups,
         ]) {

@@ -16,6 +16,7 @@
 )]
 
 pub mod builtin;
+pub mod findings;
 pub mod rules;
 mod sigma;
 pub mod testing;

@@ -15,23 +15,22 @@
 //! bounded by [`SigmaConfig::max_groups`]; what eviction removes is counted.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeZone, Utc};
-use custody_engine::{Detect, FindingNote, Signal};
+use custody_engine::{Detect, Signal};
 use custody_event::{
-    Analytic, EventId, EventKind, Finding, FindingId, FindingKind, GroupField, RuntimeEvent,
-    Severity, SourceKind,
+    Analytic, EventId, EventKind, FindingKind, RuntimeEvent, Severity, SourceKind,
 };
-use hashlink::LruCache;
 use rsigma_eval::{
     CorrelationConfig, CorrelationEngine, CorrelationEventMode, EvaluationResult, ResultBody,
 };
 use rsigma_parser::{CorrelationType, Level, LogSource};
 
+use crate::findings::{Draft, OpenFindings, event_group, field};
 use crate::rules::RuleSet;
-use crate::view::{Face, Parsed, agent_type_of, run_of};
+use crate::view::{Face, Parsed};
 
 /// Limits and windows of the Sigma stage.
 #[derive(Debug, Clone)]
@@ -68,10 +67,6 @@ pub struct SigmaStats {
     pub matches: AtomicU64,
     /// Correlation firings.
     pub correlations: AtomicU64,
-    /// Findings opened.
-    pub findings: AtomicU64,
-    /// Matches linked to an open finding instead of opening one.
-    pub repeats: AtomicU64,
     /// Correlation groups evicted to stay within `max_groups`.
     pub groups_evicted: AtomicU64,
     /// Live correlation groups.
@@ -105,7 +100,7 @@ pub struct Sigma {
     routes: Vec<Vec<Route>>,
     meta: HashMap<String, Meta>,
     correlation: Option<Mutex<CorrelationEngine>>,
-    open: Mutex<LruCache<(String, Vec<GroupField>), Open>>,
+    open: Arc<OpenFindings>,
     config: SigmaConfig,
     stats: SigmaStats,
 }
@@ -118,13 +113,6 @@ impl std::fmt::Debug for Sigma {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-/// A finding still open for de-duplication.
-#[derive(Debug, Clone, Copy)]
-struct Open {
-    id: FindingId,
-    until: i64,
 }
 
 const SOURCES: [SourceKind; 7] = [
@@ -188,8 +176,22 @@ fn severity(level: Option<Level>) -> Severity {
 }
 
 impl Sigma {
-    /// The stage for `set`.
+    /// The stage for `set`, with findings of its own.
     pub fn new(set: &RuleSet, config: SigmaConfig) -> Result<Sigma, String> {
+        let open = Arc::new(OpenFindings::new(
+            config.max_open_findings,
+            config.dedup_window_secs,
+        ));
+        Sigma::sharing(set, config, open)
+    }
+
+    /// The stage for `set`, opening findings in `open`, shared with the
+    /// other detections.
+    pub fn sharing(
+        set: &RuleSet,
+        config: SigmaConfig,
+        open: Arc<OpenFindings>,
+    ) -> Result<Sigma, String> {
         let mut routes = vec![Vec::new(); EventKind::ALL.len() * SOURCES.len()];
         for (index, rule) in set.rules.iter().enumerate() {
             let index = u32::try_from(index).map_err(|_| "too many rules".to_owned())?;
@@ -288,7 +290,7 @@ impl Sigma {
             routes,
             meta,
             correlation,
-            open: Mutex::new(LruCache::new(config.max_open_findings.max(1))),
+            open,
             config,
             stats: SigmaStats::default(),
         })
@@ -297,6 +299,11 @@ impl Sigma {
     /// The stage's counters.
     pub fn stats(&self) -> &SigmaStats {
         &self.stats
+    }
+
+    /// The findings it opens, and their counters.
+    pub fn findings(&self) -> &OpenFindings {
+        &self.open
     }
 
     /// How many detection and correlation rules are loaded.
@@ -363,20 +370,17 @@ impl Sigma {
     /// A result as a signal: a new finding, or a repeat of an open one.
     fn signal(&self, event: &RuntimeEvent, result: &EvaluationResult, meta: Meta) -> Signal {
         let at = event.observed_at;
-        let (kind, group, events, first_seen, detail) = match &result.body {
-            ResultBody::Detection(_) => {
-                let group = match run_of(event) {
-                    Some(run) => vec![field("chain.run", run)],
-                    None => vec![field("chain.actor", &event.actor.current.id)],
-                };
-                (FindingKind::Rule, group, vec![event.id], at, String::new())
-            }
+        let draft = match &result.body {
+            ResultBody::Detection(_) => Draft {
+                kind: FindingKind::Rule,
+                analytic: meta.analytic,
+                severity: meta.severity,
+                group: event_group(event),
+                events: vec![event.id],
+                first_seen: at,
+                detail: String::new(),
+            },
             ResultBody::Correlation(body) => {
-                let group = body
-                    .group_key
-                    .iter()
-                    .map(|(name, value)| field(name, value))
-                    .collect();
                 let refs = body.event_refs.as_deref().unwrap_or_default();
                 let mut events: Vec<EventId> = refs
                     .iter()
@@ -385,71 +389,32 @@ impl Sigma {
                 if !events.contains(&event.id) {
                     events.push(event.id);
                 }
-                let first = refs
-                    .iter()
-                    .map(|r| r.timestamp)
-                    .min()
-                    .and_then(|millis| Utc.timestamp_millis_opt(millis).single())
-                    .map_or(at, |first| first.min(at));
-                let detail = format!(
-                    " ({} {} within {}s)",
-                    body.correlation_type.as_str(),
-                    body.aggregated_value,
-                    body.timespan_secs / 1000
-                );
-                (FindingKind::Correlation, group, events, first, detail)
+                Draft {
+                    kind: FindingKind::Correlation,
+                    analytic: meta.analytic,
+                    severity: meta.severity,
+                    group: body
+                        .group_key
+                        .iter()
+                        .map(|(name, value)| field(name, value))
+                        .collect(),
+                    events,
+                    first_seen: refs
+                        .iter()
+                        .map(|r| r.timestamp)
+                        .min()
+                        .and_then(|millis| Utc.timestamp_millis_opt(millis).single())
+                        .unwrap_or(at),
+                    detail: format!(
+                        " ({} {} within {}s)",
+                        body.correlation_type.as_str(),
+                        body.aggregated_value,
+                        body.timespan_secs / 1000
+                    ),
+                }
             }
         };
-        let key = (meta.analytic.id.clone(), group);
-        let now = at.timestamp();
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = open.get(&key)
-            && now < existing.until
-        {
-            self.stats.repeats.fetch_add(1, Ordering::Relaxed);
-            return Signal {
-                id: meta.analytic.id,
-                message: format!("repeat of finding {}", existing.id),
-                finding: Some(FindingNote::Repeats(existing.id)),
-            };
-        }
-        let id = FindingId::new_v7();
-        open.insert(
-            key.clone(),
-            Open {
-                id,
-                until: now.saturating_add(self.config.dedup_window_secs),
-            },
-        );
-        drop(open);
-        self.stats.findings.fetch_add(1, Ordering::Relaxed);
-        let message = format!(
-            "{}: {} by {}{}{detail}",
-            meta.analytic.title,
-            event.action,
-            who(event),
-            run_of(event)
-                .map(|run| format!(" in run {run}"))
-                .unwrap_or_default(),
-        );
-        let finding = Finding {
-            id,
-            kind,
-            analytic: meta.analytic.clone(),
-            severity: meta.severity,
-            message: message.clone(),
-            created_at: Utc::now(),
-            first_seen,
-            last_seen: at,
-            group: key.1,
-            chain: event.actor.clone(),
-            events,
-        };
-        Signal {
-            id: meta.analytic.id,
-            message,
-            finding: Some(FindingNote::Opens(Box::new(finding))),
-        }
+        self.open.signal(event, draft)
     }
 }
 
@@ -464,24 +429,6 @@ fn in_milliseconds(rule: &rsigma_parser::CorrelationRule) -> rsigma_parser::Corr
         gap.seconds = gap.seconds.saturating_mul(1000);
     }
     rule
-}
-
-fn field(name: &str, value: &str) -> GroupField {
-    GroupField {
-        field: name.to_owned(),
-        value: value.to_owned(),
-    }
-}
-
-/// The actor as a responder reads it: the agent type and the human.
-fn who(event: &RuntimeEvent) -> String {
-    let actor = agent_type_of(event)
-        .map(|t| t.into_owned())
-        .unwrap_or_else(|| event.actor.current.id.clone());
-    match event.actor.root_id() {
-        Some(root) if root != actor => format!("{actor} (for {root})"),
-        _ => actor,
-    }
 }
 
 /// An event's time as the correlation engine counts it (see
