@@ -20,7 +20,9 @@ pub mod findings;
 pub mod rules;
 mod sigma;
 pub mod testing;
+pub mod thresholds;
 pub mod view;
 
 pub use rules::{Placeholders, RuleError, RuleFile, RuleSet};
 pub use sigma::{Sigma, SigmaConfig, SigmaStats, native_logsource};
+pub use thresholds::{ThresholdConfig, Thresholds};

@@ -1217,7 +1217,7 @@ fn parent_is_root(has_root: bool, path_len: usize) -> bool {
 }
 
 /// Whether a resource type names a credential.
-fn is_credential(resource_type: Option<&str>) -> bool {
+pub fn is_credential(resource_type: Option<&str>) -> bool {
     resource_type.is_some_and(|kind| {
         let kind = kind.to_ascii_lowercase();
         [

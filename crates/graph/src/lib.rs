@@ -41,7 +41,7 @@ pub use attribution::{
 pub use export::{SOURCE_KIND, opengraph};
 pub use graph::{
     BlastRadius, EdgeKind, EdgeSeen, EdgeView, Graph, NodeKey, NodeKind, NodeView, Sensitivity,
-    Subgraph, Verb,
+    Subgraph, Verb, is_credential,
 };
 pub use live::Live;
 
