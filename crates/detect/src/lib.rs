@@ -15,14 +15,18 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod baseline;
 pub mod builtin;
 pub mod findings;
 pub mod rules;
 mod sigma;
+mod stage;
 pub mod testing;
 pub mod thresholds;
 pub mod view;
 
+pub use baseline::{BaselineConfig, Baselines, TypeBaseline};
 pub use rules::{Placeholders, RuleError, RuleFile, RuleSet};
 pub use sigma::{Sigma, SigmaConfig, SigmaStats, native_logsource};
+pub use stage::Detections;
 pub use thresholds::{ThresholdConfig, Thresholds};
