@@ -495,3 +495,177 @@ fn a_secret_read_then_an_external_post_opens_a_finding_with_the_whole_chain() {
         );
     }
 }
+
+/// A type learns on ten runs two hours ago; now, runs like those are
+/// nothing and a run using a tool it never used is a `first_seen`. The
+/// baseline is shown, survives a restart, and a reset starts it over.
+#[test]
+fn a_learned_type_flags_a_never_used_tool_and_keeps_its_baseline() {
+    let data = tempfile::tempdir().unwrap();
+    let args = [
+        "--no-builtin-rules",
+        "--baseline-learning",
+        "1h",
+        "--baseline-min-events",
+        "20",
+    ];
+    let server = Server::start(data.path(), &args);
+    let call = |run: &str, tool: &str, at: chrono::DateTime<chrono::Utc>| {
+        json!({"kind": "tool_call", "action": "tools/call", "observed_at": at,
+               "source": {"type": "api"},
+               "actor": {"root": {"type": "human", "id": "alice@example.com"},
+                         "current": {"type": "agent", "id": "coder", "run_id": run}},
+               "target": {"tool": tool, "server": "github"},
+               "outcome": {"status": "success"}})
+    };
+    let then = chrono::Utc::now() - chrono::Duration::hours(2);
+    for run in 0..10 {
+        for (i, tool) in ["read_file", "edit_file", "run_tests"]
+            .into_iter()
+            .enumerate()
+        {
+            let at = then + chrono::Duration::seconds(run * 60 + i as i64 * 5);
+            post_event(
+                &server,
+                &server.token,
+                call(&format!("learn-{run}"), tool, at),
+            );
+        }
+    }
+    let first_seen = |server: &Server| {
+        findings(server, "?rule=baseline.first_seen")["findings"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let now = chrono::Utc::now();
+    for (i, tool) in ["read_file", "edit_file", "run_tests"]
+        .into_iter()
+        .enumerate()
+    {
+        post_event(
+            &server,
+            &server.token,
+            call(
+                "like-before",
+                tool,
+                now + chrono::Duration::milliseconds(i as i64),
+            ),
+        );
+    }
+    assert!(first_seen(&server).is_empty(), "{:?}", first_seen(&server));
+
+    // `read_file` first, as learned; then a tool it never used.
+    post_event(&server, &server.token, call("odd", "read_file", now));
+    let odd = post_event(
+        &server,
+        &server.token,
+        call(
+            "odd",
+            "delete_repo",
+            now + chrono::Duration::milliseconds(5),
+        ),
+    );
+    let found = first_seen(&server);
+    let tools: Vec<&Value> = found
+        .iter()
+        .filter(|f| f["finding"]["group"][1]["field"] == "tool")
+        .collect();
+    assert_eq!(tools.len(), 1, "{found:?}");
+    assert_eq!(tools[0]["finding"]["group"][1]["value"], "delete_repo");
+    assert_eq!(tools[0]["finding"]["events"], json!([odd["id"]]));
+    assert_eq!(tools[0]["finding"]["kind"], "baseline");
+
+    let shown = server.cli(&["baseline", "show", "coder"]);
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(text.contains("state:           enforced"), "{text}");
+    assert!(text.contains("events learned:  30"), "{text}");
+    assert!(text.contains("  read_file -> edit_file"), "{text}");
+
+    // A restart keeps what was learned.
+    server.stop();
+    let server = Server::start(data.path(), &args);
+    let listed = server.cli(&["baseline", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["baselines"][0]["agent_type"], "coder");
+    assert_eq!(listed["baselines"][0]["events"], 30);
+    assert_eq!(listed["baselines"][0]["state"], "enforced");
+
+    // A reset forgets it, here and in the store.
+    let reset = server.cli(&["baseline", "reset", "coder"]);
+    assert!(
+        reset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    let gone = server.cli(&["baseline", "show", "coder"]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no baseline"));
+    server.stop();
+    let server = Server::start(data.path(), &args);
+    let listed = server.cli(&["baseline", "list", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["baselines"], json!([]));
+}
+
+/// A threshold from the TOML file: a run reaching more distinct resources
+/// than allowed opens one finding, and a bad threshold stops the server.
+#[test]
+fn thresholds_from_the_configuration_file() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("custody.toml");
+    std::fs::write(
+        &config,
+        "[[thresholds]]\nname = \"reach\"\nmetric = \"distinct_resources\"\nlimit = 3\nwindow = \"5m\"\nseverity = \"high\"\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        data.path(),
+        &["--no-builtin-rules", "--config", config.to_str().unwrap()],
+    );
+    for i in 0..6 {
+        post_event(
+            &server,
+            &server.token,
+            json!({"kind": "data_access", "action": "s3:GetObject", "observed_at": now(),
+                   "source": {"type": "api"},
+                   "actor": {"current": {"type": "agent", "id": "coder", "run_id": "run-1"}},
+                   "target": {"resource": format!("s3://bucket/{i}")},
+                   "outcome": {"status": "success"}}),
+        );
+    }
+    let found = findings(&server, "?rule=threshold.reach");
+    let found = found["findings"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0]["repeats"], 2,
+        "the 5th and 6th resources repeat it"
+    );
+    assert_eq!(found[0]["finding"]["kind"], "threshold");
+    assert_eq!(found[0]["finding"]["severity"], "high");
+    drop(server);
+
+    std::fs::write(
+        &config,
+        "[[thresholds]]\nname = \"reach\"\nmetric = \"distinct_resources\"\nlimit = 3\nwindow = \"five\"\n",
+    )
+    .unwrap();
+    let out = output_within(
+        custody()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null()),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("thresholds[0] (`reach`): window"),
+        "{stderr}"
+    );
+}

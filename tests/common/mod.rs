@@ -95,6 +95,19 @@ impl Server {
         )
     }
 
+    /// Stops the server with SIGTERM, as an operator would, and waits for it
+    /// to finish shutting down.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = wait_within(&mut self.child, Duration::from_secs(30));
+        assert!(status.success(), "custody serve stopped with {status}");
+    }
+
     /// Kills the server with SIGKILL, as a crash would.
     pub fn kill(mut self) {
         self.child.kill().expect("killing custody serve");

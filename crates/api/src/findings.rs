@@ -1,6 +1,7 @@
 //! Findings: `GET /v1/findings`, `GET /v1/findings/{id}` and the live
 //! stream `GET /v1/findings/stream`. `format=ocsf` answers with OCSF
-//! Detection Findings.
+//! Detection Findings. The learned baselines: `GET /v1/baselines`,
+//! `GET /v1/baselines/{agent_type}`, `DELETE /v1/baselines/{agent_type}`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -185,4 +186,73 @@ fn matches(filter: &FindingQuery, stored: &StoredFinding) -> bool {
         && filter
             .min_severity
             .is_none_or(|least| finding.severity >= least)
+}
+
+fn baselines(state: &AppState) -> Result<&custody_detect::Baselines, ApiError> {
+    state
+        .detections
+        .as_deref()
+        .map(|d| &d.baselines)
+        .ok_or_else(|| ApiError::NotFound("this server keeps no baselines".into()))
+}
+
+/// A baseline as listed: what it holds, counted.
+fn summary(baseline: &custody_detect::TypeBaseline) -> Value {
+    json!({
+        "agent_type": baseline.agent_type,
+        "state": if baseline.enforced_since.is_some() { "enforced" } else { "learning" },
+        "learning_since": baseline.learning_since,
+        "enforced_since": baseline.enforced_since,
+        "events": baseline.events,
+        "tools": baseline.tools.len(),
+        "servers": baseline.servers.len(),
+        "resources": baseline.resources.len(),
+        "systems": baseline.systems.len(),
+        "transitions": baseline.transitions.len(),
+        "peak_calls_per_minute": baseline.peak_calls_per_minute,
+        "truncated": baseline.truncated,
+    })
+}
+
+pub(crate) async fn list_baselines(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let all: Vec<Value> = baselines(&state)?.list().iter().map(summary).collect();
+    Ok(Json(json!({ "baselines": all })).into_response())
+}
+
+pub(crate) async fn get_baseline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(agent_type): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let baseline = baselines(&state)?.get(&agent_type).ok_or_else(|| {
+        ApiError::NotFound(format!("no baseline for the agent type `{agent_type}`"))
+    })?;
+    let mut body = summary(&baseline);
+    body["baseline"] = serde_json::to_value(&baseline)
+        .map_err(|e| ApiError::Internal(format!("writing a baseline: {e}")))?;
+    Ok(Json(body).into_response())
+}
+
+/// Forgets a type's baseline, in memory and in the store: it learns again.
+pub(crate) async fn reset_baseline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(agent_type): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Responder)?;
+    let forgot = baselines(&state)?.reset(&agent_type);
+    let name = format!("baseline:{agent_type}");
+    let kept = read(&state, move |store| store.delete_state(&name)).await?;
+    if !forgot && !kept {
+        return Err(ApiError::NotFound(format!(
+            "no baseline for the agent type `{agent_type}`"
+        )));
+    }
+    tracing::info!(%agent_type, by = %caller.token_id, "baseline reset");
+    Ok(Json(json!({ "agent_type": agent_type, "reset": true })).into_response())
 }

@@ -86,8 +86,9 @@ pub struct AppState {
     pub otlp: Arc<std::sync::Mutex<custody_otlp::Mapper>>,
     /// The MCP gateway, when configured.
     pub gateway: Option<custody_gateway::http::HttpGateway>,
-    /// The engine's Sigma detect stage, when it runs one (for metrics).
-    pub detections: Option<Arc<custody_detect::Sigma>>,
+    /// The engine's detect stage, when it runs Custody's (for metrics and
+    /// baselines).
+    pub detections: Option<Arc<custody_detect::Detections>>,
 }
 
 impl AppState {
@@ -107,10 +108,10 @@ impl AppState {
         }
     }
 
-    /// The state with the engine's Sigma stage, whose counters `/metrics`
-    /// reports.
-    pub fn with_detections(mut self, sigma: Arc<custody_detect::Sigma>) -> AppState {
-        self.detections = Some(sigma);
+    /// The state with the engine's detect stage, whose counters `/metrics`
+    /// reports and whose baselines `/v1/baselines` shows.
+    pub fn with_detections(mut self, detections: Arc<custody_detect::Detections>) -> AppState {
+        self.detections = Some(detections);
         self
     }
 
@@ -165,6 +166,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/findings", get(findings::list_findings))
         .route("/v1/findings/stream", get(findings::stream_findings))
         .route("/v1/findings/{id}", get(findings::get_finding))
+        .route("/v1/baselines", get(findings::list_baselines))
+        .route(
+            "/v1/baselines/{agent_type}",
+            get(findings::get_baseline).delete(findings::reset_baseline),
+        )
         .route("/v1/events/{id}", get(query::get_event))
         .route("/v1/export/ocsf", get(query::export_ocsf))
         // OAuth needs these open; the token endpoint is authenticated by

@@ -37,7 +37,7 @@ pub struct Metrics {
     /// dropped (`custody_otlp::Stats`).
     otlp_spans: [Gauge<u64, AtomicU64>; 8],
     /// The detect stage's counters (`custody_detect::SigmaStats`).
-    detections: [Gauge<u64, AtomicU64>; 7],
+    detections: [Gauge<u64, AtomicU64>; 9],
 }
 
 impl Default for Metrics {
@@ -136,7 +136,7 @@ impl Default for Metrics {
         ]) {
             registry.register(name, help, gauge.clone());
         }
-        let detections: [Gauge<u64, AtomicU64>; 7] = Default::default();
+        let detections: [Gauge<u64, AtomicU64>; 9] = Default::default();
         for (gauge, (name, help)) in detections.iter().zip([
             ("detect_events", "Events the Sigma rules saw, since start"),
             (
@@ -157,6 +157,14 @@ impl Default for Metrics {
                 "Correlation groups evicted to keep within the cap, since start",
             ),
             ("detect_correlation_groups", "Live correlation groups"),
+            (
+                "detect_threshold_groups_evicted",
+                "Threshold counters evicted to keep within the cap, since start",
+            ),
+            (
+                "baseline_types_evicted",
+                "Agent types whose baseline was forgotten to keep within the cap, since start",
+            ),
         ]) {
             registry.register(name, help, gauge.clone());
         }
@@ -207,10 +215,10 @@ pub(crate) async fn get_metrics(
     ]) {
         gauge.set(value);
     }
-    if let Some(sigma) = &state.detections {
+    if let Some(detections) = &state.detections {
         use std::sync::atomic::Ordering::Relaxed;
-        let stats = sigma.stats();
-        let findings = sigma.findings();
+        let stats = detections.sigma.stats();
+        let findings = &detections.findings;
         for (gauge, counter) in metrics.detections.iter().zip([
             &stats.events,
             &stats.matches,
@@ -219,6 +227,8 @@ pub(crate) async fn get_metrics(
             &findings.repeats,
             &stats.groups_evicted,
             &stats.groups,
+            &detections.thresholds.groups_evicted,
+            &detections.baselines.types_evicted,
         ]) {
             gauge.set(counter.load(Relaxed));
         }

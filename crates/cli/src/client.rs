@@ -82,6 +82,18 @@ impl Client {
         Ok(answer(response).await?)
     }
 
+    /// DELETEs `path` and returns the JSON answer.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("calling {}{path}", self.base))?;
+        Ok(answer(response).await?)
+    }
+
     /// POSTs an NDJSON body of events; `Err` carries the server's refusal.
     pub async fn post_events(
         &self,

@@ -81,6 +81,14 @@ pub struct ServeArgs {
     /// Run only the rules given with `--rules`, not the built-in pack.
     #[arg(long, env = "CUSTODY_NO_BUILTIN_RULES")]
     pub no_builtin_rules: bool,
+    /// How long (event time) an agent type learns its baseline before it
+    /// is enforced: `30m`, `12h`, `7d` [default: 7d].
+    #[arg(long, env = "CUSTODY_BASELINE_LEARNING")]
+    pub baseline_learning: Option<String>,
+    /// Events an agent type must have learned from before it is enforced
+    /// [default: 100].
+    #[arg(long, env = "CUSTODY_BASELINE_MIN_EVENTS")]
+    pub baseline_min_events: Option<u64>,
     /// Index postings held in memory before they are written out as a
     /// sorted run: more means fewer, better-packed writes and more memory,
     /// about 60-120 bytes each [default: 600000].
@@ -109,8 +117,24 @@ struct FileConfig {
     #[serde(default)]
     placeholders: custody_detect::Placeholders,
     #[serde(default)]
+    thresholds: Vec<custody_detect::ThresholdConfig>,
+    #[serde(default)]
+    teams: std::collections::BTreeMap<String, Vec<String>>,
+    baselines: Option<BaselinesTable>,
+    #[serde(default)]
     issuers: Vec<IssuerTable>,
     gateway: Option<GatewayTable>,
+}
+
+/// The `[baselines]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BaselinesTable {
+    learning: Option<String>,
+    min_events: Option<u64>,
+    rate_factor: Option<f64>,
+    max_values: Option<usize>,
+    max_types: Option<usize>,
 }
 
 /// The `[gateway]` table: the MCP gateway served at `path`.
@@ -290,6 +314,12 @@ pub struct Config {
     pub builtin_rules: bool,
     /// Values of the placeholders rules expand (`[placeholders]`).
     pub placeholders: custody_detect::Placeholders,
+    /// The thresholds (`[[thresholds]]`).
+    pub thresholds: Vec<custody_detect::ThresholdConfig>,
+    /// Teams of humans thresholds may be kept per (`[teams]`).
+    pub teams: std::collections::BTreeMap<String, Vec<String>>,
+    /// How baselines learn (`[baselines]`, `--baseline-*`).
+    pub baselines: custody_detect::BaselineConfig,
     /// External issuers whose agent tokens are accepted.
     pub issuers: Vec<Trust>,
     /// The MCP gateway, when configured.
@@ -320,6 +350,38 @@ impl Config {
         };
         let file_otlp_grpc = file_listen(&file.otlp_grpc_listen, "otlp_grpc_listen")?;
         let file_otlp_http = file_listen(&file.otlp_http_listen, "otlp_http_listen")?;
+        let baselines = {
+            let table = file.baselines.unwrap_or_default();
+            let mut baselines = custody_detect::BaselineConfig::default();
+            if let Some(learning) = args
+                .baseline_learning
+                .as_deref()
+                .or(table.learning.as_deref())
+            {
+                let secs = custody_detect::thresholds::parse_window(learning)
+                    .map_err(|why| anyhow::anyhow!("baselines: learning: {why}"))?;
+                baselines.learning = chrono::Duration::seconds(secs);
+            }
+            if let Some(min) = args.baseline_min_events.or(table.min_events) {
+                baselines.min_events = min;
+            }
+            if let Some(factor) = table.rate_factor {
+                if !(factor.is_finite() && factor >= 1.0) {
+                    anyhow::bail!(
+                        "{}: baselines: rate_factor: {factor} is not a number of at least 1",
+                        display(args.config.as_deref())
+                    );
+                }
+                baselines.rate_factor = factor;
+            }
+            if let Some(max) = table.max_values {
+                baselines.max_values = max.max(1);
+            }
+            if let Some(max) = table.max_types {
+                baselines.max_types = max.max(1);
+            }
+            baselines
+        };
         let issuers = trusted_issuers(file.issuers)
             .map_err(|why| anyhow::anyhow!("{}: {why}", display(args.config.as_deref())))?;
         let gateway = file.gateway.map(gateway).transpose().map_err(|why| {
@@ -383,6 +445,9 @@ impl Config {
             },
             builtin_rules: !args.no_builtin_rules && file.builtin_rules.unwrap_or(true),
             placeholders: file.placeholders,
+            thresholds: file.thresholds,
+            teams: file.teams,
+            baselines,
             issuers,
             gateway,
         })

@@ -5,6 +5,7 @@
 //! `tail`) or manage the local store directly (`token`, which needs access
 //! to the data directory, as an administrator of the machine has).
 
+mod baseline;
 mod client;
 mod config;
 mod findings;
@@ -53,6 +54,9 @@ enum Command {
     Who(graph::WhoArgs),
     /// List findings (rule hits, correlations), or follow new ones.
     Findings(findings::FindingsArgs),
+    /// Show or reset the baselines agent types learned.
+    #[command(subcommand)]
+    Baseline(baseline::BaselineCommand),
     /// Check Sigma rules and their examples.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
@@ -137,6 +141,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .block_on(findings::run(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Rules(command) => rules::run(command),
+        Command::Baseline(command) => runtime
+            .block_on(baseline::run(command))
+            .map(|()| ExitCode::SUCCESS),
         Command::Token(command) => token::run(command).map(|()| ExitCode::SUCCESS),
         Command::Schema { new } => {
             let schema = if new {

@@ -40,7 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before the store opens: a bad JWKS file should stop the server first.
     let trusted = trusted_issuers(&config.issuers, &public_url).await?;
     // So should a rule that does not load.
-    let sigma = Arc::new(detections(&config)?);
+    let detections = Arc::new(detections(&config)?);
     let store = Store::open(&config.data_dir, config.store.clone())
         .with_context(|| format!("opening the store in `{}`", config.data_dir.display()))?;
     first_start(&store, &config.data_dir)?;
@@ -62,6 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (store, live) = (store.clone(), live.clone());
         tokio::task::spawn_blocking(move || crate::replay(&store, &live)).await??
     };
+    restore_baselines(&store, &detections.baselines).await?;
     tracing::info!(
         events = replayed.events,
         skipped = replayed.skipped,
@@ -71,7 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let engine = Arc::new(
         Engine::builder(Arc::new(store.clone()))
             .attribute(live.clone())
-            .detect(sigma.clone())
+            .detect(detections.clone())
             .build(),
     );
     tracing::info!(
@@ -88,7 +89,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let delegation = delegation(&config.data_dir, &public_url)?.trusting(trusted);
     let mut state = AppState::new(engine, store.clone(), config.limits)
         .with_delegation(delegation)
-        .with_detections(sigma);
+        .with_detections(detections.clone());
     if config.graph {
         state = state.with_graph(live);
     }
@@ -100,9 +101,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         otlp_http,
         otlp_grpc,
     };
+    let keeping = tokio::spawn(keep_baselines(store.clone(), detections.clone()));
     custody_api::serve_all(listeners, state, shutdown_signal())
         .await
         .context("serving the API")?;
+    keeping.abort();
+    save_baselines(&store, &detections.baselines).await;
     tracing::info!("shutting down: committing queued events");
     tokio::task::spawn_blocking(move || store.close())
         .await?
@@ -110,10 +114,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Sigma rules: the built-in pack unless turned off, and the files
-/// and directories configured. A rule that does not load stops the server,
-/// every error named by file and line.
-fn detections(config: &Config) -> anyhow::Result<custody_detect::Sigma> {
+/// Every detection: the Sigma rules (the built-in pack unless turned off,
+/// and the files and directories configured), the thresholds and the
+/// baselines. A rule or threshold that does not load stops the server,
+/// every error named by file and line, or by threshold.
+fn detections(config: &Config) -> anyhow::Result<custody_detect::Detections> {
     let mut files = if config.builtin_rules {
         custody_detect::builtin::files()
     } else {
@@ -137,10 +142,93 @@ fn detections(config: &Config) -> anyhow::Result<custody_detect::Sigma> {
     tracing::info!(
         rules = set.rules.len(),
         correlations = set.correlations.len(),
-        "loaded the Sigma rules"
+        thresholds = config.thresholds.len(),
+        "loaded the detections"
     );
-    custody_detect::Sigma::new(&set, custody_detect::SigmaConfig::default())
-        .map_err(|why| anyhow::anyhow!("starting the Sigma rules: {why}"))
+    let sigma_config = custody_detect::SigmaConfig::default();
+    let findings = Arc::new(custody_detect::findings::OpenFindings::new(
+        sigma_config.max_open_findings,
+        sigma_config.dedup_window_secs,
+    ));
+    let sigma = custody_detect::Sigma::sharing(&set, sigma_config, findings.clone())
+        .map_err(|why| anyhow::anyhow!("starting the Sigma rules: {why}"))?;
+    let sensitivity =
+        custody_graph::Sensitivity::new(config.sensitive.clone()).with_tags(&config.sensitive_tags);
+    let thresholds = custody_detect::Thresholds::new(
+        config.thresholds.clone(),
+        config.teams.clone(),
+        sensitivity,
+        100_000,
+        findings.clone(),
+    )
+    .map_err(|why| anyhow::anyhow!("{why}"))?;
+    let baselines = custody_detect::Baselines::new(config.baselines.clone(), findings.clone());
+    Ok(custody_detect::Detections {
+        sigma,
+        thresholds,
+        baselines,
+        findings,
+    })
+}
+
+/// The prefix under which baselines are kept in the store.
+const BASELINE_STATE: &str = "baseline:";
+
+/// Puts back the baselines kept by the last run. One that no longer reads
+/// is left out, with a warning: its type learns again.
+async fn restore_baselines(
+    store: &Store,
+    baselines: &custody_detect::Baselines,
+) -> anyhow::Result<()> {
+    let kept = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.states(BASELINE_STATE)).await??
+    };
+    let mut restored = Vec::new();
+    for (name, body) in kept {
+        match serde_json::from_str::<custody_detect::TypeBaseline>(&body) {
+            Ok(baseline) => restored.push(baseline),
+            Err(error) => {
+                tracing::warn!(%name, %error, "a kept baseline does not read; its type learns again")
+            }
+        }
+    }
+    tracing::info!(types = restored.len(), "restored the learned baselines");
+    baselines.restore(restored);
+    Ok(())
+}
+
+/// Keeps the baselines that changed, every 30 seconds.
+async fn keep_baselines(store: Store, detections: Arc<custody_detect::Detections>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        save_baselines(&store, &detections.baselines).await;
+    }
+}
+
+async fn save_baselines(store: &Store, baselines: &custody_detect::Baselines) {
+    let changed: Vec<(String, String)> = baselines
+        .take_changed()
+        .into_iter()
+        .filter_map(|b| {
+            let body = serde_json::to_string(&b).ok()?;
+            Some((format!("{BASELINE_STATE}{}", b.agent_type), body))
+        })
+        .collect();
+    if changed.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    let count = changed.len();
+    match tokio::task::spawn_blocking(move || store.put_state(&changed)).await {
+        Ok(Ok(())) => tracing::debug!(types = count, "kept the baselines"),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "keeping the baselines failed; retried with the next change")
+        }
+        Err(error) => tracing::warn!(%error, "keeping the baselines failed"),
+    }
 }
 
 /// The listener of an OTLP receiver, unless it is off. A busy port stops

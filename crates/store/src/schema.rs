@@ -109,6 +109,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (finding, event)
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX finding_events_event ON finding_events (event);",
+    // Version 4: state the detections keep across restarts (learned
+    // baselines), as JSON by name (`baseline:<agent type>`).
+    "CREATE TABLE detection_state (
+        name       TEXT    PRIMARY KEY,
+        body       TEXT    NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// The hash an identifier is stored and indexed under: the first 64 bits of
@@ -294,6 +301,7 @@ mod tests {
         assert_eq!(
             tables,
             [
+                "detection_state",
                 "events",
                 "finding_events",
                 "findings",

@@ -207,6 +207,50 @@ impl Store {
         })
     }
 
+    /// Keeps detection state by name (inserted or replaced), all in one
+    /// transaction.
+    pub fn put_state(&self, entries: &[(String, String)]) -> Result<(), StoreError> {
+        let mut conn = self.token_writer()?;
+        let write = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            {
+                let mut put = tx.prepare_cached(
+                    "INSERT INTO detection_state (name, body, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (name) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                )?;
+                let now = chrono::Utc::now().timestamp_micros();
+                for (name, body) in entries {
+                    put.execute(rusqlite::params![name, body, now])?;
+                }
+            }
+            tx.commit()
+        };
+        write(&mut conn).map_err(StoreError::sqlite("keeping detection state"))
+    }
+
+    /// The detection state whose names start with `prefix`, by name.
+    pub fn states(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|conn| {
+            let read = || -> rusqlite::Result<Vec<(String, String)>> {
+                conn.prepare_cached(
+                    "SELECT name, body FROM detection_state
+                     WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name",
+                )?
+                .query_map([prefix], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
+            };
+            read().map_err(StoreError::sqlite("reading detection state"))
+        })
+    }
+
+    /// Forgets the detection state `name`; whether there was any.
+    pub fn delete_state(&self, name: &str) -> Result<bool, StoreError> {
+        self.token_writer()?
+            .execute("DELETE FROM detection_state WHERE name = ?1", [name])
+            .map(|deleted| deleted > 0)
+            .map_err(StoreError::sqlite("forgetting detection state"))
+    }
+
     /// Stores a token, stamped with the current time.
     pub fn insert_token(&self, token: &NewToken) -> Result<TokenRecord, StoreError> {
         tokens::insert(&self.token_writer()?, token)

@@ -1380,3 +1380,31 @@ fn findings_are_stored_with_their_events_and_repeats() {
     });
     assert!(bad.is_err());
 }
+
+#[test]
+fn detection_state_is_kept_by_name_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    store
+        .put_state(&[
+            ("baseline:coder".into(), "{\"v\":1}".into()),
+            ("baseline:reviewer".into(), "{\"v\":2}".into()),
+            ("other:x".into(), "{}".into()),
+        ])
+        .unwrap();
+    store
+        .put_state(&[("baseline:coder".into(), "{\"v\":3}".into())])
+        .unwrap();
+    store.close().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(
+        store.states("baseline:").unwrap(),
+        [
+            ("baseline:coder".to_owned(), "{\"v\":3}".to_owned()),
+            ("baseline:reviewer".to_owned(), "{\"v\":2}".to_owned())
+        ]
+    );
+    assert!(store.delete_state("baseline:coder").unwrap());
+    assert!(!store.delete_state("baseline:coder").unwrap());
+    assert_eq!(store.states("baseline:").unwrap().len(), 1);
+}
