@@ -324,11 +324,11 @@ impl Baselines {
             }
             drafts.push(Draft {
                 kind: FindingKind::Baseline,
-                analytic: Analytic {
+                analytic: Arc::new(Analytic {
                     id: FIRST_SEEN.into(),
                     title: "Agent type used something it never used while learning".into(),
                     tags: vec!["owasp.asi10".into(), "nist_csf.de.ae-02".into()],
-                },
+                }),
                 severity: Severity::Low,
                 group: vec![
                     field("chain.agent_type", &agent_type),
@@ -350,11 +350,11 @@ impl Baselines {
         if call && calls > limit {
             drafts.push(Draft {
                 kind: FindingKind::Baseline,
-                analytic: Analytic {
+                analytic: Arc::new(Analytic {
                     id: RATE.into(),
                     title: "Agent run calling far faster than its type learned".into(),
                     tags: vec!["owasp.asi10".into(), "nist_csf.de.ae-02".into()],
-                },
+                }),
                 severity: Severity::Medium,
                 group: vec![
                     field("chain.agent_type", &agent_type),

@@ -6,8 +6,8 @@
 //! open findings is bounded (least recently used forgotten first), so a
 //! forgotten one only means the next match opens a new finding.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use custody_engine::{FindingNote, Signal};
@@ -23,8 +23,9 @@ use crate::view::{agent_type_of, run_of};
 pub struct Draft {
     /// What sort of detection.
     pub kind: FindingKind,
-    /// The rule, threshold or baseline.
-    pub analytic: Analytic,
+    /// The rule, threshold or baseline (shared: most drafts are repeats,
+    /// which need only its id).
+    pub analytic: Arc<Analytic>,
     /// How severe.
     pub severity: Severity,
     /// The group it is counted in.
@@ -87,7 +88,7 @@ impl OpenFindings {
         {
             self.repeats.fetch_add(1, Ordering::Relaxed);
             return Signal {
-                id: draft.analytic.id,
+                id: draft.analytic.id.clone(),
                 message: format!("repeat of finding {}", existing.id),
                 finding: Some(FindingNote::Repeats(existing.id)),
             };
@@ -115,7 +116,7 @@ impl OpenFindings {
         let finding = Finding {
             id,
             kind: draft.kind,
-            analytic: draft.analytic.clone(),
+            analytic: (*draft.analytic).clone(),
             severity: draft.severity,
             message: message.clone(),
             created_at: Utc::now(),
@@ -126,7 +127,7 @@ impl OpenFindings {
             events: draft.events,
         };
         Signal {
-            id: draft.analytic.id,
+            id: draft.analytic.id.clone(),
             message,
             finding: Some(FindingNote::Opens(Box::new(finding))),
         }

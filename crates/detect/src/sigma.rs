@@ -14,6 +14,7 @@
 //! so `group-by: [chain.run]` works for every source). Correlation state is
 //! bounded by [`SigmaConfig::max_groups`]; what eviction removes is counted.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,17 +74,21 @@ pub struct SigmaStats {
     pub groups: AtomicU64,
 }
 
-/// A rule's place in the routes.
-#[derive(Debug, Clone, Copy)]
-struct Route {
-    rule: u32,
+/// The rules one face of an event of some (kind, source) pairs sees, in an
+/// rsigma engine of their own: its inverted index of the values rules
+/// require skips the rules an event cannot match.
+struct Bucket {
     face: Face,
+    engine: rsigma_eval::Engine,
 }
 
 /// What a finding needs of a rule.
 #[derive(Debug, Clone)]
 struct Meta {
-    analytic: Analytic,
+    analytic: Arc<Analytic>,
+    /// Named by a correlation: its matches go through the correlation
+    /// engine.
+    correlated: bool,
     severity: Severity,
     /// A building block of correlations that do not `generate` its
     /// matches: it opens no finding of its own.
@@ -96,8 +101,10 @@ struct Meta {
 
 /// The Sigma detect stage.
 pub struct Sigma {
-    rules: Vec<rsigma_eval::CompiledRule>,
-    routes: Vec<Vec<Route>>,
+    rules: usize,
+    buckets: Vec<Bucket>,
+    /// For each (kind, source) pair, its buckets.
+    routes: Vec<Vec<usize>>,
     meta: HashMap<String, Meta>,
     correlation: Option<Mutex<CorrelationEngine>>,
     open: Arc<OpenFindings>,
@@ -108,7 +115,8 @@ pub struct Sigma {
 impl std::fmt::Debug for Sigma {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sigma")
-            .field("rules", &self.rules.len())
+            .field("rules", &self.rules)
+            .field("buckets", &self.buckets.len())
             .field("correlations", &self.correlation.is_some())
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -192,19 +200,45 @@ impl Sigma {
         config: SigmaConfig,
         open: Arc<OpenFindings>,
     ) -> Result<Sigma, String> {
+        // Which rules each face of each (kind, source) pair sees; pairs
+        // seeing the same rules share a bucket.
         let mut routes = vec![Vec::new(); EventKind::ALL.len() * SOURCES.len()];
-        for (index, rule) in set.rules.iter().enumerate() {
-            let index = u32::try_from(index).map_err(|_| "too many rules".to_owned())?;
-            for kind in EventKind::ALL {
-                for source in SOURCES {
-                    if let Some(face) = face_for(&rule.sigma.logsource, kind, source) {
-                        routes[route_index(kind, source)].push(Route { rule: index, face });
+        let mut buckets: Vec<Bucket> = Vec::new();
+        let mut known: HashMap<(Face, Vec<usize>), usize> = HashMap::new();
+        for kind in EventKind::ALL {
+            for source in SOURCES {
+                for face in [Face::Custody, Face::Native] {
+                    let seen: Vec<usize> = set
+                        .rules
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, rule)| {
+                            face_for(&rule.sigma.logsource, kind, source) == Some(face)
+                        })
+                        .map(|(index, _)| index)
+                        .collect();
+                    if seen.is_empty() {
+                        continue;
                     }
+                    let bucket = *known.entry((face, seen.clone())).or_insert_with(|| {
+                        let mut engine = rsigma_eval::Engine::new();
+                        engine.extend_compiled_rules(
+                            seen.iter().map(|&index| set.rules[index].compiled.clone()),
+                        );
+                        buckets.push(Bucket { face, engine });
+                        buckets.len() - 1
+                    });
+                    routes[route_index(kind, source)].push(bucket);
                 }
             }
         }
         // Sigma v2: a correlation's rules report their own matches only
         // when it says `generate: true`.
+        let correlated: std::collections::HashSet<&str> = set
+            .correlations
+            .iter()
+            .flat_map(|c| c.sigma.rules.iter().map(String::as_str))
+            .collect();
         let quiet: std::collections::HashSet<&str> = set
             .correlations
             .iter()
@@ -222,8 +256,13 @@ impl Sigma {
                 .into_iter()
                 .flatten()
                 .any(|key| quiet.contains(key));
+            let keys = [rule.sigma.id.as_deref(), rule.sigma.name.as_deref()];
             let entry = Meta {
-                analytic,
+                analytic: Arc::new(analytic),
+                correlated: keys
+                    .into_iter()
+                    .flatten()
+                    .any(|key| correlated.contains(key)),
                 severity: severity(rule.sigma.level),
                 correlation_only,
                 min_events: 1,
@@ -241,11 +280,12 @@ impl Sigma {
                 CorrelationType::Temporal | CorrelationType::TemporalOrdered
             );
             let entry = Meta {
-                analytic: Analytic {
+                analytic: Arc::new(Analytic {
                     id: correlation.key().to_owned(),
                     title: correlation.sigma.title.clone(),
                     tags: correlation.sigma.tags.clone(),
-                },
+                }),
+                correlated: false,
                 severity: severity(correlation.sigma.level),
                 correlation_only: false,
                 min_events: if temporal {
@@ -273,7 +313,15 @@ impl Sigma {
                 max_correlation_events: config.max_finding_events,
                 ..CorrelationConfig::default()
             });
-            for rule in &set.rules {
+            // Only the rules correlations name: the engine looks a match's
+            // rule up among its rules one by one.
+            let named = |rule: &&crate::rules::Rule| {
+                [rule.sigma.id.as_deref(), rule.sigma.name.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|key| correlated.contains(key))
+            };
+            for rule in set.rules.iter().filter(named) {
                 engine
                     .add_rule(&rule.sigma)
                     .map_err(|e| format!("{}: {e}", rule.origin.file))?;
@@ -286,7 +334,8 @@ impl Sigma {
             Some(Mutex::new(engine))
         };
         Ok(Sigma {
-            rules: set.rules.iter().map(|r| r.compiled.clone()).collect(),
+            rules: set.rules.len(),
+            buckets,
             routes,
             meta,
             correlation,
@@ -308,46 +357,45 @@ impl Sigma {
 
     /// How many detection and correlation rules are loaded.
     pub fn rule_count(&self) -> usize {
-        self.rules.len()
+        self.rules
     }
 
     /// The detection rules `event` matches, statelessly.
     fn matches(&self, parsed: &Parsed<'_>) -> Vec<EvaluationResult> {
         let event = parsed.event();
-        let routes = &self.routes[route_index(event.kind, event.source.kind)];
         let mut found = Vec::new();
-        for route in routes {
-            let Some(rule) = self.rules.get(route.rule as usize) else {
-                continue;
-            };
-            if let Some(result) = rsigma_eval::evaluate_rule(rule, &parsed.face(route.face)) {
-                found.push(result);
+        for &bucket in &self.routes[route_index(event.kind, event.source.kind)] {
+            if let Some(bucket) = self.buckets.get(bucket) {
+                found.extend(bucket.engine.evaluate(&parsed.face(bucket.face)));
             }
         }
         found
     }
 
-    fn meta(&self, result: &EvaluationResult) -> Meta {
+    fn meta(&self, result: &EvaluationResult) -> Cow<'_, Meta> {
         let header = &result.header;
-        header
+        match header
             .rule_id
             .as_deref()
             .and_then(|id| self.meta.get(id))
             .or_else(|| self.meta.get(&header.rule_title))
-            .cloned()
-            .unwrap_or_else(|| Meta {
-                analytic: Analytic {
+        {
+            Some(meta) => Cow::Borrowed(meta),
+            None => Cow::Owned(Meta {
+                analytic: Arc::new(Analytic {
                     id: header
                         .rule_id
                         .clone()
                         .unwrap_or_else(|| header.rule_title.clone()),
                     title: header.rule_title.clone(),
                     tags: header.tags.clone(),
-                },
+                }),
+                correlated: false,
                 severity: severity(header.level),
                 correlation_only: false,
                 min_events: 1,
-            })
+            }),
+        }
     }
 
     /// Whether a result makes a signal: building blocks of correlations
@@ -368,12 +416,12 @@ impl Sigma {
     }
 
     /// A result as a signal: a new finding, or a repeat of an open one.
-    fn signal(&self, event: &RuntimeEvent, result: &EvaluationResult, meta: Meta) -> Signal {
+    fn signal(&self, event: &RuntimeEvent, result: &EvaluationResult, meta: &Meta) -> Signal {
         let at = event.observed_at;
         let draft = match &result.body {
             ResultBody::Detection(_) => Draft {
                 kind: FindingKind::Rule,
-                analytic: meta.analytic,
+                analytic: meta.analytic.clone(),
                 severity: meta.severity,
                 group: event_group(event),
                 events: vec![event.id],
@@ -391,7 +439,7 @@ impl Sigma {
                 }
                 Draft {
                     kind: FindingKind::Correlation,
-                    analytic: meta.analytic,
+                    analytic: meta.analytic.clone(),
                     severity: meta.severity,
                     group: body
                         .group_key
@@ -448,14 +496,16 @@ impl Detect for Sigma {
         self.stats
             .matches
             .fetch_add(matched.len() as u64, Ordering::Relaxed);
-        let results = match &self.correlation {
-            None => matched,
-            Some(engine) => {
+        // Only matches of rules a correlation names take the lock.
+        let (correlated, mut results): (Vec<_>, Vec<_>) =
+            matched.into_iter().partition(|r| self.meta(r).correlated);
+        if let (Some(engine), false) = (&self.correlation, correlated.is_empty()) {
+            {
                 let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
                 let before = engine.state_count();
-                let results = engine.process_with_detections(
+                let fired = engine.process_with_detections(
                     &parsed.face(Face::Custody),
-                    matched,
+                    correlated,
                     engine_time(event.observed_at),
                 );
                 let after = engine.state_count();
@@ -468,9 +518,9 @@ impl Detect for Sigma {
                         .fetch_add((before - after) as u64, Ordering::Relaxed);
                 }
                 self.stats.groups.store(after as u64, Ordering::Relaxed);
-                results
+                results.extend(fired);
             }
-        };
+        }
         let mut signals = Vec::new();
         for result in &results {
             let meta = self.meta(result);
@@ -480,7 +530,7 @@ impl Detect for Sigma {
             if result.is_correlation() {
                 self.stats.correlations.fetch_add(1, Ordering::Relaxed);
             }
-            signals.push(self.signal(event, result, meta));
+            signals.push(self.signal(event, result, &meta));
         }
         signals
     }
@@ -493,7 +543,8 @@ impl Detect for Sigma {
             .iter()
             .filter_map(|result| {
                 let meta = self.meta(result);
-                (!meta.correlation_only).then(|| Signal::new(meta.analytic.id, meta.analytic.title))
+                (!meta.correlation_only)
+                    .then(|| Signal::new(meta.analytic.id.clone(), meta.analytic.title.clone()))
             })
             .collect()
     }

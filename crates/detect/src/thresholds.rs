@@ -143,7 +143,7 @@ pub fn parse_window(text: &str) -> Result<i64, String> {
 struct Threshold {
     config: ThresholdConfig,
     window_ms: i64,
-    analytic: Analytic,
+    analytic: Arc<Analytic>,
     groups: Mutex<LruCache<String, Counter>>,
 }
 
@@ -206,7 +206,7 @@ impl Thresholds {
                 }
                 None => 600,
             } * 1000;
-            let analytic = Analytic {
+            let analytic = Arc::new(Analytic {
                 id: format!("threshold.{}", config.name),
                 title: format!(
                     "Threshold {}: more than {} {} in {}",
@@ -216,7 +216,7 @@ impl Thresholds {
                     config.window.as_deref().unwrap_or("10m")
                 ),
                 tags: Vec::new(),
-            };
+            });
             thresholds.push(Threshold {
                 config,
                 window_ms,

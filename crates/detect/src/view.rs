@@ -15,6 +15,7 @@
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
+use std::collections::HashMap;
 
 use custody_event::{Principal, PrincipalKind, RuntimeEvent};
 use rsigma_eval::{Event, EventValue};
@@ -191,9 +192,93 @@ pub fn agent_type_of(event: &RuntimeEvent) -> Option<Cow<'_, str>> {
     })
 }
 
+/// A resolver of one fixed field of the Custody face.
+type Resolver = for<'e> fn(&'e RuntimeEvent) -> Option<EventValue<'e>>;
+
+/// The fixed fields of the Custody face, by path: rules ask for fields
+/// dozens of times an event (the engine's index probes them too), and one
+/// hash lookup is cheaper than comparing the path with each name in turn.
+static FIXED: std::sync::LazyLock<HashMap<&'static str, Resolver, foldhash::fast::RandomState>> =
+    std::sync::LazyLock::new(|| {
+        let mut fixed: HashMap<&'static str, Resolver, _> = HashMap::default();
+        let mut add = |path: &'static str, resolve: Resolver| {
+            fixed.insert(path, resolve);
+        };
+        add("kind", |e| text(e.kind.as_str()));
+        add("action", |e| text(&e.action));
+        add("source.type", |e| text(e.source.kind.as_str()));
+        add("source.name", |e| optional(e.source.name.as_deref()));
+        add("source.record_id", |e| {
+            optional(e.source.record_id.as_deref())
+        });
+        add("outcome.status", |e| text(e.outcome.status.as_str()));
+        add("outcome.reason", |e| optional(e.outcome.reason.as_deref()));
+        add("attribution.method", |e| {
+            text(e.attribution.method.as_str())
+        });
+        add("actor.current.type", |e| {
+            text(e.actor.current.kind.as_str())
+        });
+        add("actor.current.id", |e| text(&e.actor.current.id));
+        add("actor.current.name", |e| {
+            optional(e.actor.current.name.as_deref())
+        });
+        add("actor.current.version", |e| {
+            optional(e.actor.current.version.as_deref())
+        });
+        add("actor.current.run_id", |e| {
+            optional(e.actor.current.run_id.as_deref())
+        });
+        add("actor.root.type", |e| {
+            e.actor.root.as_ref().and_then(|r| text(r.kind.as_str()))
+        });
+        add("actor.root.id", |e| {
+            e.actor.root.as_ref().and_then(|r| text(&r.id))
+        });
+        add("actor.credential.type", |e| {
+            e.actor
+                .credential
+                .as_ref()
+                .and_then(|c| text(c.kind.as_str()))
+        });
+        add("actor.credential.id", |e| {
+            e.actor.credential.as_ref().and_then(|c| text(&c.id))
+        });
+        add("actor.depth", |e| chain_field(e, "depth"));
+        add("chain.root", |e| chain_field(e, "root"));
+        add("chain.run", |e| chain_field(e, "run"));
+        add("chain.agent_type", |e| chain_field(e, "agent_type"));
+        add("chain.actor", |e| chain_field(e, "actor"));
+        add("chain.parent", |e| chain_field(e, "parent"));
+        add("chain.parent_run", |e| chain_field(e, "parent_run"));
+        add("chain.depth", |e| chain_field(e, "depth"));
+        add("target.tool", |e| optional(e.target.tool.as_deref()));
+        add("target.server", |e| optional(e.target.server.as_deref()));
+        add("target.resource", |e| {
+            optional(e.target.resource.as_deref())
+        });
+        add("target.resource_type", |e| {
+            optional(e.target.resource_type.as_deref())
+        });
+        add("target.system", |e| optional(e.target.system.as_deref()));
+        add("context.session_id", |e| {
+            optional(e.context.session_id.as_deref())
+        });
+        add("context.trace_id", |e| {
+            optional(e.context.trace_id.as_deref())
+        });
+        add("context.tool_call_id", |e| {
+            optional(e.context.tool_call_id.as_deref())
+        });
+        fixed
+    });
+
 /// A field of the Custody face.
 fn custody_field<'e>(parsed: &'e Parsed<'_>, path: &str) -> Option<EventValue<'e>> {
     let event = parsed.event;
+    if let Some(resolve) = FIXED.get(path) {
+        return resolve(event);
+    }
     let (head, rest) = path.split_once('.').unwrap_or((path, ""));
     match (head, rest) {
         ("id", "") => Some(EventValue::Str(Cow::Owned(event.id.to_string()))),
