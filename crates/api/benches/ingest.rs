@@ -167,6 +167,35 @@ fn http(
             custody_graph::Graph::default(),
         )),
     };
+    // The detect stage `custody serve` runs: the shipped rule pack and
+    // baselines. `CUSTODY_BENCH_DETECT=none` leaves it out.
+    // `rules` runs the pack without learning baselines.
+    let detections = match std::env::var("CUSTODY_BENCH_DETECT").as_deref() {
+        Ok("none") => None,
+        Ok("rules") => {
+            let set = custody_detect::RuleSet::load(&custody_detect::builtin::files())
+                .expect("the shipped rules");
+            let config = custody_detect::DetectionsConfig {
+                baselines: custody_detect::BaselineConfig {
+                    max_types: 1,
+                    max_runs: 1,
+                    max_values: 0,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            Some(Arc::new(
+                custody_detect::Detections::new(&set, config).expect("the shipped rules"),
+            ))
+        }
+        _ => Some(Arc::new(
+            custody_detect::Detections::builtin().expect("the shipped rules"),
+        )),
+    };
+    let engine = match &detections {
+        None => engine,
+        Some(detections) => engine.detect(detections.clone()),
+    };
     let engine = Arc::new(engine.build());
     // Bytes, so a client's copy of a body costs a reference count, as a
     // client in a process of its own would not copy at all.
@@ -278,6 +307,34 @@ fn http(
         stats.commits,
         stats.committed_events as f64 / stats.commits.max(1) as f64
     );
+    if let Some(detections) = &detections {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = detections.sigma.stats();
+        let mut rules: std::collections::BTreeMap<String, usize> = Default::default();
+        let mut query = custody_store::FindingQuery {
+            limit: 1000,
+            ..Default::default()
+        };
+        loop {
+            let page = store.findings(&query).expect("findings");
+            for found in &page.findings {
+                *rules
+                    .entry(found.finding.analytic.title.clone())
+                    .or_default() += 1 + found.repeats as usize;
+            }
+            match page.next {
+                Some(next) => query.cursor = Some(next),
+                None => break,
+            }
+        }
+        println!(
+            "detect    {} rule matches, {} correlations fired, {} findings opened, {} repeats; by rule (with repeats): {rules:?}",
+            stats.matches.load(Relaxed),
+            stats.correlations.load(Relaxed),
+            detections.findings.opened.load(Relaxed),
+            detections.findings.repeats.load(Relaxed),
+        );
+    }
     let stored = store.count().expect("counting");
     assert_eq!(
         stored as usize,

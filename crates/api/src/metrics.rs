@@ -37,7 +37,7 @@ pub struct Metrics {
     /// dropped (`custody_otlp::Stats`).
     otlp_spans: [Gauge<u64, AtomicU64>; 8],
     /// The detect stage's counters (`custody_detect::SigmaStats`).
-    detections: [Gauge<u64, AtomicU64>; 9],
+    detections: [Gauge<u64, AtomicU64>; 10],
 }
 
 impl Default for Metrics {
@@ -136,7 +136,7 @@ impl Default for Metrics {
         ]) {
             registry.register(name, help, gauge.clone());
         }
-        let detections: [Gauge<u64, AtomicU64>; 9] = Default::default();
+        let detections: [Gauge<u64, AtomicU64>; 10] = Default::default();
         for (gauge, (name, help)) in detections.iter().zip([
             ("detect_events", "Events the Sigma rules saw, since start"),
             (
@@ -160,6 +160,10 @@ impl Default for Metrics {
             (
                 "detect_threshold_groups_evicted",
                 "Threshold counters evicted to keep within the cap, since start",
+            ),
+            (
+                "findings_refired",
+                "Correlation, threshold and rate firings while their finding was open, counted only, since start",
             ),
             (
                 "baseline_types_evicted",
@@ -228,6 +232,7 @@ pub(crate) async fn get_metrics(
             &stats.groups_evicted,
             &stats.groups,
             &detections.thresholds.groups_evicted,
+            &findings.refired,
             &detections.baselines.types_evicted,
         ]) {
             gauge.set(counter.load(Relaxed));

@@ -145,30 +145,19 @@ fn detections(config: &Config) -> anyhow::Result<custody_detect::Detections> {
         thresholds = config.thresholds.len(),
         "loaded the detections"
     );
-    let sigma_config = custody_detect::SigmaConfig::default();
-    let findings = Arc::new(custody_detect::findings::OpenFindings::new(
-        sigma_config.max_open_findings,
-        sigma_config.dedup_window_secs,
-    ));
-    let sigma = custody_detect::Sigma::sharing(&set, sigma_config, findings.clone())
-        .map_err(|why| anyhow::anyhow!("starting the Sigma rules: {why}"))?;
     let sensitivity =
         custody_graph::Sensitivity::new(config.sensitive.clone()).with_tags(&config.sensitive_tags);
-    let thresholds = custody_detect::Thresholds::new(
-        config.thresholds.clone(),
-        config.teams.clone(),
-        sensitivity,
-        100_000,
-        findings.clone(),
+    custody_detect::Detections::new(
+        &set,
+        custody_detect::DetectionsConfig {
+            thresholds: config.thresholds.clone(),
+            teams: config.teams.clone(),
+            sensitivity,
+            baselines: config.baselines.clone(),
+            ..custody_detect::DetectionsConfig::default()
+        },
     )
-    .map_err(|why| anyhow::anyhow!("{why}"))?;
-    let baselines = custody_detect::Baselines::new(config.baselines.clone(), findings.clone());
-    Ok(custody_detect::Detections {
-        sigma,
-        thresholds,
-        baselines,
-        findings,
-    })
+    .map_err(|why| anyhow::anyhow!("{why}"))
 }
 
 /// The prefix under which baselines are kept in the store.

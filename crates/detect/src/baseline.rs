@@ -161,15 +161,22 @@ struct State {
     changed: BTreeSet<String>,
 }
 
-/// The baselines stage.
+/// The baselines stage. Its state is split in shards by agent type (a run
+/// has one type), so that callers on several threads rarely wait on one
+/// another.
 #[derive(Debug)]
 pub struct Baselines {
-    state: Mutex<State>,
+    shards: Vec<Mutex<State>>,
     config: BaselineConfig,
     open: Arc<OpenFindings>,
+    first_seen: Arc<Analytic>,
+    rate: Arc<Analytic>,
     /// Types forgotten to stay within `max_types`, since start.
     pub types_evicted: AtomicU64,
 }
+
+/// Shards of the state, at most.
+const SHARDS: usize = 16;
 
 const FIRST_SEEN: &str = "baseline.first_seen";
 const RATE: &str = "baseline.rate";
@@ -177,73 +184,116 @@ const RATE: &str = "baseline.rate";
 impl Baselines {
     /// Empty baselines, opening findings in `open`.
     pub fn new(config: BaselineConfig, open: Arc<OpenFindings>) -> Baselines {
+        // Each shard holds its share of the caps, so that together they
+        // hold no more than the caps.
+        let count = SHARDS.min(config.max_types.max(1));
+        let share = |cap: usize| (cap / count).max(1);
+        let shards = (0..count)
+            .map(|_| {
+                Mutex::new(State {
+                    types: LruCache::new(share(config.max_types)),
+                    runs: LruCache::new(share(config.max_runs)),
+                    changed: BTreeSet::new(),
+                })
+            })
+            .collect();
+        let tags = vec!["owasp.asi10".into(), "nist_csf.de.ae-02".into()];
         Baselines {
-            state: Mutex::new(State {
-                types: LruCache::new(config.max_types.max(1)),
-                runs: LruCache::new(config.max_runs.max(1)),
-                changed: BTreeSet::new(),
-            }),
+            shards,
             config,
             open,
+            first_seen: Arc::new(Analytic {
+                id: FIRST_SEEN.into(),
+                title: "Agent type used something it never used while learning".into(),
+                tags: tags.clone(),
+            }),
+            rate: Arc::new(Analytic {
+                id: RATE.into(),
+                title: "Agent run calling far faster than its type learned".into(),
+                tags,
+            }),
             types_evicted: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn shard(&self, agent_type: &str) -> std::sync::MutexGuard<'_, State> {
+        use std::hash::BuildHasher as _;
+        let hash = foldhash::fast::FixedState::with_seed(0).hash_one(agent_type);
+        // There is at least one shard, and the index is below their count.
+        let index = (hash % self.shards.len() as u64) as usize;
+        self.shards[index].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn each_shard(&self) -> impl Iterator<Item = std::sync::MutexGuard<'_, State>> {
+        self.shards
+            .iter()
+            .map(|shard| shard.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Puts back baselines kept from before.
     pub fn restore(&self, baselines: impl IntoIterator<Item = TypeBaseline>) {
-        let mut state = self.lock();
         for baseline in baselines {
-            state.types.insert(baseline.agent_type.clone(), baseline);
+            let mut shard = self.shard(&baseline.agent_type);
+            shard.types.insert(baseline.agent_type.clone(), baseline);
         }
     }
 
     /// One type's baseline.
     pub fn get(&self, agent_type: &str) -> Option<TypeBaseline> {
-        self.lock().types.peek(agent_type).cloned()
+        self.shard(agent_type).types.peek(agent_type).cloned()
     }
 
     /// Every type's baseline, by type.
     pub fn list(&self) -> Vec<TypeBaseline> {
-        let state = self.lock();
-        let mut all: Vec<TypeBaseline> = state.types.iter().map(|(_, b)| b.clone()).collect();
+        let mut all: Vec<TypeBaseline> = self
+            .each_shard()
+            .flat_map(|shard| {
+                shard
+                    .types
+                    .iter()
+                    .map(|(_, b)| b.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         all.sort_by(|a, b| a.agent_type.cmp(&b.agent_type));
         all
     }
 
     /// Forgets a type's baseline: it learns again from its next event.
     pub fn reset(&self, agent_type: &str) -> bool {
-        let mut state = self.lock();
-        state.changed.remove(agent_type);
-        state.types.remove(agent_type).is_some()
+        let mut shard = self.shard(agent_type);
+        shard.changed.remove(agent_type);
+        shard.types.remove(agent_type).is_some()
     }
 
     /// The baselines changed since the last call, to be kept.
     pub fn take_changed(&self) -> Vec<TypeBaseline> {
-        let mut state = self.lock();
-        let changed = std::mem::take(&mut state.changed);
-        changed
-            .into_iter()
-            .filter_map(|t| state.types.peek(&t).cloned())
+        self.each_shard()
+            .flat_map(|mut shard| {
+                let changed = std::mem::take(&mut shard.changed);
+                changed
+                    .into_iter()
+                    .filter_map(|t| shard.types.peek(&t).cloned())
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
     fn learn_or_check(&self, event: &RuntimeEvent) -> Vec<Draft> {
-        let Some(agent_type) = agent_type_of(event).map(|t| t.into_owned()) else {
+        let Some(agent_type) = agent_type_of(event) else {
             return Vec::new();
         };
+        let agent_type: &str = &agent_type;
         let at = event.observed_at;
         let call = matches!(event.kind, EventKind::ToolCall | EventKind::McpRequest);
-        let mut state = self.lock();
+        let mut shard = self.shard(agent_type);
+        let state = &mut *shard;
         // The run: its previous tool, and its calls this minute.
-        let run = run_of(event).map(str::to_owned);
-        let (previous, calls) = match &run {
+        let run = run_of(event);
+        let (previous, calls) = match run {
             Some(run) => {
                 if state.runs.get(run).is_none() {
-                    state.runs.insert(run.clone(), RunState::default());
+                    state.runs.insert(run.to_owned(), RunState::default());
                 }
                 let minute = at.timestamp().div_euclid(60);
                 match state.runs.get_mut(run) {
@@ -257,7 +307,11 @@ impl Baselines {
                         }
                         let previous = match (&event.target.tool, event.kind) {
                             (Some(tool), EventKind::ToolCall) => {
-                                live.last_tool.replace(tool.clone())
+                                if live.last_tool.as_deref() == Some(tool.as_str()) {
+                                    live.last_tool.clone()
+                                } else {
+                                    live.last_tool.replace(tool.clone())
+                                }
                             }
                             _ => None,
                         };
@@ -268,29 +322,28 @@ impl Baselines {
             }
             None => (None, 0),
         };
-        let mut values: Vec<(Dimension, String)> = [
-            (Dimension::Tool, &event.target.tool),
-            (Dimension::Server, &event.target.server),
-            (Dimension::Resource, &event.target.resource),
-            (Dimension::System, &event.target.system),
-        ]
-        .into_iter()
-        .filter_map(|(dimension, value)| value.clone().map(|v| (dimension, v)))
-        .collect();
-        if let (Some(previous), Some(tool)) = (previous, &event.target.tool) {
-            values.push((Dimension::Transition, format!("{previous} -> {tool}")));
-        }
-        if state.types.get(&agent_type).is_none() {
-            if state.types.len() >= self.config.max_types.max(1) {
+        let transition = match (previous, &event.target.tool) {
+            (Some(previous), Some(tool)) => Some(format!("{previous} -> {tool}")),
+            _ => None,
+        };
+        let values: [(Dimension, Option<&str>); 5] = [
+            (Dimension::Tool, event.target.tool.as_deref()),
+            (Dimension::Server, event.target.server.as_deref()),
+            (Dimension::Resource, event.target.resource.as_deref()),
+            (Dimension::System, event.target.system.as_deref()),
+            (Dimension::Transition, transition.as_deref()),
+        ];
+        if state.types.get(agent_type).is_none() {
+            if state.types.len() >= state.types.capacity() {
                 self.types_evicted.fetch_add(1, Ordering::Relaxed);
             }
             state.types.insert(
-                agent_type.clone(),
-                TypeBaseline::new(agent_type.clone(), at),
+                agent_type.to_owned(),
+                TypeBaseline::new(agent_type.to_owned(), at),
             );
         }
         let config = &self.config;
-        let Some(baseline) = state.types.get_mut(&agent_type) else {
+        let Some(baseline) = state.types.get_mut(agent_type) else {
             return Vec::new();
         };
         if baseline.enforced_since.is_none()
@@ -303,36 +356,37 @@ impl Baselines {
         if baseline.enforced_since.is_none() {
             baseline.events += 1;
             for (dimension, value) in values {
-                let full = baseline.dimension(dimension).len() >= config.max_values;
-                if !full {
-                    baseline.dimension(dimension).insert(value);
-                } else if !baseline.dimension(dimension).contains(&value)
-                    && !baseline.truncated.iter().any(|d| d == dimension.as_str())
-                {
+                let Some(value) = value else { continue };
+                let set = baseline.dimension(dimension);
+                if set.contains(value) {
+                    continue;
+                }
+                if set.len() < config.max_values {
+                    set.insert(value.to_owned());
+                } else if !baseline.truncated.iter().any(|d| d == dimension.as_str()) {
                     baseline.truncated.push(dimension.as_str().to_owned());
                 }
             }
             baseline.peak_calls_per_minute = baseline.peak_calls_per_minute.max(calls);
-            state.changed.insert(agent_type);
+            if !state.changed.contains(agent_type) {
+                state.changed.insert(agent_type.to_owned());
+            }
             return drafts;
         }
         for (dimension, value) in values {
+            let Some(value) = value else { continue };
             if baseline.truncated.iter().any(|d| d == dimension.as_str())
-                || baseline.dimension(dimension).contains(&value)
+                || baseline.dimension(dimension).contains(value)
             {
                 continue;
             }
             drafts.push(Draft {
                 kind: FindingKind::Baseline,
-                analytic: Arc::new(Analytic {
-                    id: FIRST_SEEN.into(),
-                    title: "Agent type used something it never used while learning".into(),
-                    tags: vec!["owasp.asi10".into(), "nist_csf.de.ae-02".into()],
-                }),
+                analytic: self.first_seen.clone(),
                 severity: Severity::Low,
                 group: vec![
-                    field("chain.agent_type", &agent_type),
-                    field(dimension.as_str(), &value),
+                    field("chain.agent_type", agent_type),
+                    field(dimension.as_str(), value),
                 ],
                 events: vec![event.id],
                 first_seen: at,
@@ -350,15 +404,11 @@ impl Baselines {
         if call && calls > limit {
             drafts.push(Draft {
                 kind: FindingKind::Baseline,
-                analytic: Arc::new(Analytic {
-                    id: RATE.into(),
-                    title: "Agent run calling far faster than its type learned".into(),
-                    tags: vec!["owasp.asi10".into(), "nist_csf.de.ae-02".into()],
-                }),
+                analytic: self.rate.clone(),
                 severity: Severity::Medium,
                 group: vec![
-                    field("chain.agent_type", &agent_type),
-                    field("chain.run", run.as_deref().unwrap_or("")),
+                    field("chain.agent_type", agent_type),
+                    field("chain.run", run.unwrap_or("")),
                 ],
                 events: vec![event.id],
                 first_seen: at,
@@ -373,9 +423,14 @@ impl Baselines {
 
 impl Detect for Baselines {
     fn detect(&self, event: &RuntimeEvent) -> Vec<Signal> {
+        // A never-used value links each use to its finding; a run past its
+        // rate says so once a window.
         self.learn_or_check(event)
             .into_iter()
-            .map(|draft| self.open.signal(event, draft))
+            .filter_map(|draft| match draft.analytic.id.as_str() {
+                RATE => self.open.signal_once(event, draft),
+                _ => Some(self.open.signal(event, draft)),
+            })
             .collect()
     }
 

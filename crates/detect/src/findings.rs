@@ -56,6 +56,8 @@ pub struct OpenFindings {
     pub opened: AtomicU64,
     /// Matches folded into an open finding.
     pub repeats: AtomicU64,
+    /// Correlation firings while their finding was open, counted only.
+    pub refired: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +75,24 @@ impl OpenFindings {
             window_secs,
             opened: AtomicU64::new(0),
             repeats: AtomicU64::new(0),
+            refired: AtomicU64::new(0),
         }
+    }
+
+    /// A new finding for `draft`, unless one is open for its analytic and
+    /// group: then nothing, and the firing is counted in `refired`.
+    pub fn signal_once(&self, event: &RuntimeEvent, draft: Draft) -> Option<Signal> {
+        let key = (draft.analytic.id.clone(), draft.group.clone());
+        let now = event.observed_at.timestamp();
+        let open = {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            open.get(&key).is_some_and(|existing| now < existing.until)
+        };
+        if open {
+            self.refired.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.signal(event, draft))
     }
 
     /// The signal `draft` makes on `event`: a new finding, or a repeat of

@@ -28,5 +28,5 @@ pub mod view;
 pub use baseline::{BaselineConfig, Baselines, TypeBaseline};
 pub use rules::{Placeholders, RuleError, RuleFile, RuleSet};
 pub use sigma::{Sigma, SigmaConfig, SigmaStats, native_logsource};
-pub use stage::Detections;
+pub use stage::{Detections, DetectionsConfig};
 pub use thresholds::{ThresholdConfig, Thresholds};

@@ -415,8 +415,14 @@ impl Sigma {
         }
     }
 
-    /// A result as a signal: a new finding, or a repeat of an open one.
-    fn signal(&self, event: &RuntimeEvent, result: &EvaluationResult, meta: &Meta) -> Signal {
+    /// A result as a signal: a new finding, or a repeat of an open one
+    /// (none for a correlation whose finding is open).
+    fn signal(
+        &self,
+        event: &RuntimeEvent,
+        result: &EvaluationResult,
+        meta: &Meta,
+    ) -> Option<Signal> {
         let at = event.observed_at;
         let draft = match &result.body {
             ResultBody::Detection(_) => Draft {
@@ -462,7 +468,14 @@ impl Sigma {
                 }
             }
         };
-        self.open.signal(event, draft)
+        // A group past a correlation's condition fires again on each
+        // further event; while its finding is open, those firings add
+        // nothing the finding does not hold (its events, up to the cap),
+        // so they are counted, not written.
+        match result.body {
+            ResultBody::Correlation(_) => self.open.signal_once(event, draft),
+            ResultBody::Detection(_) => Some(self.open.signal(event, draft)),
+        }
     }
 }
 
@@ -530,7 +543,7 @@ impl Detect for Sigma {
             if result.is_correlation() {
                 self.stats.correlations.fetch_add(1, Ordering::Relaxed);
             }
-            signals.push(self.signal(event, result, &meta));
+            signals.extend(self.signal(event, result, &meta));
         }
         signals
     }

@@ -20,8 +20,8 @@
 //! Counting is incremental and bounded: each (threshold, group) keeps at
 //! most `limit + 1` timestamps or distinct values, and at most
 //! `max_groups` groups live per threshold (the least recently used
-//! evicted first, and counted). While a count stays above its limit, each
-//! further event is a repeat of the open finding.
+//! evicted first, and counted). While a count stays above its limit, the
+//! finding stays open: further events are counted (`refired`), not written.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -418,7 +418,9 @@ impl Detect for Thresholds {
                     config.limit
                 ),
             };
-            signals.push(self.open.signal(event, draft));
+            // Above its limit, every further event would say the same: one
+            // finding a window, the rest counted.
+            signals.extend(self.open.signal_once(event, draft));
         }
         signals
     }

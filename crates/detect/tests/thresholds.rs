@@ -91,7 +91,11 @@ fn distinct_resources_per_run_within_the_window() {
         resource("run-1", 6, "e"),
         resource("run-2", 7, "c"),
     ];
-    assert_eq!(trace(&stage, &events), ".....or.");
+    assert_eq!(
+        trace(&stage, &events),
+        ".....o..",
+        "above the limit, one finding"
+    );
     // Far later, the window has emptied.
     let later = [resource("run-1", 600, "f"), resource("run-1", 601, "g")];
     assert_eq!(trace(&stage, &later), "..");
