@@ -4,19 +4,16 @@
 //! `GET /v1/baselines/{agent_type}`, `DELETE /v1/baselines/{agent_type}`.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use custody_event::{FindingId, Severity};
 use custody_store::{FindingQuery, MAX_FINDINGS, StoredFinding};
-use futures_util::{Stream, StreamExt as _};
+use futures_util::Stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
@@ -148,31 +145,18 @@ pub(crate) async fn stream_findings(
     }
     let format = params.format()?;
     let filter = params.to_query()?;
-    let opened = BroadcastStream::new(state.store.subscribe_findings());
-    let mut stopping = state.stopping.subscribe();
-    let stream = opened
-        .map(move |message| match message {
-            Ok(batch) => batch
-                .iter()
-                .filter(|stored| matches(&filter, stored))
-                .map(|stored| {
-                    Ok(SseEvent::default()
-                        .event("finding")
-                        .id(stored.seq.to_string())
-                        .data(render(stored, format).to_string()))
-                })
-                .collect::<Vec<_>>(),
-            Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                vec![Ok(SseEvent::default()
-                    .event("lagged")
-                    .data(missed.to_string()))]
-            }
-        })
-        .flat_map(futures_util::stream::iter)
-        .take_until(async move {
-            let _ = stopping.wait_for(|stopping| *stopping).await;
-        });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(crate::query::live(
+        state.stopping.subscribe(),
+        state.store.subscribe_findings(),
+        move |stored: &StoredFinding| {
+            matches(&filter, stored).then(|| {
+                SseEvent::default()
+                    .event("finding")
+                    .id(stored.seq.to_string())
+                    .data(render(stored, format).to_string())
+            })
+        },
+    ))
 }
 
 fn matches(filter: &FindingQuery, stored: &StoredFinding) -> bool {

@@ -256,24 +256,42 @@ pub(crate) async fn stream_events(
         }
     }
     let filter = params.to_query(Utc::now())?;
-    let committed = BroadcastStream::new(state.store.subscribe());
-    let mut stopping = state.stopping.subscribe();
-    // Only committed, durable events reach the stream. A subscriber too slow
-    // to keep up is told how many events it missed rather than silently
-    // skipping them.
-    let stream = committed
-        .map(move |message| match message {
+    // Only committed, durable events reach the stream.
+    let stopping = state.stopping.subscribe();
+    Ok(live(
+        stopping,
+        state.store.subscribe(),
+        move |stored: &StoredEvent| {
+            if !stored.event().is_ok_and(|event| matches(&filter, &event)) {
+                return None;
+            }
+            let mut data = String::with_capacity(stored.body.len() + 64);
+            push_record(&mut data, stored);
+            Some(
+                SseEvent::default()
+                    .event("event")
+                    .id(stored.seq.to_string())
+                    .data(data),
+            )
+        },
+    ))
+}
+
+/// A live tail as server-sent events: each item of each published batch
+/// that `message` turns into a message, until the server stops. A
+/// subscriber too slow to keep up is told how many batches it missed (a
+/// `lagged` message) rather than silently skipping them.
+pub(crate) fn live<T: Send + Sync + 'static>(
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    receiver: tokio::sync::broadcast::Receiver<std::sync::Arc<Vec<T>>>,
+    mut message: impl FnMut(&T) -> Option<SseEvent> + Send + 'static,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = BroadcastStream::new(receiver)
+        .map(move |published| match published {
             Ok(batch) => batch
                 .iter()
-                .filter(|stored| stored.event().is_ok_and(|event| matches(&filter, &event)))
-                .map(|stored| {
-                    let mut data = String::with_capacity(stored.body.len() + 64);
-                    push_record(&mut data, stored);
-                    Ok(SseEvent::default()
-                        .event("event")
-                        .id(stored.seq.to_string())
-                        .data(data))
-                })
+                .filter_map(&mut message)
+                .map(Ok)
                 .collect::<Vec<_>>(),
             Err(BroadcastStreamRecvError::Lagged(missed)) => {
                 vec![Ok(SseEvent::default()
@@ -286,7 +304,7 @@ pub(crate) async fn stream_events(
             // An error means the server is gone, which also ends the stream.
             let _ = stopping.wait_for(|stopping| *stopping).await;
         });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 /// Whether an event passes a stream's filters.

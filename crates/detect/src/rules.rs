@@ -421,7 +421,10 @@ fn documents(text: &str) -> Vec<(usize, &str)> {
 /// it quotes when it quotes one, else the line the parser gave, else the
 /// document's first line.
 fn locate(file: &RuleFile, start: usize, chunk: &str, message: &str) -> RuleError {
-    let from_yaml = yaml_line(message).map(|line| line + start - 1);
+    // YAML also breaks lines at a lone carriage return, which `lines()`
+    // does not: keep the line within the document.
+    let last = chunk.lines().count().max(1);
+    let from_yaml = yaml_line(message).map(|line| line.clamp(1, last) + start - 1);
     // What the message quotes, else a line of it (a regex error shows the
     // pattern on a line of its own).
     let candidates = quoted(message).into_iter().chain(
@@ -557,6 +560,20 @@ level: high
         let errors = RuleSet::load(&[file("yaml.yml", &text)]).unwrap_err();
         assert!(
             errors[0].line.is_some_and(|line| line >= 9),
+            "{}",
+            errors[0]
+        );
+    }
+
+    /// YAML breaks lines at a lone carriage return too; the line an error
+    /// names stays within the file.
+    #[test]
+    fn a_lone_carriage_return_keeps_the_line_in_the_file() {
+        let text = "title: x\rid: y\rlogsource: {}\rdetection:\r  s: [\r";
+        let errors = RuleSet::load(&[file("cr.yml", text)]).unwrap_err();
+        let lines = text.lines().count();
+        assert!(
+            errors[0].line.is_some_and(|line| line <= lines),
             "{}",
             errors[0]
         );
