@@ -347,7 +347,8 @@ fn engines(set: &RuleSet, events: &Arc<Vec<NewEvent>>, count: usize, threads: us
         let detecting = pool.run(&engine, events);
         let stats = sigma_round.stats();
         println!(
-            "round {round}: no rules {baseline:>9.0} events/s   100 rules + 10 correlations {detecting:>9.0} events/s ({:.0}%)   matches {} correlations fired {} findings {}",
+            "round {round} (resident {} MiB): no rules {baseline:>9.0} events/s   100 rules + 10 correlations {detecting:>9.0} events/s ({:.0}%)   matches {} correlations fired {} findings {}",
+            resident_bytes() / (1024 * 1024),
             100.0 * detecting / baseline,
             stats.matches.load(std::sync::atomic::Ordering::Relaxed),
             stats
@@ -410,7 +411,7 @@ fn memory() {
     let memory = Sigma::new(
         &memory_set,
         SigmaConfig {
-            max_groups: groups + 1,
+            max_groups: groups * 2,
             ..SigmaConfig::default()
         },
     )

@@ -9,10 +9,12 @@
 //! costs nothing for rules it cannot match.
 //!
 //! Detection is stateless and runs on the caller's thread. Only an event
-//! that matched a rule takes the correlation lock, where rsigma's
-//! correlation engine counts it in its groups (read from the Custody face,
-//! so `group-by: [chain.run]` works for every source). Correlation state is
-//! bounded by [`SigmaConfig::max_groups`]; what eviction removes is counted.
+//! that matched a rule a correlation names takes a correlation lock, where
+//! rsigma's correlation engine counts it in its groups (read from the
+//! Custody face, so `group-by: [chain.run]` works for every source). When
+//! every correlation groups by run, the state is split by run over 16
+//! engines, each with its own lock. Correlation state is bounded by
+//! [`SigmaConfig::max_groups`]; what eviction removes is counted.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -31,13 +33,15 @@ use rsigma_parser::{CorrelationType, Level, LogSource};
 
 use crate::findings::{Draft, OpenFindings, event_group, field};
 use crate::rules::RuleSet;
-use crate::view::{Face, Parsed};
+use crate::view::{Face, Parsed, run_of};
 
 /// Limits and windows of the Sigma stage.
 #[derive(Debug, Clone)]
 pub struct SigmaConfig {
     /// Live correlation groups kept, across all correlations; beyond it the
-    /// stalest are evicted (and counted).
+    /// stalest are evicted (and counted). When the state is split by run,
+    /// each shard keeps its share, so eviction may start a little before
+    /// the total is reached.
     pub max_groups: usize,
     /// A finding's repeats within this many seconds of it, for the same rule
     /// and group, are linked to it rather than opening another.
@@ -54,7 +58,7 @@ impl Default for SigmaConfig {
             max_groups: 1_000_000,
             dedup_window_secs: 600,
             max_open_findings: 100_000,
-            max_finding_events: 32,
+            max_finding_events: 10,
         }
     }
 }
@@ -105,8 +109,9 @@ pub struct Sigma {
     buckets: Vec<Bucket>,
     /// For each (kind, source) pair, its buckets.
     routes: Vec<Vec<usize>>,
-    meta: HashMap<String, Meta>,
-    correlation: Option<Mutex<CorrelationEngine>>,
+    meta: HashMap<String, Meta, foldhash::fast::RandomState>,
+    /// The correlation state: one engine, or one per shard of runs.
+    correlation: Vec<Mutex<CorrelationEngine>>,
     open: Arc<OpenFindings>,
     config: SigmaConfig,
     stats: SigmaStats,
@@ -117,11 +122,14 @@ impl std::fmt::Debug for Sigma {
         f.debug_struct("Sigma")
             .field("rules", &self.rules)
             .field("buckets", &self.buckets.len())
-            .field("correlations", &self.correlation.is_some())
+            .field("correlation_shards", &self.correlation.len())
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
+
+/// Correlation engines, when the state splits by run.
+const CORRELATION_SHARDS: usize = 16;
 
 const SOURCES: [SourceKind; 7] = [
     SourceKind::Gateway,
@@ -222,6 +230,7 @@ impl Sigma {
                     }
                     let bucket = *known.entry((face, seen.clone())).or_insert_with(|| {
                         let mut engine = rsigma_eval::Engine::new();
+                        engine.set_bloom_prefilter(true);
                         engine.extend_compiled_rules(
                             seen.iter().map(|&index| set.rules[index].compiled.clone()),
                         );
@@ -245,7 +254,7 @@ impl Sigma {
             .filter(|c| !c.sigma.generate)
             .flat_map(|c| c.sigma.rules.iter().map(String::as_str))
             .collect();
-        let mut meta = HashMap::new();
+        let mut meta: HashMap<String, Meta, foldhash::fast::RandomState> = HashMap::default();
         for rule in &set.rules {
             let analytic = Analytic {
                 id: rule.key().to_owned(),
@@ -304,11 +313,22 @@ impl Sigma {
                 meta.entry(key.to_owned()).or_insert_with(|| entry.clone());
             }
         }
-        let correlation = if set.correlations.is_empty() {
-            None
-        } else {
+        // When every correlation groups by run, the groups of one run never
+        // meet another run's: the correlation state is split by run over
+        // several engines, so callers on several threads rarely wait on one
+        // another. Otherwise one engine holds it all.
+        let by_run = set.correlations.iter().all(|c| {
+            c.sigma.aliases.is_empty() && c.sigma.group_by.iter().any(|g| g == "chain.run")
+        });
+        let shards = match (set.correlations.is_empty(), by_run) {
+            (true, _) => 0,
+            (false, true) => CORRELATION_SHARDS,
+            (false, false) => 1,
+        };
+        let mut correlation = Vec::with_capacity(shards);
+        for _ in 0..shards {
             let mut engine = CorrelationEngine::new(CorrelationConfig {
-                max_state_entries: config.max_groups,
+                max_state_entries: (config.max_groups / shards).max(1),
                 correlation_event_mode: CorrelationEventMode::Refs,
                 max_correlation_events: config.max_finding_events,
                 ..CorrelationConfig::default()
@@ -331,8 +351,8 @@ impl Sigma {
                     .add_correlation(&in_milliseconds(&correlation.sigma))
                     .map_err(|e| format!("{}: {e}", correlation.origin.file))?;
             }
-            Some(Mutex::new(engine))
-        };
+            correlation.push(Mutex::new(engine));
+        }
         Ok(Sigma {
             rules: set.rules.len(),
             buckets,
@@ -358,6 +378,18 @@ impl Sigma {
     /// How many detection and correlation rules are loaded.
     pub fn rule_count(&self) -> usize {
         self.rules
+    }
+
+    /// The correlation engine holding `event`'s groups.
+    fn shard(&self, event: &RuntimeEvent) -> Option<&Mutex<CorrelationEngine>> {
+        use std::hash::BuildHasher as _;
+        let count = self.correlation.len();
+        if count <= 1 {
+            return self.correlation.first();
+        }
+        let run = run_of(event).unwrap_or("");
+        let hash = foldhash::fast::FixedState::with_seed(0).hash_one(run);
+        self.correlation.get((hash % count as u64) as usize)
     }
 
     /// The detection rules `event` matches, statelessly.
@@ -512,7 +544,7 @@ impl Detect for Sigma {
         // Only matches of rules a correlation names take the lock.
         let (correlated, mut results): (Vec<_>, Vec<_>) =
             matched.into_iter().partition(|r| self.meta(r).correlated);
-        if let (Some(engine), false) = (&self.correlation, correlated.is_empty()) {
+        if let (Some(engine), false) = (self.shard(event), correlated.is_empty()) {
             {
                 let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
                 let before = engine.state_count();
@@ -530,7 +562,12 @@ impl Detect for Sigma {
                         .groups_evicted
                         .fetch_add((before - after) as u64, Ordering::Relaxed);
                 }
-                self.stats.groups.store(after as u64, Ordering::Relaxed);
+                // The shards' counts add up: each shard moves the total by
+                // its own change (wrapping, as atomics add).
+                self.stats.groups.fetch_add(
+                    (after as u64).wrapping_sub(before as u64),
+                    Ordering::Relaxed,
+                );
                 results.extend(fired);
             }
         }
