@@ -50,6 +50,11 @@ pub struct SigmaConfig {
     pub max_open_findings: usize,
     /// Events a correlation finding keeps the ids of.
     pub max_finding_events: usize,
+    /// Entries one group keeps within its window (timestamps, or values
+    /// for `value_count`); beyond, the oldest go, which can only
+    /// under-count. Bounds a busy group's memory and the cost of checking
+    /// it.
+    pub max_group_entries: usize,
 }
 
 impl Default for SigmaConfig {
@@ -59,6 +64,7 @@ impl Default for SigmaConfig {
             dedup_window_secs: 600,
             max_open_findings: 100_000,
             max_finding_events: 10,
+            max_group_entries: 1000,
         }
     }
 }
@@ -334,6 +340,7 @@ impl Sigma {
                 max_state_entries: (config.max_groups / shards).max(1),
                 correlation_event_mode: CorrelationEventMode::Refs,
                 max_correlation_events: config.max_finding_events,
+                max_group_entries: Some(config.max_group_entries.max(1)),
                 ..CorrelationConfig::default()
             });
             // Only the rules correlations name: the engine looks a match's
@@ -351,7 +358,10 @@ impl Sigma {
             }
             for correlation in &set.correlations {
                 engine
-                    .add_correlation(&in_milliseconds(&correlation.sigma))
+                    .add_correlation(&in_milliseconds(
+                        &correlation.sigma,
+                        config.dedup_window_secs,
+                    ))
                     .map_err(|e| format!("{}: {e}", correlation.origin.file))?;
             }
             correlation.push(Mutex::new(engine));
@@ -518,11 +528,54 @@ impl Sigma {
 /// milliseconds, so that the order of an agent's calls within one second is
 /// kept (a secret read and the post after it are often milliseconds apart),
 /// and scales the correlation's windows to match.
-fn in_milliseconds(rule: &rsigma_parser::CorrelationRule) -> rsigma_parser::CorrelationRule {
+///
+/// A counting correlation (`event_count`, `value_count`, ...) past its
+/// condition would fire again on every further event of its group; it is
+/// held quiet for the de-duplication window after it fires, when its
+/// finding is open anyway (the rule's own `rsigma.suppress` wins). Temporal
+/// correlations are not: a firing on one event matching two steps is
+/// refused afterwards (see `reported`), and must not hold back the real one.
+fn in_milliseconds(
+    rule: &rsigma_parser::CorrelationRule,
+    dedup_window_secs: i64,
+) -> rsigma_parser::CorrelationRule {
     let mut rule = rule.clone();
     rule.timespan.seconds = rule.timespan.seconds.saturating_mul(1000);
     if let Some(gap) = &mut rule.gap {
         gap.seconds = gap.seconds.saturating_mul(1000);
+    }
+    let temporal = matches!(
+        rule.correlation_type,
+        CorrelationType::Temporal | CorrelationType::TemporalOrdered
+    );
+    // The engine counts a group's distinct values anew on every event, so
+    // the cost of a `value_count` event grows with its group's window: keep
+    // what the condition needs, four times over (at least 200 entries).
+    if rule.correlation_type == CorrelationType::ValueCount
+        && !rule
+            .custom_attributes
+            .contains_key("rsigma.max_group_entries")
+    {
+        let needed = match &rule.condition {
+            rsigma_parser::CorrelationCondition::Threshold { predicates, .. } => predicates
+                .iter()
+                .map(|(_, value)| *value)
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let keep = needed.saturating_mul(4).max(200);
+        rule.custom_attributes.insert(
+            "rsigma.max_group_entries".into(),
+            yaml_serde::Value::String(keep.to_string()),
+        );
+    }
+    if !temporal && !rule.custom_attributes.contains_key("rsigma.suppress") {
+        let millis = dedup_window_secs.max(0).saturating_mul(1000);
+        rule.custom_attributes.insert(
+            "rsigma.suppress".into(),
+            yaml_serde::Value::String(format!("{millis}s")),
+        );
     }
     rule
 }
