@@ -80,7 +80,52 @@ const SERVERS: [&str; 6] = [
     "browser",
 ];
 
+/// The ingest benchmark's events (`crates/api/benches/ingest.rs`): gateway
+/// tool calls, S3 reads, MCP resource reads and spawns of 40 agents in 500
+/// runs, each with a raw record. `DETECT_EVENTS=ingest` selects them.
+fn ingest_events(count: usize) -> Vec<NewEvent> {
+    let tools = [
+        "read_file",
+        "write_file",
+        "search_code",
+        "run_tests",
+        "git_commit",
+        "http_fetch",
+        "sql_query",
+    ];
+    let start = Utc::now() - Duration::minutes(5);
+    (0..count)
+        .map(|i| {
+            let run = format!("run-{:05}", i % 500);
+            let agent = format!("agent-{}", i % 40);
+            let tool = tools[i % tools.len()];
+            let at = start + Duration::milliseconds((i % 300_000) as i64);
+            let (kind, action, target) = match i % 8 {
+                0..=3 => ("tool_call", "tools/call", json!({"tool": tool, "server": "filesystem",
+                    "resource": format!("file:///srv/repo/src/module_{}/file_{}.rs", i % 97, i % 1013)})),
+                4 | 5 => ("data_access", "s3:GetObject", json!({"resource": format!("arn:aws:s3:::customer-exports/2026/11/part-{:05}.parquet", i % 4096),
+                    "resource_type": "s3_object", "system": "aws:123456789012"})),
+                6 => ("mcp_request", "resources/read", json!({"server": "github", "resource": format!("repo://acme/payments/issues/{}", i % 5000)})),
+                _ => ("agent_spawn", "token_exchange", json!({"principal": {"type": "agent", "id": format!("sub-{agent}"), "run_id": format!("{run}-sub-{}", i % 7)}})),
+            };
+            custody_event::decode_value(json!({
+                "kind": kind, "action": action, "observed_at": at,
+                "source": {"type": "gateway", "name": "gw-eu-1"},
+                "actor": {"root": {"type": "human", "id": format!("user{}@example.com", i % 5)},
+                          "agents": [{"type": "agent", "id": "release-orchestrator", "run_id": format!("orch-{}", i % 100)}],
+                          "current": {"type": "agent", "id": agent, "run_id": run}},
+                "target": target, "outcome": {"status": "success"},
+                "raw": {"jsonrpc": "2.0", "id": i, "method": action},
+            }))
+            .unwrap()
+        })
+        .collect()
+}
+
 fn events(count: usize) -> Vec<NewEvent> {
+    if std::env::var("DETECT_EVENTS").as_deref() == Ok("ingest") {
+        return ingest_events(count);
+    }
     let start = Utc::now() - Duration::hours(1);
     let cloudtrail = [
         ("s3.amazonaws.com", "GetObject", true),
