@@ -43,14 +43,18 @@ fn stage_with(yaml: &str, placeholders: &Placeholders) -> Sigma {
     Sigma::new(&set, SigmaConfig::default()).unwrap()
 }
 
+/// `text` indented one level, as the body of a rule's section.
+fn indented(text: &str) -> String {
+    text.lines()
+        .map(|line| format!("    {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn raw_rule(detection: &str) -> String {
     format!(
         "title: case\nid: case\nlogsource:\n    product: aws\n    service: cloudtrail\ndetection:\n{}\n",
-        detection
-            .lines()
-            .map(|line| format!("    {line}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        indented(detection)
     )
 }
 
@@ -410,11 +414,7 @@ fn custody_event(run: &str, tool: &str, offset_secs: i64) -> RuntimeEvent {
 fn custody_rule(detection: &str) -> String {
     format!(
         "title: case\nid: case\nlogsource:\n    product: custody\n    category: tool_call\ndetection:\n{}\n",
-        detection
-            .lines()
-            .map(|line| format!("    {line}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        indented(detection)
     )
 }
 
@@ -466,10 +466,7 @@ detection:
 fn correlation(body: &str) -> String {
     format!(
         "{CALLS}---\ntitle: case\nid: case\ncorrelation:\n{}\n",
-        body.lines()
-            .map(|line| format!("    {line}"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        indented(body)
     )
 }
 
