@@ -2,8 +2,10 @@
 //!
 //! `custody serve` runs the collector and API on the embedded store; the
 //! other commands are clients of a running server (`ingest`, `events`,
-//! `tail`) or manage the local store directly (`token`, which needs access
-//! to the data directory, as an administrator of the machine has).
+//! `tail`, `findings`, `baseline`, `lineage`, `graph`, `who`, `wrap`),
+//! check rule files on their own (`rules`), or manage the local store
+//! directly (`token`, which needs access to the data directory, as an
+//! administrator of the machine has).
 
 mod baseline;
 mod client;
