@@ -17,6 +17,7 @@
 
 pub mod baseline;
 pub mod builtin;
+mod distinct;
 pub mod findings;
 pub mod rules;
 mod sigma;

@@ -13,7 +13,7 @@
 //! rsigma's correlation engine counts it in its groups (read from the
 //! Custody face, so `group-by: [chain.run]` works for every source). When
 //! every correlation groups by run, the state is split by run over 16
-//! engines, each with its own lock. Correlation state is bounded by
+//! engines (`correlation_shards`), each with its own lock. Correlation state is bounded by
 //! [`SigmaConfig::max_groups`]; what eviction removes is counted.
 
 use std::borrow::Cow;
@@ -31,6 +31,7 @@ use rsigma_eval::{
 };
 use rsigma_parser::{CorrelationType, Level, LogSource};
 
+use crate::distinct::{Distinct, Groups};
 use crate::findings::{Draft, OpenFindings, event_group, field};
 use crate::rules::RuleSet;
 use crate::view::{Face, Parsed, run_of};
@@ -50,6 +51,10 @@ pub struct SigmaConfig {
     pub max_open_findings: usize,
     /// Events a correlation finding keeps the ids of.
     pub max_finding_events: usize,
+    /// Correlation engines the state is split over, by run, when every
+    /// correlation groups by run (each compiles the rules correlations
+    /// name: one is quicker to build, for a rule's examples).
+    pub correlation_shards: usize,
     /// Entries one group keeps within its window (timestamps, or values
     /// for `value_count`); beyond, the oldest go, which can only
     /// under-count. Bounds a busy group's memory and the cost of checking
@@ -65,6 +70,7 @@ impl Default for SigmaConfig {
             max_open_findings: 100_000,
             max_finding_events: 10,
             max_group_entries: 1000,
+            correlation_shards: 16,
         }
     }
 }
@@ -96,9 +102,11 @@ struct Bucket {
 #[derive(Debug, Clone)]
 struct Meta {
     analytic: Arc<Analytic>,
-    /// Named by a correlation: its matches go through the correlation
-    /// engine.
+    /// Named by a correlation rsigma counts: its matches go through the
+    /// correlation engine.
     correlated: bool,
+    /// The `value_count` correlations counted here that name it.
+    distinct: Vec<usize>,
     severity: Severity,
     /// A building block of correlations that do not `generate` its
     /// matches: it opens no finding of its own.
@@ -118,6 +126,8 @@ pub struct Sigma {
     meta: HashMap<String, Meta, foldhash::fast::RandomState>,
     /// The correlation state: one engine, or one per shard of runs.
     correlation: Vec<Mutex<CorrelationEngine>>,
+    /// The `value_count` correlations counted incrementally.
+    distinct: Vec<Distinct>,
     open: Arc<OpenFindings>,
     config: SigmaConfig,
     stats: SigmaStats,
@@ -133,9 +143,6 @@ impl std::fmt::Debug for Sigma {
             .finish_non_exhaustive()
     }
 }
-
-/// Correlation engines, when the state splits by run.
-const CORRELATION_SHARDS: usize = 16;
 
 const SOURCES: [SourceKind; 7] = [
     SourceKind::Gateway,
@@ -252,8 +259,36 @@ impl Sigma {
         }
         // Sigma v2: a correlation's rules report their own matches only
         // when it says `generate: true`.
-        let correlated: std::collections::HashSet<&str> = set
+        // Plain `value_count` correlations are counted here, the rest by
+        // rsigma.
+        let named: std::collections::HashSet<&str> = set
             .correlations
+            .iter()
+            .flat_map(|c| c.sigma.rules.iter().map(String::as_str))
+            .collect();
+        let mut distinct = Vec::new();
+        let mut by_rsigma = Vec::new();
+        for correlation in &set.correlations {
+            let named_by_others = [
+                correlation.sigma.id.as_deref(),
+                correlation.sigma.name.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|key| named.contains(key));
+            match Distinct::of(
+                correlation.key(),
+                &correlation.sigma,
+                named_by_others,
+                config.max_groups,
+                config.max_group_entries,
+                config.max_finding_events,
+            ) {
+                Some(counted) => distinct.push(counted),
+                None => by_rsigma.push(correlation),
+            }
+        }
+        let correlated: std::collections::HashSet<&str> = by_rsigma
             .iter()
             .flat_map(|c| c.sigma.rules.iter().map(String::as_str))
             .collect();
@@ -281,6 +316,16 @@ impl Sigma {
                     .into_iter()
                     .flatten()
                     .any(|key| correlated.contains(key)),
+                distinct: distinct
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, counted)| {
+                        keys.into_iter()
+                            .flatten()
+                            .any(|key| counted.rules.iter().any(|r| r == key))
+                    })
+                    .map(|(index, _)| index)
+                    .collect(),
                 severity: severity(rule.sigma.level),
                 correlation_only,
                 min_events: 1,
@@ -304,6 +349,7 @@ impl Sigma {
                     tags: correlation.sigma.tags.clone(),
                 }),
                 correlated: false,
+                distinct: Vec::new(),
                 severity: severity(correlation.sigma.level),
                 correlation_only: false,
                 min_events: if temporal {
@@ -315,6 +361,7 @@ impl Sigma {
             for key in [
                 correlation.sigma.id.as_deref(),
                 Some(correlation.sigma.title.as_str()),
+                Some(correlation.key()),
             ]
             .into_iter()
             .flatten()
@@ -326,12 +373,12 @@ impl Sigma {
         // meet another run's: the correlation state is split by run over
         // several engines, so callers on several threads rarely wait on one
         // another. Otherwise one engine holds it all.
-        let by_run = set.correlations.iter().all(|c| {
+        let by_run = by_rsigma.iter().all(|c| {
             c.sigma.aliases.is_empty() && c.sigma.group_by.iter().any(|g| g == "chain.run")
         });
-        let shards = match (set.correlations.is_empty(), by_run) {
+        let shards = match (by_rsigma.is_empty(), by_run) {
             (true, _) => 0,
-            (false, true) => CORRELATION_SHARDS,
+            (false, true) => config.correlation_shards.max(1),
             (false, false) => 1,
         };
         let mut correlation = Vec::with_capacity(shards);
@@ -356,7 +403,7 @@ impl Sigma {
                     .add_rule(&rule.sigma)
                     .map_err(|e| format!("{}: {e}", rule.origin.file))?;
             }
-            for correlation in &set.correlations {
+            for correlation in &by_rsigma {
                 engine
                     .add_correlation(&in_milliseconds(
                         &correlation.sigma,
@@ -372,6 +419,7 @@ impl Sigma {
             routes,
             meta,
             correlation,
+            distinct,
             open,
             config,
             stats: SigmaStats::default(),
@@ -391,6 +439,64 @@ impl Sigma {
     /// How many detection and correlation rules are loaded.
     pub fn rule_count(&self) -> usize {
         self.rules
+    }
+
+    /// Counts `event` in the `value_count` correlations its matches feed,
+    /// once each; the signals of those whose condition holds.
+    fn count_distinct(
+        &self,
+        event: &RuntimeEvent,
+        parsed: &Parsed<'_>,
+        matched: &[EvaluationResult],
+    ) -> Vec<Signal> {
+        let mut fed: Vec<usize> = matched
+            .iter()
+            .flat_map(|result| self.meta(result).distinct.clone())
+            .collect();
+        if fed.is_empty() {
+            return Vec::new();
+        }
+        fed.sort_unstable();
+        fed.dedup();
+        let view = parsed.face(Face::Custody);
+        let now = engine_time(event.observed_at);
+        let mut groups = Groups::default();
+        let mut signals = Vec::new();
+        for index in fed {
+            let Some(counted) = self.distinct.get(index) else {
+                continue;
+            };
+            let Some(fired) = counted.count(&view, event.id, now, &mut groups) else {
+                continue;
+            };
+            let Some(meta) = self.meta.get(&counted.key) else {
+                continue;
+            };
+            let draft = Draft {
+                kind: FindingKind::Correlation,
+                analytic: meta.analytic.clone(),
+                severity: meta.severity,
+                group: fired.group,
+                events: fired.events,
+                first_seen: Utc
+                    .timestamp_millis_opt(fired.first_ms)
+                    .single()
+                    .unwrap_or(event.observed_at),
+                detail: format!(
+                    " (value_count {} within {}s)",
+                    fired.count, fired.timespan_secs
+                ),
+            };
+            if let Some(signal) = self.open.signal_once(event, draft) {
+                self.stats.correlations.fetch_add(1, Ordering::Relaxed);
+                signals.push(signal);
+            }
+        }
+        self.stats.groups.fetch_add(groups.added, Ordering::Relaxed);
+        self.stats
+            .groups_evicted
+            .fetch_add(groups.evicted, Ordering::Relaxed);
+        signals
     }
 
     /// The correlation engine holding `event`'s groups.
@@ -436,6 +542,7 @@ impl Sigma {
                     tags: header.tags.clone(),
                 }),
                 correlated: false,
+                distinct: Vec::new(),
                 severity: severity(header.level),
                 correlation_only: false,
                 min_events: 1,
@@ -597,7 +704,9 @@ impl Detect for Sigma {
         self.stats
             .matches
             .fetch_add(matched.len() as u64, Ordering::Relaxed);
-        // Only matches of rules a correlation names take the lock.
+        let mut signals = self.count_distinct(event, &parsed, &matched);
+        // Only matches of rules a correlation rsigma counts names take its
+        // lock.
         let (correlated, mut results): (Vec<_>, Vec<_>) =
             matched.into_iter().partition(|r| self.meta(r).correlated);
         if let (Some(engine), false) = (self.shard(event), correlated.is_empty()) {
@@ -627,7 +736,6 @@ impl Detect for Sigma {
                 results.extend(fired);
             }
         }
-        let mut signals = Vec::new();
         for result in &results {
             let meta = self.meta(result);
             if !self.reported(result, &meta) {

@@ -117,7 +117,15 @@ pub fn run(set: &RuleSet, file: &str, examples: &Examples) -> Vec<Outcome> {
 }
 
 fn check(set: &RuleSet, key: &str, case: &Case) -> Result<(), String> {
-    let sigma = Sigma::new(set, SigmaConfig::default())?;
+    // One correlation engine: a case is a handful of events, and each
+    // engine compiles the rules correlations name.
+    let sigma = Sigma::new(
+        set,
+        SigmaConfig {
+            correlation_shards: 1,
+            ..SigmaConfig::default()
+        },
+    )?;
     let mut fired_on = Vec::new();
     for (index, value) in case.events.iter().enumerate() {
         let event = event(value).map_err(|e| format!("event {}: {e}", index + 1))?;

@@ -747,3 +747,35 @@ fn order_holds_within_a_second() {
     assert!(!fires(&sigma, &read), "the post came before the read");
     assert!(fires(&sigma, &again));
 }
+
+/// A value leaves a `value_count` window when its last sighting does.
+#[test]
+fn value_count_forgets_values_only_when_last_seen_before_the_window() {
+    let rules = correlation(
+        "type: value_count\nrules:\n    - call\ngroup-by:\n    - chain.run\ntimespan: 1m\ncondition:\n    field: target.tool\n    gte: 3",
+    );
+    let sigma = stage(&rules);
+    let expired = [
+        custody_event("run-1", "a", 0),
+        custody_event("run-1", "b", 30),
+        custody_event("run-1", "c", 70),
+        custody_event("run-1", "a", 75),
+    ];
+    assert_eq!(
+        correlation_fired(&sigma, &expired),
+        vec![3],
+        "a had gone by c, and came back"
+    );
+    let sigma = stage(&rules);
+    let kept = [
+        custody_event("run-1", "a", 0),
+        custody_event("run-1", "a", 50),
+        custody_event("run-1", "b", 60),
+        custody_event("run-1", "c", 100),
+    ];
+    assert_eq!(
+        correlation_fired(&sigma, &kept),
+        vec![3],
+        "a seen again at 50 is still in"
+    );
+}
