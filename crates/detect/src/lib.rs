@@ -28,6 +28,6 @@ pub mod view;
 
 pub use baseline::{BaselineConfig, Baselines, TypeBaseline};
 pub use rules::{Placeholders, RuleError, RuleFile, RuleSet};
-pub use sigma::{Sigma, SigmaConfig, SigmaStats, native_logsource};
+pub use sigma::{Sigma, SigmaConfig, SigmaStats};
 pub use stage::{Detections, DetectionsConfig};
 pub use thresholds::{ThresholdConfig, Thresholds};

@@ -162,7 +162,7 @@ fn route_index(kind: EventKind, source: SourceKind) -> usize {
 
 /// The product and service of a source's native records, as stock Sigma
 /// rules name them.
-pub fn native_logsource(source: SourceKind) -> Option<(&'static str, &'static [&'static str])> {
+fn native_logsource(source: SourceKind) -> Option<(&'static str, &'static [&'static str])> {
     match source {
         SourceKind::Cloudtrail => Some(("aws", &["cloudtrail"])),
         SourceKind::Okta => Some(("okta", &["okta"])),
@@ -434,11 +434,6 @@ impl Sigma {
     /// The findings it opens, and their counters.
     pub fn findings(&self) -> &OpenFindings {
         &self.open
-    }
-
-    /// How many detection and correlation rules are loaded.
-    pub fn rule_count(&self) -> usize {
-        self.rules
     }
 
     /// Counts `event` in the `value_count` correlations its matches feed,
