@@ -567,12 +567,13 @@ mod tests {
         assert_ne!(bad, with_raw);
         let error = decode(bad.as_bytes()).unwrap_err();
         assert_eq!(error.path, "kind", "{error}");
-        // From a parsed value, the record is its compact form.
+        // From a parsed value, the record is its compact form, members in
+        // the order they were written.
         let value: serde_json::Value = serde_json::from_str(&with_raw).unwrap();
         let decoded = decode_value(value).unwrap();
         assert_eq!(
             decoded.raw.as_ref().map(|r| r.get()),
-            Some(r#"{"a":[true,null,2.5," a \" b "],"z":1}"#)
+            Some(r#"{"z":1,"a":[true,null,2.5," a \" b "]}"#)
         );
     }
 

@@ -210,8 +210,7 @@ pub fn client(line: &[u8], limit: usize) -> Result<ClientMessage, DecodeError> {
                     "a request's `id` must be a string or an integer",
                 ));
             };
-            let canonical = serde_json::to_vec(&Value::Object(message))
-                .map_err(|error| DecodeError::invalid(Some(id.clone()), error.to_string()))?;
+            let canonical = custody_event::canonical::to_vec(&Value::Object(message));
             Ok(ClientMessage::Request(Request {
                 id,
                 method,

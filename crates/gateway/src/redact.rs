@@ -30,8 +30,7 @@ const SECRET_KEYS: [&str; 8] = [
 /// whitespace): the same arguments give the same digest however they were
 /// written.
 pub fn digest(arguments: &Value) -> String {
-    let canonical = serde_json::to_vec(arguments).unwrap_or_default();
-    Sha256::digest(&canonical)
+    Sha256::digest(custody_event::canonical::to_vec(arguments))
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
