@@ -152,7 +152,8 @@ impl Engine {
     /// component of Custody's own (the MCP gateway inside `custody serve`)
     /// decided and enforced each before it could be recorded, with its
     /// outcome. Every stage runs but decide, whose place the given decision
-    /// takes, and act, since the component acted. Nothing a client sends
+    /// takes; act answers the signals (a playbook's containment) and has no
+    /// decision left to carry out, the component having enforced it. Nothing a client sends
     /// reaches this path: the collector decides for itself.
     pub fn ingest_decided_as(
         &self,
@@ -161,9 +162,7 @@ impl Engine {
         provenance: &Provenance,
     ) -> Result<Ingested, RecordError> {
         self.ingest_each(events, |(event, decision)| {
-            let mut evaluated = self.judge(event, received_at, provenance, Acting::No);
-            evaluated.decision = decision;
-            evaluated
+            self.judge(event, received_at, provenance, Acting::Decided(decision))
         })
     }
 
@@ -203,12 +202,17 @@ impl Engine {
         let judged = catch_unwind(AssertUnwindSafe(|| {
             let signals = match acting {
                 Acting::Preview => self.detect.peek(&event),
-                Acting::Yes | Acting::No => self.detect.detect(&event),
+                Acting::Yes | Acting::Decided(_) => self.detect.detect(&event),
             };
-            let decision = self.decide.decide(&event, &signals);
-            let actions = match acting {
-                Acting::Yes => self.act.act(&event, &decision),
-                Acting::No | Acting::Preview => Vec::new(),
+            let (decision, acts) = match acting {
+                Acting::Decided(decision) => (decision, true),
+                Acting::Yes => (self.decide.decide(&event, &signals), true),
+                Acting::Preview => (self.decide.decide(&event, &signals), false),
+            };
+            let actions = if acts {
+                self.act.act(&event, &signals, &decision)
+            } else {
+                Vec::new()
             };
             (signals, decision, actions)
         }));
@@ -236,13 +240,13 @@ impl Engine {
     }
 }
 
-/// Whether the act stage carries out a decision, and whether detection
-/// counts the event: a preview does neither, and an event decided where it
-/// happened is counted but not acted on again.
-#[derive(Debug, Clone, Copy)]
+/// Whether the act stage runs and detection counts the event: a preview
+/// does neither; an event decided where it happened is counted, and act
+/// sees it with the decision already enforced.
+#[derive(Debug)]
 enum Acting {
     Yes,
-    No,
+    Decided(Decision),
     Preview,
 }
 
@@ -484,7 +488,12 @@ mod tests {
     struct CountingActs(Mutex<usize>);
 
     impl Act for Arc<CountingActs> {
-        fn act(&self, _event: &RuntimeEvent, _decision: &Decision) -> Vec<ActionRecord> {
+        fn act(
+            &self,
+            _event: &RuntimeEvent,
+            _signals: &[Signal],
+            _decision: &Decision,
+        ) -> Vec<ActionRecord> {
             *self.0.lock().unwrap() += 1;
             Vec::new()
         }

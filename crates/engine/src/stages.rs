@@ -82,10 +82,54 @@ pub trait Decide: Send + Sync {
     fn decide(&self, event: &RuntimeEvent, signals: &[Signal]) -> Decision;
 }
 
-/// Carries out a decision (containment, revocation).
+impl<T: Decide + ?Sized> Decide for std::sync::Arc<T> {
+    fn decide(&self, event: &RuntimeEvent, signals: &[Signal]) -> Decision {
+        (**self).decide(event, signals)
+    }
+}
+
+/// Several decide stages as one: each decides, and the strongest verdict
+/// stands with the reasons of every stage that gave it. An `allow` keeps
+/// the reasons of every stage (the policies that permitted it).
+pub struct Strictest(pub Vec<std::sync::Arc<dyn Decide>>);
+
+impl std::fmt::Debug for Strictest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Strictest")
+            .field("stages", &self.0.len())
+            .finish()
+    }
+}
+
+impl Decide for Strictest {
+    fn decide(&self, event: &RuntimeEvent, signals: &[Signal]) -> Decision {
+        let mut strongest = Decision::allow();
+        for stage in &self.0 {
+            let decision = stage.decide(event, signals);
+            if decision.verdict > strongest.verdict {
+                strongest = decision;
+            } else if decision.verdict == strongest.verdict {
+                strongest.reasons.extend(decision.reasons);
+            }
+        }
+        strongest
+    }
+}
+
+/// Responds to what detection found and to what was decided: playbooks'
+/// containment and revocation.
 pub trait Act: Send + Sync {
-    /// What was done, or would have been done.
-    fn act(&self, event: &RuntimeEvent, decision: &Decision) -> Vec<ActionRecord>;
+    /// What was done, or would have been done, about `event`, given its
+    /// signals and the decision on it. It runs for every event detection
+    /// counts: those the collector decides, and those the gateway decided
+    /// and enforced where they happened (whose decision it need not carry
+    /// out again, but whose signals it answers).
+    fn act(
+        &self,
+        event: &RuntimeEvent,
+        signals: &[Signal],
+        decision: &Decision,
+    ) -> Vec<ActionRecord>;
 }
 
 /// Something a detection found.
@@ -123,13 +167,28 @@ pub enum FindingNote {
     Repeats(FindingId),
 }
 
-/// An action taken (or, in monitor mode, not taken) on a decision.
+/// An action a playbook took (or, in monitor mode, would have taken). The
+/// store writes it with the event that triggered it; an action carried out
+/// later (a responder's call) updates its outcome by id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionRecord {
-    /// The action, e.g. `kill`, `revoke.aws_access_key`.
+    /// The action's id (a UUIDv7).
+    pub id: String,
+    /// The playbook that took it.
+    pub playbook: String,
+    /// The action, e.g. `kill`, `quarantine`, `revoke.aws_access_key`.
     pub action: String,
-    /// What happened.
+    /// What it acts on, e.g. `run:run-7`, `agent:coder`.
+    pub target: String,
+    /// Whether the playbook only monitors: the action was not taken.
+    pub monitor: bool,
+    /// What happened: `done`, `would`, `queued`, `failed`, `skipped`.
     pub outcome: String,
+    /// Why, and what it did, for the investigator.
+    pub detail: String,
+    /// The finding that triggered it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finding: Option<String>,
 }
 
 /// Normalization as it stands: keep a client-chosen id or assign a UUIDv7,
@@ -208,7 +267,12 @@ impl Decide for AllowAll {
 pub struct NoActions;
 
 impl Act for NoActions {
-    fn act(&self, _event: &RuntimeEvent, _decision: &Decision) -> Vec<ActionRecord> {
+    fn act(
+        &self,
+        _event: &RuntimeEvent,
+        _signals: &[Signal],
+        _decision: &Decision,
+    ) -> Vec<ActionRecord> {
         Vec::new()
     }
 }

@@ -9,10 +9,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use custody_event::EventId;
+use custody_event::{Actor, EventId};
 use tokio::sync::{mpsc, oneshot};
 
-/// A call waiting for approval.
+/// A call waiting for approval: what an approval is bound to. The call
+/// forwarded once approved is exactly this one (the canonical bytes the
+/// engine decided on, whose arguments have this digest), made by this
+/// chain, to this server, in this session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldCall {
     /// The event recording the call.
@@ -23,6 +26,16 @@ pub struct HeldCall {
     pub target: Option<String>,
     /// Why it is held, for the approver.
     pub reason: String,
+    /// Who is calling: the chain the identity layer vouched for.
+    pub chain: Actor,
+    /// The server the call goes to.
+    pub server: String,
+    /// The gateway session the call belongs to.
+    pub session: String,
+    /// The SHA-256 of the call's arguments in canonical JSON, if it has any.
+    pub digest: Option<String>,
+    /// The arguments, secrets redacted, for the approver to read.
+    pub arguments: Option<serde_json::Value>,
 }
 
 /// The answer to a held call.

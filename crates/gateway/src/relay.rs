@@ -817,6 +817,15 @@ impl Session {
             method: request.method.clone(),
             target: target_name(&request),
             reason: authorized.told.clone(),
+            chain: event.actor.clone(),
+            server: self.config.server.clone(),
+            session: self.id.clone(),
+            digest: event
+                .attributes
+                .get("gen_ai.tool.call.arguments.sha256")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            arguments: event.attributes.get("custody.arguments").cloned(),
         };
         // The call waits in the table of calls in flight, so that a
         // cancellation, a kill or the end of the session finds and records

@@ -68,6 +68,14 @@ pub enum StoreError {
         /// The underlying error.
         source: rusqlite::Error,
     },
+    /// A stored or submitted record does not serialize or parse.
+    #[error("{what}: {reason}")]
+    Invalid {
+        /// Which record.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An event or decision could not be serialized for storage.
     #[error("serializing event {id}: {source}")]
     Serialize {
@@ -107,5 +115,14 @@ impl StoreError {
     pub(crate) fn sqlite(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> StoreError {
         let context = context.into();
         move |source| StoreError::Sqlite { context, source }
+    }
+
+    /// Wraps a SQLite error with what the store was doing, for errors met
+    /// at several steps.
+    pub(crate) fn sqlite_at(context: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite {
+            context: context.to_owned(),
+            source,
+        }
     }
 }

@@ -30,6 +30,7 @@
     )
 )]
 
+mod actions;
 mod error;
 mod findings;
 mod postings;
@@ -43,6 +44,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use actions::{ActionCount, ActionQuery, MAX_ACTIONS, StoredAction};
 pub use error::StoreError;
 pub use findings::{FindingPage, FindingQuery, MAX_FINDINGS, MAX_LINKED_EVENTS, StoredFinding};
 pub use query::{Cursor, EventPage, EventQuery, MAX_LIMIT, Order, StoredEvent};

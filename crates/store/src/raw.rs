@@ -39,20 +39,20 @@ pub struct PreparedEvent {
     pub(crate) body: String,
     pub(crate) decision: Option<String>,
     pub(crate) findings: Vec<PreparedFinding>,
+    pub(crate) actions: Vec<crate::actions::PreparedAction>,
 }
 
 impl PreparedEvent {
     /// Serializes an evaluated event and extracts its index columns.
     ///
-    /// Of the signals, the findings they open or repeat are stored (in
-    /// the event's transaction); actions are not: the decision carries
-    /// what they led to.
+    /// Of the signals, the findings they open or repeat are stored, and
+    /// the actions playbooks took, in the event's transaction.
     pub fn new(evaluated: Evaluated) -> Result<PreparedEvent, StoreError> {
         let Evaluated {
             event,
             decision,
             signals,
-            ..
+            actions,
         } = evaluated;
         let serialize_error = |source| StoreError::Serialize {
             id: event.id,
@@ -63,6 +63,11 @@ impl PreparedEvent {
             Vec::new()
         } else {
             crate::findings::prepare(&signals, event.observed_at).map_err(serialize_error)?
+        };
+        let actions = if actions.is_empty() {
+            Vec::new()
+        } else {
+            crate::actions::prepare(&actions).map_err(serialize_error)?
         };
         // The default allow is by far the most common decision; storing it as
         // NULL keeps it out of every row.
@@ -94,6 +99,7 @@ impl PreparedEvent {
             body,
             decision: decision_json,
             findings,
+            actions,
         })
     }
 }
@@ -208,6 +214,9 @@ pub(crate) fn insert_group<'a>(
             // time.
             if seq.is_some() && !event.findings.is_empty() {
                 crate::findings::insert(&tx, &event.id, &event.findings, opened)?;
+            }
+            if seq.is_some() && !event.actions.is_empty() {
+                crate::actions::insert(&tx, Some(&event.id), event.received_at, &event.actions)?;
             }
             if let Some(seq) = seq {
                 let at = event.observed_at;

@@ -116,6 +116,26 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         body       TEXT    NOT NULL,
         updated_at INTEGER NOT NULL
     ) STRICT;",
+    // Version 5: what playbooks did (or, in monitor mode, would have
+    // done), each written with the event that triggered it; containment
+    // applied or lifted by hand has no event. `response` is what a
+    // responder sent and got back, set when it finished.
+    "CREATE TABLE actions (
+        seq        INTEGER PRIMARY KEY,
+        id         TEXT    NOT NULL UNIQUE,
+        at         INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        playbook   TEXT    NOT NULL,
+        action     TEXT    NOT NULL,
+        target     TEXT    NOT NULL,
+        monitor    INTEGER NOT NULL,
+        outcome    TEXT    NOT NULL,
+        event      BLOB,
+        body       TEXT    NOT NULL,
+        response   TEXT
+    ) STRICT;
+    CREATE INDEX actions_playbook ON actions (playbook, seq);
+    CREATE INDEX actions_target ON actions (target, seq);",
 ];
 
 /// The hash an identifier is stored and indexed under: the first 64 bits of
@@ -301,6 +321,7 @@ mod tests {
         assert_eq!(
             tables,
             [
+                "actions",
                 "detection_state",
                 "events",
                 "finding_events",

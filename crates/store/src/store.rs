@@ -4,11 +4,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use custody_engine::{Evaluated, Receipt, Record, RecordError, Reservation};
+use custody_engine::{ActionRecord, Evaluated, Receipt, Record, RecordError, Reservation};
 use custody_event::{EventId, FindingId};
 use rusqlite::Connection;
 use tokio::sync::broadcast;
 
+use crate::actions::{ActionCount, ActionQuery, StoredAction};
 use crate::findings::{FindingPage, FindingQuery, StoredFinding};
 use crate::postings::Pending;
 use crate::query::{self, EventPage, EventQuery, StoredEvent};
@@ -241,6 +242,34 @@ impl Store {
             };
             read().map_err(StoreError::sqlite("reading detection state"))
         })
+    }
+
+    /// Stores an action taken without an event (containment applied or
+    /// lifted through the API).
+    pub fn insert_action(&self, action: &ActionRecord) -> Result<(), StoreError> {
+        crate::actions::insert_alone(&mut self.token_writer()?, action)
+    }
+
+    /// Sets the outcome of the action `id` once carried out, with what a
+    /// responder sent and got back; whether the action was stored.
+    pub fn update_action(
+        &self,
+        id: &str,
+        outcome: &str,
+        detail: &str,
+        response: Option<&serde_json::Value>,
+    ) -> Result<bool, StoreError> {
+        crate::actions::update(&self.token_writer()?, id, outcome, detail, response)
+    }
+
+    /// Actions matching `q`, newest first.
+    pub fn actions(&self, q: &ActionQuery) -> Result<Vec<StoredAction>, StoreError> {
+        self.read(|conn| crate::actions::query(conn, q))
+    }
+
+    /// How many actions each playbook took, by mode and outcome.
+    pub fn action_counts(&self) -> Result<Vec<ActionCount>, StoreError> {
+        self.read(crate::actions::counts)
     }
 
     /// Forgets the detection state `name`; whether there was any.
