@@ -470,6 +470,7 @@ async fn serve_gateway(dir: &std::path::Path, upstream: &str) -> (String, String
         config,
         Arc::new(auth),
         Arc::new(custody_gateway::approval::Nobody),
+        None,
     )
     .expect("the gateway");
     let state = state.with_gateway(gateway);

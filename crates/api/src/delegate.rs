@@ -69,6 +69,26 @@ impl Delegation {
         }
     }
 
+    /// Revokes `node` (a token id, root, agent or run) and saves the
+    /// issuer's state: every token whose chain passes through it is
+    /// refused from now on.
+    pub fn revoke_node(&self, node: &str) -> Result<(), String> {
+        let mut issuer = self.write();
+        issuer.revoke(node.to_owned(), Utc::now());
+        (self.save)(&issuer.state()).map_err(|error| format!("saving the revocation: {error}"))
+    }
+
+    /// Lifts the revocation of `node` and saves; whether it was revoked.
+    pub fn reinstate_node(&self, node: &str) -> Result<bool, String> {
+        let mut issuer = self.write();
+        let was = issuer.reinstate(node);
+        if was {
+            (self.save)(&issuer.state())
+                .map_err(|error| format!("saving the reinstatement: {error}"))?;
+        }
+        Ok(was)
+    }
+
     /// The same service accepting the agent tokens of `trusted` issuers
     /// too.
     pub fn trusting(mut self, trusted: Vec<TrustedIssuer>) -> Delegation {

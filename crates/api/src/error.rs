@@ -60,6 +60,9 @@ pub enum ApiError {
         /// The queue's state.
         detail: String,
     },
+    /// The request conflicts with the state of what it names.
+    #[error("{0}")]
+    Conflict(String),
     /// The server is shutting down.
     #[error("the server is shutting down")]
     Unavailable,
@@ -75,6 +78,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -92,6 +96,7 @@ impl ApiError {
             ApiError::Forbidden { .. } => "forbidden",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::Unsupported(_) => "unsupported",

@@ -179,6 +179,7 @@ pub(crate) fn status(error: ApiError) -> Status {
             Code::InvalidArgument
         }
         ApiError::NotFound(_) => Code::NotFound,
+        ApiError::Conflict(_) => Code::FailedPrecondition,
         ApiError::MethodNotAllowed => Code::Unimplemented,
         ApiError::TooLarge { .. } | ApiError::Busy { .. } => Code::ResourceExhausted,
         ApiError::Unavailable => Code::Unavailable,

@@ -9,6 +9,7 @@
 mod auth;
 mod bindings;
 mod collect;
+pub mod contain;
 mod delegate;
 mod error;
 mod findings;
@@ -29,7 +30,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::header;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use custody_engine::Engine;
 use custody_store::Store;
 use tokio::net::TcpListener;
@@ -89,6 +90,8 @@ pub struct AppState {
     /// The engine's detect stage, when it runs Custody's (for metrics and
     /// baselines).
     pub detections: Option<Arc<custody_detect::Detections>>,
+    /// Containment: measures in force, playbooks, held calls, policies.
+    pub containing: Option<contain::Containing>,
 }
 
 impl AppState {
@@ -105,6 +108,7 @@ impl AppState {
             otlp: Arc::default(),
             gateway: None,
             detections: None,
+            containing: None,
         }
     }
 
@@ -112,6 +116,14 @@ impl AppState {
     /// reports and whose baselines `/v1/baselines` shows.
     pub fn with_detections(mut self, detections: Arc<custody_detect::Detections>) -> AppState {
         self.detections = Some(detections);
+        self
+    }
+
+    /// The state with containment: its measures, playbooks, approvals and
+    /// policies served under `/v1/approvals`, `/v1/containment`,
+    /// `/v1/actions`, `/v1/playbooks` and `/v1/policies`.
+    pub fn with_containing(mut self, containing: contain::Containing) -> AppState {
+        self.containing = Some(containing);
         self
     }
 
@@ -171,6 +183,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/baselines/{agent_type}",
             get(findings::get_baseline).delete(findings::reset_baseline),
         )
+        .route("/v1/approvals", get(contain::list_approvals))
+        .route("/v1/approvals/{id}", post(contain::answer_approval))
+        .route(
+            "/v1/containment",
+            get(contain::list_measures).post(contain::apply_measure),
+        )
+        .route("/v1/containment/{id}", delete(contain::lift_measure))
+        .route("/v1/actions", get(contain::list_actions))
+        .route("/v1/playbooks", get(contain::list_playbooks))
+        .route("/v1/policies/reload", post(contain::reload_policies))
         .route("/v1/events/{id}", get(query::get_event))
         .route("/v1/export/ocsf", get(query::export_ocsf))
         // OAuth needs these open; the token endpoint is authenticated by

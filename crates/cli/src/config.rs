@@ -85,6 +85,16 @@ pub struct ServeArgs {
     /// is enforced: `30m`, `12h`, `7d` [default: 7d].
     #[arg(long, env = "CUSTODY_BASELINE_LEARNING")]
     pub baseline_learning: Option<String>,
+    /// A directory of Cedar policies (`*.cedar`) deciding every call at
+    /// the gateway; reloaded on SIGHUP and `POST /v1/policies/reload`.
+    /// Without one, calls are decided by containment and each upstream's
+    /// tool rules only.
+    #[arg(long, env = "CUSTODY_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// A playbook file (TOML, `[[playbook]]`); repeatable, or
+    /// comma-separated in the environment.
+    #[arg(long = "playbooks", env = "CUSTODY_PLAYBOOKS", value_delimiter = ',')]
+    pub playbooks: Vec<PathBuf>,
     /// Events an agent type must have learned from before it is enforced
     /// [default: 100].
     #[arg(long, env = "CUSTODY_BASELINE_MIN_EVENTS")]
@@ -114,6 +124,8 @@ struct FileConfig {
     pending_postings: Option<usize>,
     rules: Option<Vec<PathBuf>>,
     builtin_rules: Option<bool>,
+    policies: Option<PathBuf>,
+    playbooks: Option<Vec<PathBuf>>,
     #[serde(default)]
     placeholders: custody_detect::Placeholders,
     #[serde(default)]
@@ -152,6 +164,7 @@ struct GatewayTable {
     idle_timeout_seconds: Option<u64>,
     call_timeout_seconds: Option<u64>,
     hold_timeout_seconds: Option<u64>,
+    approval_ttl_seconds: Option<u64>,
     max_in_flight: Option<usize>,
     max_message_bytes: Option<usize>,
     #[serde(default)]
@@ -198,8 +211,11 @@ struct AnonymousTable {
 pub struct Gateway {
     /// Everything but the public URL, known once the server listens.
     pub config: custody_gateway::http::GatewayConfig,
-    /// Where held calls' approvals are read from, if anywhere.
+    /// Where held calls' approvals are read from, if anywhere; otherwise
+    /// they are answered through `POST /v1/approvals/{id}`.
     pub approvals_dir: Option<PathBuf>,
+    /// How long an approval may be given before the held call is refused.
+    pub approval_ttl: std::time::Duration,
     /// Who unauthenticated callers are, when they are accepted at all.
     pub anonymous: Option<custody_gateway::Identity>,
 }
@@ -314,6 +330,10 @@ pub struct Config {
     pub builtin_rules: bool,
     /// Values of the placeholders rules expand (`[placeholders]`).
     pub placeholders: custody_detect::Placeholders,
+    /// The Cedar policy directory, if any.
+    pub policies: Option<PathBuf>,
+    /// Playbook files.
+    pub playbooks: Vec<PathBuf>,
     /// The thresholds (`[[thresholds]]`).
     pub thresholds: Vec<custody_detect::ThresholdConfig>,
     /// Teams of humans thresholds may be kept per (`[teams]`).
@@ -444,6 +464,12 @@ impl Config {
                 args.rules
             },
             builtin_rules: !args.no_builtin_rules && file.builtin_rules.unwrap_or(true),
+            policies: args.policies.or(file.policies),
+            playbooks: if args.playbooks.is_empty() {
+                file.playbooks.unwrap_or_default()
+            } else {
+                args.playbooks
+            },
             placeholders: file.placeholders,
             thresholds: file.thresholds,
             teams: file.teams,
@@ -541,9 +567,16 @@ fn gateway(table: GatewayTable) -> Result<Gateway, String> {
         authorization_servers: Vec::new(),
     };
     config.check()?;
+    // The relay waits no longer than the hold timeout, so an approval lives
+    // at most that long.
+    let hold = config.relay.hold_timeout;
     Ok(Gateway {
         config,
         approvals_dir: table.approvals_dir,
+        approval_ttl: table
+            .approval_ttl_seconds
+            .map_or(hold, |s| Duration::from_secs(s.max(1)))
+            .min(hold),
         anonymous,
     })
 }

@@ -39,8 +39,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // Before the store opens: a bad JWKS file should stop the server first.
     let trusted = trusted_issuers(&config.issuers, &public_url).await?;
-    // So should a rule that does not load.
+    // So should a rule or a playbook that does not load.
     let detections = Arc::new(detections(&config)?);
+    let playbooks = playbooks(&config.playbooks)?;
     let store = Store::open(&config.data_dir, config.store.clone())
         .with_context(|| format!("opening the store in `{}`", config.data_dir.display()))?;
     first_start(&store, &config.data_dir)?;
@@ -63,6 +64,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || crate::replay(&store, &live)).await??
     };
     restore_baselines(&store, &detections.baselines).await?;
+    // Measures in force when the server stopped stay in force.
+    let containment = Arc::new(custody_contain::Containment::new());
+    restore_containment(&store, &containment).await?;
+    let (playbooks, jobs) = custody_contain::Playbooks::new(playbooks, containment.clone());
+    let playbooks = Arc::new(playbooks);
     tracing::info!(
         events = replayed.events,
         skipped = replayed.skipped,
@@ -73,6 +79,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Engine::builder(Arc::new(store.clone()))
             .attribute(live.clone())
             .detect(detections.clone())
+            .decide(custody_contain::Contained(containment.clone()))
+            .act(playbooks.clone())
             .build(),
     );
     tracing::info!(
@@ -93,9 +101,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.graph {
         state = state.with_graph(live);
     }
+    let approvals = custody_api::contain::ApprovalQueue::new(
+        config
+            .gateway
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(300), |g| g.approval_ttl),
+    );
+    // Every call through the gateway is decided by the containment in
+    // force, then each upstream's tool rules: the strictest stands.
+    let decide: Arc<dyn custody_engine::Decide> =
+        Arc::new(custody_contain::Contained(containment.clone()));
     if let Some(gateway) = &config.gateway {
-        state = with_gateway(state, gateway, &public_url, &config.issuers)?;
+        state = with_gateway(
+            state,
+            gateway,
+            &public_url,
+            &config.issuers,
+            &approvals,
+            decide,
+        )?;
     }
+    state = state.with_containing(custody_api::contain::Containing {
+        containment: containment.clone(),
+        playbooks: Some(playbooks.clone()),
+        approvals,
+        policies: None,
+    });
+    let executing = tokio::spawn(custody_api::contain::execute(
+        state.clone(),
+        jobs,
+        Arc::new(custody_api::contain::NoResponders),
+    ));
     let listeners = custody_api::Listeners {
         api: listener,
         otlp_http,
@@ -106,6 +142,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .context("serving the API")?;
     keeping.abort();
+    executing.abort();
     save_baselines(&store, &detections.baselines).await;
     tracing::info!("shutting down: committing queued events");
     tokio::task::spawn_blocking(move || store.close())
@@ -242,6 +279,8 @@ fn with_gateway(
     gateway: &crate::config::Gateway,
     public_url: &str,
     issuers: &[Trust],
+    queue: &custody_api::contain::ApprovalQueue,
+    decide: Arc<dyn custody_engine::Decide>,
 ) -> anyhow::Result<AppState> {
     let mut config = gateway.config.clone();
     config.resource = format!("{}{}", public_url.trim_end_matches('/'), config.path);
@@ -255,17 +294,60 @@ fn with_gateway(
             dir,
             std::time::Duration::from_millis(200),
         )),
-        None => Arc::new(custody_gateway::approval::Nobody),
+        None => Arc::new(queue.clone()),
     };
     let auth = custody_api::GatewayAuth::new(state.clone(), gateway.anonymous.clone());
-    let http = custody_gateway::http::HttpGateway::new(config, Arc::new(auth), approvals)
-        .map_err(|why| anyhow::anyhow!("the gateway: {why}"))?;
+    let http =
+        custody_gateway::http::HttpGateway::new(config, Arc::new(auth), approvals, Some(decide))
+            .map_err(|why| anyhow::anyhow!("the gateway: {why}"))?;
     tracing::info!(
         path = http.path(),
         upstreams = gateway.config.upstreams.len(),
         "serving the MCP gateway"
     );
     Ok(state.with_gateway(http))
+}
+
+/// The playbooks of `files`, checked: a bad one stops the server, naming
+/// its file and line.
+fn playbooks(files: &[std::path::PathBuf]) -> anyhow::Result<Vec<custody_contain::Playbook>> {
+    let mut all = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the playbook file `{}`", file.display()))?;
+        all.extend(
+            custody_contain::playbook::parse(&file.display().to_string(), &text)
+                .map_err(|why| anyhow::anyhow!("the playbooks do not load: {why}"))?,
+        );
+    }
+    custody_contain::playbook::check_unique(&all)
+        .map_err(|why| anyhow::anyhow!("the playbooks do not load: {why}"))?;
+    if !all.is_empty() {
+        tracing::info!(playbooks = all.len(), "playbooks loaded");
+    }
+    Ok(all)
+}
+
+/// Puts back the measures in force when the server last stopped.
+async fn restore_containment(
+    store: &Store,
+    containment: &custody_contain::Containment,
+) -> anyhow::Result<()> {
+    let kept = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.states("containment")).await??
+    };
+    for (name, body) in kept {
+        if name == "containment" {
+            let restored = containment
+                .restore(&body)
+                .map_err(|why| anyhow::anyhow!("restoring containment: {why}"))?;
+            if restored > 0 {
+                tracing::info!(measures = restored, "containment in force again");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Takes the data directory for this server alone: two servers writing one

@@ -494,6 +494,12 @@ impl Issuer {
         self.revoked.entry(node.into()).or_insert(now);
     }
 
+    /// Lifts the revocation of `node` (a kill undone by a responder);
+    /// whether it was revoked.
+    pub fn reinstate(&mut self, node: &str) -> bool {
+        self.revoked.remove(node).is_some()
+    }
+
     /// Verifies a token and returns its claims, or why it is refused.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, TokenError> {
         let (header, alg) = checks::read_header(token, &[Algorithm::EdDSA])?;

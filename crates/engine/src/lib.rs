@@ -36,5 +36,5 @@ pub use pipeline::{Engine, EngineBuilder, Evaluated, Ingested};
 pub use record::{Receipt, Record, RecordError, Reservation};
 pub use stages::{
     Act, ActionRecord, Attribute, CUSTODY_EVIDENCE, Decide, Detect, FindingNote, Normalize,
-    Provenance, Signal, authenticate, recorded_by_custody,
+    Provenance, Signal, Strictest, authenticate, recorded_by_custody,
 };

@@ -116,6 +116,17 @@ impl Decide for Strictest {
     }
 }
 
+impl<T: Act + ?Sized> Act for std::sync::Arc<T> {
+    fn act(
+        &self,
+        event: &RuntimeEvent,
+        signals: &[Signal],
+        decision: &Decision,
+    ) -> Vec<ActionRecord> {
+        (**self).act(event, signals, decision)
+    }
+}
+
 /// Responds to what detection found and to what was decided: playbooks'
 /// containment and revocation.
 pub trait Act: Send + Sync {

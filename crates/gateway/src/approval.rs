@@ -45,6 +45,8 @@ pub enum Approval {
     Approved,
     /// Refuse it.
     Refused,
+    /// Nobody answered before the approval expired: refuse it.
+    Expired,
 }
 
 /// Where held calls wait for an answer.

@@ -873,6 +873,10 @@ impl Session {
                 Ok(Ok(Approval::Refused)) | Ok(Err(_)) => {
                     ("the call was held for approval and refused", "refused")
                 }
+                Ok(Ok(Approval::Expired)) => (
+                    "the call was held for approval and its approval expired",
+                    "expired",
+                ),
                 Err(_) => (
                     "the call was held for approval and no answer came in time",
                     "timed_out",

@@ -182,9 +182,10 @@ fn micros(at: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(at).unwrap_or_default()
 }
 
-fn row(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(i64, i64, i64, Option<Vec<u8>>, String, Option<String>)> {
+/// A row of `actions`: seq, at, updated_at, event, body, response.
+type ActionRow = (i64, i64, i64, Option<Vec<u8>>, String, Option<String>);
+
+fn row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ActionRow> {
     Ok((
         row.get(0)?,
         row.get(1)?,

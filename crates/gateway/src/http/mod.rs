@@ -200,6 +200,9 @@ pub(crate) struct Shared {
     pub(crate) config: GatewayConfig,
     pub(crate) client: reqwest::Client,
     pub(crate) approvals: Arc<dyn Approvals>,
+    /// Decides every call before each upstream's own tool rules (the
+    /// containment in force and the policies), when the host gives one.
+    pub(crate) decide: Option<Arc<dyn custody_engine::Decide>>,
     auth: Arc<dyn Authenticate>,
     sessions: Mutex<HashMap<String, Arc<Mux>>>,
     /// Stateless requests' relays, by owner.
@@ -271,13 +274,15 @@ impl std::fmt::Debug for HttpGateway {
 }
 
 impl HttpGateway {
-    /// A gateway authenticating with `auth` and holding calls on
-    /// `approvals`. Starts the task that ends idle sessions: call it inside
-    /// a Tokio runtime.
+    /// A gateway authenticating with `auth`, deciding each call with
+    /// `decide` (if given) and each upstream's tool rules, the strictest
+    /// verdict standing, and holding calls on `approvals`. Starts the task
+    /// that ends idle sessions: call it inside a Tokio runtime.
     pub fn new(
         config: GatewayConfig,
         auth: Arc<dyn Authenticate>,
         approvals: Arc<dyn Approvals>,
+        decide: Option<Arc<dyn custody_engine::Decide>>,
     ) -> Result<HttpGateway, String> {
         config.check()?;
         let client = reqwest::Client::builder()
@@ -289,6 +294,7 @@ impl HttpGateway {
             config,
             client,
             approvals,
+            decide,
             auth,
             sessions: Mutex::default(),
             stateless: Mutex::default(),
@@ -335,6 +341,27 @@ impl HttpGateway {
     /// Sessions open now.
     pub fn sessions(&self) -> usize {
         self.0.sessions().len()
+    }
+
+    /// Kills every session whose caller's chain `covers` accepts (a run
+    /// killed out of band, an identity quarantined): calls in flight fail,
+    /// the sessions end, and their owners' new sessions are refused. How
+    /// many sessions ended.
+    pub fn kill_where(&self, covers: impl Fn(&custody_event::Actor) -> bool, why: &str) -> usize {
+        let ended: Vec<Arc<Mux>> = {
+            let sessions = self.0.sessions();
+            let stateless = self.0.stateless();
+            sessions
+                .values()
+                .chain(stateless.values())
+                .filter(|mux| mux.ended().is_none() && covers(&mux.chain))
+                .cloned()
+                .collect()
+        };
+        for mux in &ended {
+            mux.end(End::Killed(why.to_owned()));
+        }
+        ended.len()
     }
 }
 

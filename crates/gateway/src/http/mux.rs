@@ -42,6 +42,7 @@ use crate::decode::{self, ClientMessage, Id, Request};
 use crate::identity::Identity;
 use crate::outbox::Recorder;
 use crate::relay::{Config, Ended, Gateway, KILLED, Pipe, SERVER_GONE};
+use custody_engine::{Decide, Strictest};
 
 /// Messages kept for a GET stream not yet open; beyond it the oldest go.
 const BACKLOG: usize = 256;
@@ -140,6 +141,8 @@ struct State {
 pub(crate) struct Mux {
     /// Whose session it is (an agent token's id, or the declared chain).
     pub(crate) owner: String,
+    /// The chain its calls are made by.
+    pub(crate) chain: custody_event::Actor,
     links: Vec<Link>,
     transparent: bool,
     state: Mutex<State>,
@@ -202,6 +205,7 @@ impl Mux {
         let transparent = links.len() == 1 && links.iter().all(|l| l.prefix.is_empty());
         let mux = Arc::new(Mux {
             owner,
+            chain: identity.chain().clone(),
             links,
             transparent,
             state: Mutex::new(State::default()),
@@ -252,8 +256,15 @@ impl Mux {
         config.server = upstream.name.clone();
         config.via = "custody gateway".into();
         config.session_id = Some(session_id.to_owned());
+        let decide: Arc<dyn Decide> = match &shared.decide {
+            Some(first) => Arc::new(Strictest(vec![
+                first.clone(),
+                Arc::new(upstream.rules.clone()),
+            ])),
+            None => Arc::new(upstream.rules.clone()),
+        };
         let gateway = Gateway::new(
-            upstream.rules.clone(),
+            decide,
             identity.clone(),
             shared.approvals.clone(),
             recorder.clone(),
