@@ -82,6 +82,23 @@ impl Client {
         Ok(answer(response).await?)
     }
 
+    /// POSTs `body` as JSON to `path` and returns the JSON answer.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("calling {}{path}", self.base))?;
+        Ok(answer(response).await?)
+    }
+
     /// DELETEs `path` and returns the JSON answer.
     pub async fn delete(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let response = self

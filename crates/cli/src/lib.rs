@@ -10,6 +10,7 @@
 mod baseline;
 mod client;
 mod config;
+mod contain;
 mod findings;
 mod graph;
 mod ingest;
@@ -62,6 +63,15 @@ enum Command {
     /// Check Sigma rules and their examples.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// List the calls held for approval, and approve or refuse them.
+    #[command(subcommand)]
+    Approvals(contain::ApprovalsCommand),
+    /// Kill a run, quarantine an identity, hold a run's calls; list and
+    /// lift the measures in force.
+    #[command(subcommand)]
+    Contain(contain::ContainCommand),
+    /// What playbooks did, or would have done in monitor mode.
+    Actions(contain::ActionsArgs),
     /// Manage API tokens in the local store.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -143,6 +153,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .block_on(findings::run(args))
             .map(|()| ExitCode::SUCCESS),
         Command::Rules(command) => rules::run(command),
+        Command::Approvals(command) => runtime
+            .block_on(contain::approvals(command))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Contain(command) => runtime
+            .block_on(contain::contain(command))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Actions(args) => runtime
+            .block_on(contain::actions(args))
+            .map(|()| ExitCode::SUCCESS),
         Command::Baseline(command) => runtime
             .block_on(baseline::run(command))
             .map(|()| ExitCode::SUCCESS),

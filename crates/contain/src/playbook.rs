@@ -115,8 +115,9 @@ pub enum Per {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct When {
-    /// Rule, threshold or baseline ids (`agent.spawn_storm`,
-    /// `threshold.*`): a trailing `*` matches a prefix.
+    /// Rule ids as findings name them (a Sigma rule's `id`,
+    /// `threshold.NAME`, `baseline.first_seen`), a trailing `*` matching a
+    /// prefix (`threshold.*`); or a rule's title, whole.
     #[serde(default)]
     pub rules: Vec<String>,
     /// Finding kinds: `rule`, `correlation`, `threshold`, `baseline`.
@@ -642,7 +643,12 @@ fn resolve(action: &Action, trigger: &Trigger) -> Step {
                 .iter()
                 .chain(std::iter::once(&chain.current))
                 .find_map(|a| a.run_id.clone()),
-            _ => chain.run_id().map(str::to_owned),
+            // The acting run; for a role or key acting for an agent (a
+            // CloudTrail record bound to a run), the run nearest it.
+            _ => chain
+                .run_id()
+                .or_else(|| chain.agents.iter().rev().find_map(|a| a.run_id.as_deref()))
+                .map(str::to_owned),
         }
     };
     let scope = |on: On| -> Option<Scope> {
@@ -737,12 +743,16 @@ impl When {
     fn matches(
         &self,
         rule: &str,
+        title: &str,
         kind: Option<FindingKind>,
         severity: Option<Severity>,
         tags: &[String],
         chain: &Actor,
     ) -> bool {
-        (self.rules.is_empty() || self.rules.iter().any(|p| id_matches(p, rule)))
+        (self.rules.is_empty()
+            || self.rules.iter().any(|p| {
+                id_matches(p, rule) || (!title.is_empty() && p.eq_ignore_ascii_case(title))
+            }))
             && (self.kinds.is_empty() || kind.is_some_and(|k| self.kinds.contains(&k)))
             && self
                 .severity
@@ -775,25 +785,41 @@ impl Act for Playbooks {
         let mut records = Vec::new();
         let source = Arc::new(event.clone());
         for signal in signals {
-            let (rule, finding, kind, severity, tags, chain) = match &signal.finding {
+            let (rule, title, finding, kind, severity, tags, chain) = match &signal.finding {
                 // A repeat of an open finding was answered when it opened.
                 Some(FindingNote::Repeats(_)) => continue,
                 Some(FindingNote::Opens(finding)) => (
                     finding.analytic.id.as_str(),
+                    finding.analytic.title.as_str(),
                     Some(finding.id.to_string()),
                     Some(finding.kind),
                     Some(finding.severity),
                     finding.analytic.tags.as_slice(),
                     &finding.chain,
                 ),
-                None => (signal.id.as_str(), None, None, None, &[][..], &event.actor),
+                None => (
+                    signal.id.as_str(),
+                    "",
+                    None,
+                    None,
+                    None,
+                    &[][..],
+                    &event.actor,
+                ),
             };
             for (index, (playbook, counters)) in self.playbooks.iter().enumerate() {
-                if !playbook.when.matches(rule, kind, severity, tags, chain) {
+                if !playbook
+                    .when
+                    .matches(rule, title, kind, severity, tags, chain)
+                {
                     continue;
                 }
                 let key = match playbook.per {
-                    Per::Run => chain.run_id().unwrap_or_default().to_owned(),
+                    Per::Run => chain
+                        .run_id()
+                        .or_else(|| chain.agents.iter().rev().find_map(|a| a.run_id.as_deref()))
+                        .unwrap_or_default()
+                        .to_owned(),
                     Per::Root => chain.root_id().unwrap_or_default().to_owned(),
                     Per::Agent => chain.current.id.clone(),
                     Per::Finding => finding

@@ -1,0 +1,567 @@
+//! Containment while the agent runs, end to end: the real binary with its
+//! MCP gateway in front of a real `server-everything`, agents speaking
+//! through the Python `mcp` SDK with their agent tokens. A run that
+//! crosses a blast-radius threshold has its next call held, approved and
+//! completed (and the one after refused); a run shown by CloudTrail
+//! creating an access key is killed by a playbook, its sub-agent's next
+//! call refused and its tokens no longer accepted.
+
+mod common;
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    Body, COMMAND_TIMEOUT, Peers, Server, call, call_ok, exchange_token, mint_agent_token,
+    output_within, peers, post_event,
+};
+use serde_json::{Value, json};
+
+/// An agent: the Python SDK's client in a process of its own, one step
+/// per line.
+struct Agent {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Agent {
+    fn start(peers: &Peers, url: &str, token: &str) -> Agent {
+        let mut child = Command::new(&peers.python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_agent.py"))
+            .args(["--url", url, "--token", token])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the Python agent");
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        let mut agent = Agent {
+            child,
+            input,
+            output,
+        };
+        let ready = agent.answer();
+        assert_eq!(ready["op"], "ready", "{ready}");
+        agent
+    }
+
+    /// Sends a step without waiting for its answer.
+    fn send(&mut self, step: Value) {
+        writeln!(self.input, "{step}").unwrap();
+        self.input.flush().unwrap();
+    }
+
+    /// The next answer.
+    fn answer(&mut self) -> Value {
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("the agent said {line:?}"))
+    }
+
+    fn step(&mut self, step: Value) -> Value {
+        self.send(step);
+        self.answer()
+    }
+
+    fn call(&mut self, tool: &str, arguments: Value) -> Value {
+        self.step(json!({"op": "call", "tool": tool, "arguments": arguments}))
+    }
+
+    fn read(&mut self, uri: &str) -> Value {
+        self.step(json!({"op": "read", "uri": uri}))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits up to ten seconds for `f` to give something.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(found) = f() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "waited ten seconds for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn get(server: &Server, path: &str) -> Value {
+    call_ok(
+        server,
+        reqwest::Method::GET,
+        path,
+        &server.token,
+        Body::None,
+    )
+}
+
+fn serve(dir: &Path, peers: &Peers, extra: &str, args: &[&str]) -> Server {
+    let config = dir.join("custody.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{extra}\n[gateway]\nhold_timeout_seconds = 30\n\
+             [[gateway.upstreams]]\nname = \"everything\"\ncommand = [\"node\", \"{}\", \"stdio\"]\n",
+            peers.server.display()
+        ),
+    )
+    .unwrap();
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    Server::start(&dir.join("data"), &all)
+}
+
+/// The gateway's stored event of the call whose approval is `held`.
+fn stored_call(server: &Server, event: &str) -> Value {
+    eventually("the held call's event", || {
+        let (status, stored) = call(
+            server,
+            reqwest::Method::GET,
+            &format!("/v1/events/{event}"),
+            &server.token,
+            Body::None,
+        );
+        (status == 200).then_some(stored)
+    })
+}
+
+#[test]
+fn a_run_past_its_blast_radius_is_held_then_approved() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let playbooks = dir.path().join("playbooks.toml");
+    std::fs::write(
+        &playbooks,
+        r#"
+[[playbook]]
+id = "hold-wide-runs"
+description = "A run reaching more than two resources waits for a human on each call"
+[playbook.when]
+rules = ["threshold.reach"]
+[[playbook.actions]]
+do = "require_approval"
+
+[[playbook]]
+id = "watch-wide-runs"
+mode = "monitor"
+[playbook.when]
+kinds = ["threshold"]
+[[playbook.actions]]
+do = "kill"
+on = "root_run"
+[[playbook.actions]]
+do = "respond"
+responder = "okta.suspend"
+on = "root"
+"#,
+    )
+    .unwrap();
+    let server = serve(
+        dir.path(),
+        &peers,
+        "[[thresholds]]\nname = \"reach\"\nmetric = \"distinct_resources\"\nlimit = 2\nper = \"run\"\nseverity = \"high\"\n",
+        &["--playbooks", playbooks.to_str().unwrap()],
+    );
+    let url = format!("{}/mcp", server.url);
+    let token = mint_agent_token(&server, "alice@example.com", "researcher", "run-wide");
+    let mut agent = Agent::start(&peers, &url, &token);
+
+    // Two resources, then a routine call: nothing is held.
+    for n in 1..=2 {
+        let read = agent.read(&format!("demo://resource/dynamic/text/{n}"));
+        assert_eq!(read["contents"], 1, "{read}");
+    }
+    let echoed = agent.call("echo", json!({"message": "before"}));
+    assert_eq!(echoed["text"], "Echo: before", "{echoed}");
+    assert!(get(&server, "/v1/containment")["measures"] == json!([]));
+
+    // The third resource crosses the threshold: the playbook holds the run.
+    let read = agent.read("demo://resource/dynamic/text/3");
+    assert_eq!(read["contents"], 1, "{read}");
+    let measure = eventually("the hold on the run", || {
+        let measures = get(&server, "/v1/containment")["measures"].clone();
+        measures.as_array().unwrap().first().cloned()
+    });
+    assert_eq!(measure["kind"], "hold", "{measure}");
+    assert_eq!(measure["scope"], "run:run-wide");
+    assert_eq!(measure["by"], "playbook:hold-wide-runs");
+    assert!(
+        measure["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("threshold.reach"),
+        "{measure}"
+    );
+
+    // Its next call is held; the approver sees exactly what it is.
+    agent.send(
+        json!({"op": "call", "tool": "echo", "arguments": {"message": "wide", "token": "s3cr3t"}}),
+    );
+    let held = eventually("the held call", || {
+        let held = get(&server, "/v1/approvals")["approvals"].clone();
+        held.as_array().unwrap().first().cloned()
+    });
+    assert_eq!(held["method"], "tools/call");
+    assert_eq!(held["target"], "echo");
+    assert_eq!(held["server"], "everything");
+    assert_eq!(held["chain"]["current"]["run_id"], "run-wide");
+    assert_eq!(held["chain"]["root"]["id"], "alice@example.com");
+    assert_eq!(held["arguments"]["message"], "wide");
+    assert_eq!(held["arguments"]["token"], "[redacted]", "{held}");
+    let digest = held["digest"].as_str().unwrap().to_owned();
+    assert_eq!(digest.len(), 64);
+    assert!(
+        held["reason"]
+            .as_str()
+            .unwrap()
+            .contains("run:run-wide is held for approval"),
+        "{held}"
+    );
+    let id = held["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32, "a 128-bit nonce: {id}");
+
+    // An approval of other arguments is refused; the call stays held.
+    let (status, refused) = call(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/approvals/{id}"),
+        &server.token,
+        Body::Json(json!({"decision": "approve", "digest": "0".repeat(64)})),
+    );
+    assert_eq!(status, 409, "{refused}");
+    // A viewer may look, not answer.
+    let viewer = server.cli(&["token", "create", "--role", "viewer", "--name", "v"]);
+    assert!(viewer.status.success(), "{viewer:?}");
+    let viewer = String::from_utf8(viewer.stdout).unwrap().trim().to_owned();
+    let (status, _) = call(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/approvals/{id}"),
+        &viewer,
+        Body::Json(json!({"decision": "approve"})),
+    );
+    assert_eq!(status, 403);
+
+    // Approved through the command line, the call completes with the
+    // server's real answer.
+    let approved = server.cli(&[
+        "approvals",
+        "approve",
+        &id,
+        "--digest",
+        &digest,
+        "--reason",
+        "ticket 42",
+    ]);
+    assert!(approved.status.success(), "{approved:?}");
+    let answered = agent.answer();
+    assert_eq!(answered["text"], "Echo: wide", "{answered}");
+    // The nonce is good once.
+    let (status, _) = call(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/approvals/{id}"),
+        &server.token,
+        Body::Json(json!({"decision": "approve"})),
+    );
+    assert_eq!(status, 404);
+    let stored = stored_call(&server, held["event"].as_str().unwrap());
+    assert_eq!(
+        stored["event"]["attributes"]["custody.approval"], "approved",
+        "{stored}"
+    );
+    assert_eq!(stored["event"]["outcome"]["status"], "success");
+
+    // The hold stays: the next call is held too, and refused.
+    agent.send(json!({"op": "call", "tool": "echo", "arguments": {"message": "again"}}));
+    let held = eventually("the second held call", || {
+        let held = get(&server, "/v1/approvals")["approvals"].clone();
+        held.as_array().unwrap().first().cloned()
+    });
+    let listed = server.cli(&["approvals", "list"]);
+    let table = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        table.contains(held["id"].as_str().unwrap())
+            && table.contains("alice@example.com > researcher/run-wide"),
+        "{table}"
+    );
+    let denied = server.cli(&[
+        "approvals",
+        "deny",
+        held["id"].as_str().unwrap(),
+        "--reason",
+        "enough",
+    ]);
+    assert!(denied.status.success(), "{denied:?}");
+    let refused = agent.answer();
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("held for approval and refused")),
+        "{refused}"
+    );
+
+    // Lifted by a responder, the run goes on freely.
+    let lifted = server.cli(&["contain", "lift", measure["id"].as_str().unwrap()]);
+    assert!(lifted.status.success(), "{lifted:?}");
+    let echoed = agent.call("echo", json!({"message": "free"}));
+    assert_eq!(echoed["text"], "Echo: free", "{echoed}");
+
+    // Everything is recorded: the playbook's action with the event that
+    // crossed the threshold, both answers, the lift; the monitor-mode
+    // playbook's actions as "would", nothing done.
+    let actions = get(&server, "/v1/actions?limit=100")["actions"].clone();
+    let actions = actions.as_array().unwrap();
+    let of = |playbook: &str| -> Vec<&Value> {
+        actions
+            .iter()
+            .filter(|a| a["playbook"] == playbook)
+            .collect()
+    };
+    let hold = of("hold-wide-runs");
+    assert_eq!(hold.len(), 1, "{actions:?}");
+    assert_eq!(hold[0]["action"], "hold");
+    assert_eq!(hold[0]["target"], "run:run-wide");
+    assert_eq!(hold[0]["outcome"], "done");
+    assert!(hold[0]["event"].is_string() && hold[0]["finding"].is_string());
+    let answers: Vec<&str> = of("approvals")
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(answers, ["refuse", "approve"]);
+    assert!(
+        of("approvals")[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ticket 42")
+    );
+    assert_eq!(of("api")[0]["action"], "lift.hold");
+    let would = of("watch-wide-runs");
+    assert_eq!(would.len(), 2, "{actions:?}");
+    for action in &would {
+        assert_eq!(action["monitor"], true);
+        assert_eq!(action["outcome"], "would");
+    }
+    assert_eq!(would[1]["action"], "kill");
+    assert_eq!(would[1]["target"], "run:run-wide");
+    assert_eq!(would[0]["action"], "respond.okta.suspend");
+    assert_eq!(would[0]["target"], "alice@example.com");
+    let playbooks = get(&server, "/v1/playbooks")["playbooks"].clone();
+    let watch = playbooks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "watch-wide-runs")
+        .unwrap();
+    assert_eq!(watch["mode"], "monitor");
+    assert_eq!(watch["counts"]["would"], 2, "{watch}");
+    assert_eq!(watch["counts"]["fired"], 1);
+    assert_eq!(watch["counts"]["done"], 0);
+    // Nothing the monitor would have done was done: no kill in force, and
+    // the run still calls.
+    assert_eq!(get(&server, "/v1/containment")["measures"], json!([]));
+}
+
+/// A CloudTrail record of the run's role session creating an access key.
+fn create_access_key(run: &str) -> Value {
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    json!({
+        "eventVersion": "1.09",
+        "userIdentity": {
+            "type": "AssumedRole",
+            "principalId": format!("AROA3EXAMPLEBUILDER:{run}"),
+            "arn": format!("arn:aws:sts::111122223333:assumed-role/builder/{run}"),
+            "accountId": "111122223333",
+            "accessKeyId": "ASIA3EXAMPLE7BUILDER",
+            "sessionContext": {
+                "sessionIssuer": {
+                    "type": "Role",
+                    "principalId": "AROA3EXAMPLEBUILDER",
+                    "arn": "arn:aws:iam::111122223333:role/builder",
+                    "accountId": "111122223333",
+                    "userName": "builder"
+                },
+                "attributes": {"creationDate": now, "mfaAuthenticated": "false"},
+                "sourceIdentity": run
+            }
+        },
+        "eventTime": now,
+        "eventSource": "iam.amazonaws.com",
+        "eventName": "CreateAccessKey",
+        "awsRegion": "us-east-1",
+        "sourceIPAddress": "203.0.113.9",
+        "userAgent": "aws-cli/2.15.0",
+        "requestParameters": {"userName": "backdoor"},
+        "responseElements": {"accessKey": {
+            "accessKeyId": "AKIA3EXAMPLEBACKDOOR",
+            "status": "Active",
+            "userName": "backdoor",
+            "createDate": now
+        }},
+        "requestID": "6b2f7e0c-5c4d-4a1b-9b8f-0d1e2f3a4b5c",
+        "eventID": "d1e2f3a4-b5c6-4d7e-8f90-a1b2c3d4e5f6",
+        "readOnly": false,
+        "eventType": "AwsApiCall",
+        "managementEvent": true,
+        "recipientAccountId": "111122223333",
+        "eventCategory": "Management"
+    })
+}
+
+#[test]
+fn an_audit_log_finding_kills_the_run_at_the_gateway() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let playbooks = dir.path().join("playbooks.toml");
+    std::fs::write(
+        &playbooks,
+        r#"
+[[playbook]]
+id = "kill-on-new-credentials"
+[playbook.when]
+# The agent pack's "Agent Created Credentials Or Granted Privileges".
+rules = ["64c6dd81-1920-4ac2-b79a-2c7f1d8ae413"]
+severity = "high"
+[[playbook.actions]]
+do = "kill"
+on = "root_run"
+"#,
+    )
+    .unwrap();
+    let server = serve(
+        dir.path(),
+        &peers,
+        "",
+        &["--playbooks", playbooks.to_str().unwrap()],
+    );
+    let url = format!("{}/mcp", server.url);
+    // bob's builder, its sub-agent, and a bystander of another human.
+    let builder = mint_agent_token(&server, "bob@example.com", "builder", "run-b");
+    let helper = exchange_token(&server, &builder, "helper", "run-b.1");
+    let bystander = mint_agent_token(&server, "carol@example.com", "builder", "run-c");
+    let mut builder_agent = Agent::start(&peers, &url, &builder);
+    let mut helper_agent = Agent::start(&peers, &url, &helper);
+    let mut bystander_agent = Agent::start(&peers, &url, &bystander);
+    let echoed = helper_agent.call("echo", json!({"message": "working"}));
+    assert_eq!(echoed["text"], "Echo: working", "{echoed}");
+    // The builder has a long call in flight when the kill comes.
+    builder_agent.send(
+        json!({"op": "call", "tool": "trigger-long-running-operation",
+                              "arguments": {"duration": 20, "steps": 4}}),
+    );
+    // Nothing is recorded of it until it ends: give it time to reach the
+    // server.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The builder assumes its AWS role as its run; then CloudTrail shows
+    // that session creating an access key: attributed to the run, a
+    // finding, the playbook kills the run.
+    post_event(
+        &server,
+        &builder,
+        json!({"kind": "credential_use", "action": "sts:AssumeRole",
+               "observed_at": chrono::Utc::now().to_rfc3339(),
+               "source": {"type": "api"}, "actor": {"current": {"type": "agent", "id": "builder"}},
+               "target": {"resource": "arn:aws:iam::111122223333:role/builder",
+                          "system": "aws:111122223333"},
+               "outcome": {"status": "success"},
+               "attributes": {"aws.role_session_name": "run-b", "aws.source_identity": "run-b"}}),
+    );
+    let imported = call_ok(
+        &server,
+        reqwest::Method::POST,
+        "/v1/ingest/cloudtrail",
+        &server.token,
+        Body::Json(json!({"Records": [create_access_key("run-b")]})),
+    );
+    assert_eq!(imported["accepted"], 1, "{imported}");
+    // In force as soon as the record is accepted: no wait.
+    let measures = get(&server, "/v1/containment")["measures"].clone();
+    assert_eq!(measures[0]["kind"], "kill", "{measures}");
+    assert_eq!(measures[0]["scope"], "run:run-b");
+    assert_eq!(measures[0]["by"], "playbook:kill-on-new-credentials");
+
+    // The call in flight fails at once, its session ended by the kill.
+    let started = Instant::now();
+    let failed = builder_agent.answer();
+    assert!(started.elapsed() < Duration::from_secs(10), "{failed}");
+    assert!(failed.get("text").is_none(), "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("run:run-b kill")),
+        "{failed}"
+    );
+    // The sub-agent's next call is refused: by the kill, or by its token
+    // revoked with the run, whichever the call meets first.
+    let refused = helper_agent.call("echo", json!({"message": "more"}));
+    let why = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("`run-b` was revoked") || why.contains("run:run-b"),
+        "{refused}"
+    );
+    // Its tokens, and its parent's, are no longer accepted.
+    for token in [&helper, &builder] {
+        let whoami = eventually("the run's tokens revoked", || {
+            let (status, answer) = call(
+                &server,
+                reqwest::Method::GET,
+                "/v1/whoami",
+                token,
+                Body::None,
+            );
+            (status == 401).then_some(answer)
+        });
+        assert!(whoami.to_string().contains("revoked"), "{whoami}");
+    }
+    let agent = Agent::start_refused(&peers, &url, &helper);
+    assert!(agent.contains("`run-b` was revoked"), "{agent}");
+    // Another human's run goes on.
+    let echoed = bystander_agent.call("echo", json!({"message": "still here"}));
+    assert_eq!(echoed["text"], "Echo: still here", "{echoed}");
+
+    // The failed call is recorded, naming the kill.
+    let long = eventually("the failed call's event", || {
+        let events = get(&server, "/v1/events?run=run-b&limit=100")["events"].clone();
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"]["target"]["tool"] == "trigger-long-running-operation")
+            .cloned()
+    });
+    assert_eq!(long["event"]["outcome"]["status"], "failure", "{long}");
+    assert!(
+        long["event"]["outcome"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("session ended"),
+        "{long}"
+    );
+    let action = &get(&server, "/v1/actions?playbook=kill-on-new-credentials")["actions"][0];
+    assert_eq!(action["action"], "kill");
+    assert_eq!(action["target"], "run:run-b");
+}
+
+impl Agent {
+    /// Starts an agent whose session should be refused; what it said.
+    fn start_refused(peers: &Peers, url: &str, token: &str) -> String {
+        let output = output_within(
+            Command::new(&peers.python)
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_agent.py"))
+                .args(["--url", url, "--token", token]),
+            COMMAND_TIMEOUT,
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
