@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::query::Cursor;
-use crate::{EventQuery, NewToken, Order, Store, StoreOptions};
+use crate::{ActionQuery, EventQuery, NewToken, Order, Store, StoreOptions};
 
 fn open() -> (TempDir, Store) {
     open_with(StoreOptions::default())
@@ -1407,4 +1407,98 @@ fn detection_state_is_kept_by_name_across_reopening() {
     assert!(store.delete_state("baseline:coder").unwrap());
     assert!(!store.delete_state("baseline:coder").unwrap());
     assert_eq!(store.states("baseline:").unwrap().len(), 1);
+}
+
+fn action(id: &str, playbook: &str, monitor: bool, outcome: &str) -> custody_engine::ActionRecord {
+    custody_engine::ActionRecord {
+        id: id.into(),
+        playbook: playbook.into(),
+        action: "kill".into(),
+        target: "run:run-1".into(),
+        monitor,
+        outcome: outcome.into(),
+        detail: "why".into(),
+        finding: None,
+    }
+}
+
+#[test]
+fn actions_are_stored_with_their_event_and_updated_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut triggering = event("t", 1, json!({}));
+    triggering.actions = vec![
+        action("a-1", "p", false, "done"),
+        action("a-2", "p", false, "queued"),
+        action("a-3", "watch", true, "would"),
+    ];
+    let id = triggering.event.id;
+    record(&store, vec![triggering.clone()]);
+    // Sent again, the event and its actions are stored once.
+    record(&store, vec![triggering]);
+    store
+        .insert_action(&action("a-4", "api", false, "done"))
+        .unwrap();
+    let response = json!({"method": "POST", "status": 204});
+    assert!(
+        store
+            .update_action("a-2", "done", "deactivated", Some(&response))
+            .unwrap()
+    );
+    assert!(!store.update_action("nope", "done", "", None).unwrap());
+
+    let all = store
+        .actions(&ActionQuery {
+            limit: 10,
+            ..ActionQuery::default()
+        })
+        .unwrap();
+    let ids: Vec<&str> = all.iter().map(|a| a.action.id.as_str()).collect();
+    assert_eq!(ids, ["a-4", "a-3", "a-2", "a-1"]);
+    assert_eq!(all[3].event.as_deref(), Some(id.to_string().as_str()));
+    assert_eq!(all[0].event, None);
+    assert_eq!(all[2].action.outcome, "done");
+    assert_eq!(all[2].action.detail, "deactivated");
+    assert_eq!(all[2].response.as_ref(), Some(&response));
+    assert!(all[2].updated_at >= all[2].at);
+    let monitor = store
+        .actions(&ActionQuery {
+            monitor: Some(true),
+            limit: 10,
+            ..ActionQuery::default()
+        })
+        .unwrap();
+    assert_eq!(monitor.len(), 1);
+    assert_eq!(monitor[0].action.outcome, "would");
+    let page = store
+        .actions(&ActionQuery {
+            playbook: Some("p".into()),
+            limit: 1,
+            ..ActionQuery::default()
+        })
+        .unwrap();
+    assert_eq!(page[0].action.id, "a-2");
+    let next = store
+        .actions(&ActionQuery {
+            playbook: Some("p".into()),
+            limit: 1,
+            before: Some(page[0].seq),
+            ..ActionQuery::default()
+        })
+        .unwrap();
+    assert_eq!(next[0].action.id, "a-1");
+    let counts: Vec<(String, bool, String, u64)> = store
+        .action_counts()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.playbook, c.monitor, c.outcome, c.count))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("api".into(), false, "done".into(), 1),
+            ("p".into(), false, "done".into(), 2),
+            ("watch".into(), true, "would".into(), 1),
+        ]
+    );
 }
