@@ -551,6 +551,20 @@ on = "root_run"
     let action = &get(&server, "/v1/actions?playbook=kill-on-new-credentials")["actions"][0];
     assert_eq!(action["action"], "kill");
     assert_eq!(action["target"], "run:run-b");
+
+    // The kill outlives a restart.
+    drop((builder_agent, helper_agent, bystander_agent));
+    server.stop();
+    let server = serve(
+        dir.path(),
+        &peers,
+        "",
+        &["--playbooks", playbooks.to_str().unwrap()],
+    );
+    let measures = get(&server, "/v1/containment")["measures"].clone();
+    assert_eq!(measures.as_array().unwrap().len(), 1, "{measures}");
+    assert_eq!(measures[0]["scope"], "run:run-b");
+    assert_eq!(measures[0]["kind"], "kill");
 }
 
 impl Agent {

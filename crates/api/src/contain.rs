@@ -599,11 +599,11 @@ pub async fn execute(state: AppState, mut jobs: mpsc::Receiver<Job>, responders:
                 None => break,
             },
             change = changes.recv() => match change {
-                Ok(change) => enforce(&state, &containing, change).await,
+                Ok(change) => enforce(&state, change).await,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "containment changes were missed; re-reading what is in force");
                     for measure in containing.containment.list() {
-                        enforce(&state, &containing, Change::Applied(measure)).await;
+                        enforce(&state, Change::Applied(measure)).await;
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -613,7 +613,7 @@ pub async fn execute(state: AppState, mut jobs: mpsc::Receiver<Job>, responders:
 }
 
 /// What a change of containment brings with it outside the decision path.
-async fn enforce(state: &AppState, containing: &Containing, change: Change) {
+async fn enforce(state: &AppState, change: Change) {
     match &change {
         Change::Applied(measure) if measure.kind != MeasureKind::Hold => {
             if let Some(gateway) = &state.gateway {
@@ -649,11 +649,26 @@ async fn enforce(state: &AppState, containing: &Containing, change: Change) {
         }
         Change::Applied(_) => {}
     }
-    let snapshot = containing.containment.snapshot();
-    let kept = read(state, move |store| {
-        store.put_state(&[("containment".to_owned(), snapshot)])
-    })
-    .await;
+    // Each measure is kept under its own name, so a change writes one.
+    let kept = match change {
+        Change::Applied(measure) => match serde_json::to_string(&measure) {
+            Ok(body) => {
+                read(state, move |store| {
+                    store.put_state(&[(format!("containment:{}", measure.id), body)])
+                })
+                .await
+            }
+            Err(error) => Err(ApiError::Internal(error.to_string())),
+        },
+        Change::Lifted(measure) => {
+            read(state, move |store| {
+                store
+                    .delete_state(&format!("containment:{}", measure.id))
+                    .map(|_| ())
+            })
+            .await
+        }
+    };
     if let Err(error) = kept {
         tracing::error!(%error, "keeping the containment in force failed");
     }

@@ -335,17 +335,18 @@ async fn restore_containment(
 ) -> anyhow::Result<()> {
     let kept = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.states("containment")).await??
+        tokio::task::spawn_blocking(move || store.states("containment:")).await??
     };
+    let mut measures = Vec::with_capacity(kept.len());
     for (name, body) in kept {
-        if name == "containment" {
-            let restored = containment
-                .restore(&body)
-                .map_err(|why| anyhow::anyhow!("restoring containment: {why}"))?;
-            if restored > 0 {
-                tracing::info!(measures = restored, "containment in force again");
-            }
-        }
+        measures.push(
+            serde_json::from_str(&body)
+                .with_context(|| format!("restoring the containment kept as `{name}`"))?,
+        );
+    }
+    let restored = containment.restore(measures);
+    if restored > 0 {
+        tracing::info!(measures = restored, "containment in force again");
     }
     Ok(())
 }
