@@ -15,6 +15,8 @@
 
 pub mod measures;
 pub mod playbook;
+pub mod signals;
 
 pub use measures::{Change, Contained, Containment, Measure, MeasureKind, Scope, scopes_of};
 pub use playbook::{Job, JobStep, Playbook, PlaybookCounts, Playbooks, Step, Trigger};
+pub use signals::{Raised, RunSignals, acting_run};

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::measures::{Containment, MeasureKind, Scope};
+use crate::signals::{RunSignals, acting_run};
 
 /// The most de-duplication keys remembered; beyond, the oldest go.
 const MAX_DEDUP_KEYS: usize = 100_000;
@@ -433,6 +434,7 @@ pub struct Playbooks {
     containment: Arc<Containment>,
     jobs: mpsc::Sender<Job>,
     fired: Mutex<HashMap<(usize, String), DateTime<Utc>>>,
+    signals: Arc<RunSignals>,
 }
 
 impl std::fmt::Debug for Playbooks {
@@ -459,8 +461,15 @@ impl Playbooks {
             containment,
             jobs,
             fired: Mutex::default(),
+            signals: Arc::new(RunSignals::new(Duration::from_secs(600))),
         };
         (playbooks, receiver)
+    }
+
+    /// What detection raised on each run lately (noted here, as every
+    /// event's signals pass through), for the policies' context.
+    pub fn signals(&self) -> Arc<RunSignals> {
+        self.signals.clone()
     }
 
     /// The playbooks, with their counts.
@@ -645,10 +654,7 @@ fn resolve(action: &Action, trigger: &Trigger) -> Step {
                 .find_map(|a| a.run_id.clone()),
             // The acting run; for a role or key acting for an agent (a
             // CloudTrail record bound to a run), the run nearest it.
-            _ => chain
-                .run_id()
-                .or_else(|| chain.agents.iter().rev().find_map(|a| a.run_id.as_deref()))
-                .map(str::to_owned),
+            _ => acting_run(chain).map(str::to_owned),
         }
     };
     let scope = |on: On| -> Option<Scope> {
@@ -779,7 +785,11 @@ impl Act for Playbooks {
         signals: &[Signal],
         _decision: &Decision,
     ) -> Vec<ActionRecord> {
-        if self.playbooks.is_empty() || signals.is_empty() {
+        if signals.is_empty() {
+            return Vec::new();
+        }
+        self.signals.note(event, signals);
+        if self.playbooks.is_empty() {
             return Vec::new();
         }
         let mut records = Vec::new();
@@ -815,11 +825,7 @@ impl Act for Playbooks {
                     continue;
                 }
                 let key = match playbook.per {
-                    Per::Run => chain
-                        .run_id()
-                        .or_else(|| chain.agents.iter().rev().find_map(|a| a.run_id.as_deref()))
-                        .unwrap_or_default()
-                        .to_owned(),
+                    Per::Run => acting_run(chain).unwrap_or_default().to_owned(),
                     Per::Root => chain.root_id().unwrap_or_default().to_owned(),
                     Per::Agent => chain.current.id.clone(),
                     Per::Finding => finding

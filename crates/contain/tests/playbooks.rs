@@ -346,3 +346,28 @@ fn bad_playbooks_are_refused_with_where_and_why() {
             .contains("two playbooks have the id `x`")
     );
 }
+
+#[test]
+fn signals_are_noted_by_run_for_the_policies_even_without_playbooks() {
+    let (playbooks, _containment, _jobs) = load("");
+    let event = event();
+    let signals = [
+        opens("exfil.sink", Severity::High, &[], &event),
+        Signal::new("baseline.first_seen", "a new tool"),
+    ];
+    assert!(playbooks.act(&event, &signals, &Decision::allow()).is_empty());
+    let noted = playbooks.signals();
+    // The run itself, and a sub-agent beneath it, see what was raised.
+    let raised = noted.raised(&event.actor);
+    assert_eq!(raised.findings, ["exfil.sink"]);
+    assert_eq!(raised.baseline, ["baseline.first_seen"]);
+    let mut beneath = event.actor.clone();
+    beneath.agents.push(beneath.current.clone());
+    beneath.current.id = "tester".into();
+    beneath.current.run_id = Some("run-3".into());
+    assert_eq!(noted.raised(&beneath).findings, ["exfil.sink"]);
+    // The run above does not.
+    let mut above = event.actor.clone();
+    above.current = above.agents.pop().unwrap();
+    assert_eq!(noted.raised(&above), custody_contain::Raised::default());
+}
