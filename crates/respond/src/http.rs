@@ -162,7 +162,9 @@ impl Prepared {
         } else if matches!(self.method, Method::POST | Method::PUT | Method::PATCH) {
             // An empty body still says `Content-Length: 0`: some APIs (Graph
             // among them) answer a POST without it with 411.
-            request = request.body("");
+            request = request
+                .header(reqwest::header::CONTENT_LENGTH, "0")
+                .body("");
         }
         request
     }
