@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use aws_config::BehaviorVersion;
-use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_iam::Client;
 use aws_sdk_iam::config::interceptors::{
     BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
@@ -94,19 +93,17 @@ impl Aws {
                         tls::rustls_provider::CryptoMode::Ring,
                     ))
                     .build_https();
-                let region =
-                    RegionProviderChain::first_try(self.config.region.clone().map(Region::new))
-                        .or_default_provider()
-                        .or_else(Region::from_static("us-east-1"));
                 let mut loader = aws_config::defaults(BehaviorVersion::latest())
                     .http_client(http_client)
-                    .region(region)
                     .retry_config(aws_sdk_iam::config::retry::RetryConfig::disabled())
                     .timeout_config(
                         aws_sdk_iam::config::timeout::TimeoutConfig::builder()
                             .operation_attempt_timeout(retry.request_timeout())
                             .build(),
                     );
+                if let Some(region) = &self.config.region {
+                    loader = loader.region(Region::new(region.clone()));
+                }
                 if let Some(url) = &self.config.endpoint_url {
                     loader = loader.endpoint_url(url);
                 }
@@ -121,7 +118,15 @@ impl Aws {
                         "custody-config",
                     ));
                 }
-                Client::new(&loader.load().await)
+                // The loader finds a region in the environment when none is
+                // configured, through the HTTP client above (a region
+                // provider built alone has none, and the SDK then panics).
+                let shared = loader.load().await;
+                let mut iam = aws_sdk_iam::config::Builder::from(&shared);
+                if shared.region().is_none() {
+                    iam = iam.region(Region::from_static("us-east-1"));
+                }
+                Client::from_conf(iam.build())
             })
             .await
     }

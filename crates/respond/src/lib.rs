@@ -178,6 +178,9 @@ mod secret;
 mod webhook;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 
 use serde::{Deserialize, Serialize};
 
@@ -218,6 +221,34 @@ pub enum Revocation {
         action: String,
         target: String,
     },
+}
+
+impl Revocation {
+    /// The responder, action and target a record names.
+    fn describe(&self) -> (&'static str, &'static str, String) {
+        match self {
+            Revocation::AwsDeactivateAccessKey { access_key_id, .. } => {
+                ("aws", "aws.deactivate_access_key", access_key_id.clone())
+            }
+            Revocation::AwsRevokeRoleSessions { role } => {
+                ("aws", "aws.revoke_role_sessions", role.clone())
+            }
+            Revocation::OktaClearSessions { user } => ("okta", "okta.clear_sessions", user.clone()),
+            Revocation::OktaSuspend { user } => ("okta", "okta.suspend_user", user.clone()),
+            Revocation::GithubRevokeCredential { credential } => (
+                "github",
+                "github.revoke_credential",
+                fingerprint(credential),
+            ),
+            Revocation::EntraRevokeSessions { user } => {
+                ("entra", "entra.revoke_sessions", user.clone())
+            }
+            Revocation::EntraDisableServicePrincipal { id } => {
+                ("entra", "entra.disable_service_principal", id.clone())
+            }
+            Revocation::Webhook { target, .. } => ("webhook", "webhook", target.clone()),
+        }
+    }
 }
 
 /// Why a revocation runs: the reason and the ids that tie it to Custody's
@@ -312,7 +343,20 @@ impl Responders {
     /// Runs one revocation (or, with `dry_run`, builds its requests without
     /// sending them) and returns its record.
     pub async fn run(&self, what: &Revocation, ctx: &Context, dry_run: bool) -> ResponseRecord {
-        let record = self.dispatch(what, ctx, dry_run).await;
+        // A panic in a vendor's SDK must not take the playbook's task down
+        // with it: it becomes a failed record like any other failure.
+        let record = match AssertUnwindSafe(self.dispatch(what, ctx, dry_run))
+            .catch_unwind()
+            .await
+        {
+            Ok(record) => record,
+            Err(_) => {
+                let (responder, action, target) = what.describe();
+                ResponseRecord::new(responder, action, &target, dry_run).failed(format!(
+                    "the {responder} responder panicked; nothing is known to have been revoked"
+                ))
+            }
+        };
         tracing::debug!(reason = %ctx.reason, finding = ?ctx.finding, event = ?ctx.event, "responded");
         record
     }
@@ -328,32 +372,27 @@ impl Responders {
                     aws.deactivate_access_key(retry, access_key_id, user.as_deref(), dry_run)
                         .await
                 }
-                None => not_configured("aws", "aws.deactivate_access_key", access_key_id, dry_run),
+                None => not_configured(what, dry_run),
             },
             Revocation::AwsRevokeRoleSessions { role } => match &self.aws {
                 Some(aws) => aws.revoke_role_sessions(retry, role, dry_run).await,
-                None => not_configured("aws", "aws.revoke_role_sessions", role, dry_run),
+                None => not_configured(what, dry_run),
             },
             Revocation::OktaClearSessions { user } => match &self.okta {
                 Some(okta) => okta.clear_sessions(&self.http, user, dry_run).await,
-                None => not_configured("okta", "okta.clear_sessions", user, dry_run),
+                None => not_configured(what, dry_run),
             },
             Revocation::OktaSuspend { user } => match &self.okta {
                 Some(okta) => okta.suspend(&self.http, user, dry_run).await,
-                None => not_configured("okta", "okta.suspend_user", user, dry_run),
+                None => not_configured(what, dry_run),
             },
             Revocation::GithubRevokeCredential { credential } => match &self.github {
                 Some(github) => github.revoke(&self.http, credential, dry_run).await,
-                None => not_configured(
-                    "github",
-                    "github.revoke_credential",
-                    &fingerprint(credential),
-                    dry_run,
-                ),
+                None => not_configured(what, dry_run),
             },
             Revocation::EntraRevokeSessions { user } => match &self.entra {
                 Some(entra) => entra.revoke_sessions(&self.http, user, dry_run).await,
-                None => not_configured("entra", "entra.revoke_sessions", user, dry_run),
+                None => not_configured(what, dry_run),
             },
             Revocation::EntraDisableServicePrincipal { id } => match &self.entra {
                 Some(entra) => {
@@ -361,7 +400,7 @@ impl Responders {
                         .disable_service_principal(&self.http, id, dry_run)
                         .await
                 }
-                None => not_configured("entra", "entra.disable_service_principal", id, dry_run),
+                None => not_configured(what, dry_run),
             },
             Revocation::Webhook {
                 name,
@@ -376,7 +415,8 @@ impl Responders {
     }
 }
 
-fn not_configured(responder: &str, action: &str, target: &str, dry_run: bool) -> ResponseRecord {
-    ResponseRecord::new(responder, action, target, dry_run)
+fn not_configured(what: &Revocation, dry_run: bool) -> ResponseRecord {
+    let (responder, action, target) = what.describe();
+    ResponseRecord::new(responder, action, &target, dry_run)
         .failed(format!("the {responder} responder is not configured"))
 }
