@@ -10,7 +10,7 @@ use aws_sdk_iam::config::interceptors::{
     BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
 };
 use aws_sdk_iam::config::{ConfigBag, Credentials, Intercept, Region, RuntimeComponents};
-use aws_sdk_iam::error::{BoxError, DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_iam::error::{BoxError, ProvideErrorMetadata, SdkError};
 use aws_sdk_iam::types::StatusType;
 use aws_smithy_http_client::tls;
 use tokio::sync::OnceCell;
@@ -269,9 +269,9 @@ impl Aws {
         if dry_run {
             record.push(self.unsent(&[
                 ("Action", "PutRolePolicy"),
-                ("PolicyDocument", &document),
-                ("PolicyName", policy_name),
                 ("RoleName", role),
+                ("PolicyName", policy_name),
+                ("PolicyDocument", &document),
             ]));
             return record.finish(
                 Outcome::DryRun,
@@ -305,14 +305,17 @@ impl Aws {
     /// The record of an IAM query API request not sent: `params` after
     /// `Action`, then `Version`, form-encoded as the SDK sends them.
     fn unsent(&self, params: &[(&str, &str)]) -> SentRequest {
-        let mut form = reqwest::Url::parse("http://form/").ok();
-        if let Some(form) = form.as_mut() {
-            let mut pairs = form.query_pairs_mut();
-            for (i, (name, value)) in params.iter().enumerate() {
-                pairs.append_pair(name, value);
-                if i == 0 {
-                    pairs.append_pair("Version", IAM_VERSION);
-                }
+        let mut body = String::new();
+        for (i, (name, value)) in params.iter().enumerate() {
+            if i > 0 {
+                body.push('&');
+            }
+            body.push_str(name);
+            body.push('=');
+            body.push_str(&query_encode(value));
+            if i == 0 {
+                body.push_str("&Version=");
+                body.push_str(IAM_VERSION);
             }
         }
         SentRequest {
@@ -322,7 +325,7 @@ impl Aws {
                 "Content-Type".to_owned(),
                 "application/x-www-form-urlencoded".to_owned(),
             )],
-            body: form.and_then(|f| f.query().map(str::to_owned)),
+            body: Some(body),
             attempts: 0,
             status: None,
         }
@@ -401,12 +404,26 @@ pub fn revoke_policy(cutoff: &str) -> String {
     .to_string()
 }
 
+/// Percent-encodes all but RFC 3986's unreserved characters, as the SDK
+/// encodes the query protocol's values.
+fn query_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn update_params<'a>(access_key_id: &'a str, user: &'a str) -> [(&'a str, &'a str); 4] {
     [
         ("Action", "UpdateAccessKey"),
+        ("UserName", user),
         ("AccessKeyId", access_key_id),
         ("Status", "Inactive"),
-        ("UserName", user),
     ]
 }
 
@@ -426,7 +443,19 @@ where
                 inner.message().unwrap_or("no message")
             )
         }
-        other => DisplayErrorContext(other).to_string(),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                let cause_text = cause.to_string();
+                if !text.ends_with(&cause_text) {
+                    text.push_str(": ");
+                    text.push_str(&cause_text);
+                }
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 

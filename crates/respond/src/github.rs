@@ -66,8 +66,13 @@ impl Github {
                 Outcome::Done,
                 "GitHub accepted the credential for revocation",
             ),
-            Ok(response) => record.failed(failure(&response)),
-            Err(why) => record.failed(format!("github: revoking the credential: {why}")),
+            // GitHub's answer is not expected to echo the credential, but
+            // the record must not hold it even if it does.
+            Ok(response) => record.failed(scrub(failure(&response), credential)),
+            Err(why) => record.failed(scrub(
+                format!("github: revoking the credential: {why}"),
+                credential,
+            )),
         }
     }
 }
@@ -88,6 +93,13 @@ pub fn fingerprint(credential: &Secret) -> String {
     };
     let digest = hex::encode(Sha256::digest(value.as_bytes()));
     format!("{kind} sha256:{}", digest.get(..12).unwrap_or(&digest))
+}
+
+fn scrub(text: String, credential: &Secret) -> String {
+    if credential.expose().is_empty() {
+        return text;
+    }
+    text.replace(credential.expose(), REDACTED)
 }
 
 fn failure(response: &Response) -> String {

@@ -230,6 +230,20 @@ async fn deactivates_an_access_key_once() {
         StatusType::Inactive
     );
 
+    // The dry run showed the very request the SDK then sent.
+    let planned = responders
+        .run(
+            &Revocation::AwsDeactivateAccessKey {
+                access_key_id: key.clone(),
+                user: Some("agent-bot".to_owned()),
+            },
+            &ctx(),
+            true,
+        )
+        .await;
+    assert_eq!(planned.requests[1].body, update.body);
+    assert_eq!(planned.requests[1].url, format!("{}/", moto.url));
+
     // Again: already inactive, and no update is sent.
     let again = responders.run(&what, &ctx(), false).await;
     assert_eq!(again.outcome, Outcome::AlreadyDone, "{again:?}");
@@ -379,6 +393,32 @@ async fn revokes_a_roles_older_sessions_with_an_inline_deny() {
     for record in [&dry, &done, &again] {
         check_hidden(record);
     }
+}
+
+/// No moto needed: an endpoint nothing listens on.
+#[tokio::test]
+async fn transport_errors_are_retried_and_counted() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let record = common::responders(&format!(
+        "[responders.aws]\nregion = \"us-east-1\"\nendpoint_url = \"{url}\"\n\
+         access_key_id = \"AKIAMOTO\"\nsecret_access_key = \"{SECRET_KEY}\"\n"
+    ))
+    .run(
+        &Revocation::AwsRevokeRoleSessions {
+            role: "r".to_owned(),
+        },
+        &ctx(),
+        false,
+    )
+    .await;
+    let Outcome::Failed { reason } = &record.outcome else {
+        panic!("{record:?}")
+    };
+    assert_eq!(record.attempts, 3, "{record:?}");
+    assert!(reason.contains("gave up after 3 attempts"), "{reason}");
+    check_hidden(&record);
 }
 
 #[tokio::test]

@@ -356,6 +356,72 @@ async fn a_missing_secret_is_a_configuration_error_naming_the_variable() {
     );
 }
 
+/// The configuration example in the crate's documentation.
+const EXAMPLE: &str = r#"
+[responders.retry]
+max_attempts = 5
+initial_backoff_ms = 500
+max_backoff_ms = 10000
+max_elapsed_ms = 60000
+request_timeout_ms = 15000
+
+[responders.aws]
+region = "us-east-1"
+
+[responders.okta]
+base_url = "https://example.okta.com"
+token_env = "CUSTODY_OKTA_TOKEN"
+revoke_oauth_tokens = true
+
+[responders.github]
+api_url = "https://api.github.com"
+
+[responders.entra]
+tenant = "contoso.onmicrosoft.com"
+client_id = "00000000-0000-0000-0000-000000000000"
+client_secret_env = "CUSTODY_ENTRA_CLIENT_SECRET"
+
+[[responders.webhook]]
+name = "soar"
+url = "https://soar.example.com/hooks/custody"
+secret_env = "CUSTODY_WEBHOOK_SECRET"
+"#;
+
+#[tokio::test]
+async fn the_documented_configuration_loads() {
+    #[derive(serde::Deserialize)]
+    struct File {
+        responders: Config,
+    }
+    let file: File = toml::from_str(EXAMPLE).unwrap();
+    assert_eq!(
+        file.responders.retry,
+        custody_respond::RetryConfig::default()
+    );
+    let entra = file.responders.entra.as_ref().unwrap();
+    assert_eq!(entra.login_url, "https://login.microsoftonline.com");
+    assert_eq!(entra.graph_url, "https://graph.microsoft.com");
+    let env = |name: &str| {
+        [
+            ("CUSTODY_OKTA_TOKEN", "t1"),
+            ("CUSTODY_ENTRA_CLIENT_SECRET", "t2"),
+            ("CUSTODY_WEBHOOK_SECRET", "t3"),
+        ]
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| (*v).to_owned())
+    };
+    let built = Responders::with_env(&file.responders, &env).unwrap();
+    let debug = format!("{built:?}");
+    for secret in ["\"t1\"", "\"t2\"", "\"t3\""] {
+        assert!(!debug.contains(secret), "{debug}");
+    }
+    // Unknown keys are refused, so a typo is not silently ignored.
+    let typo =
+        toml::from_str::<File>("[responders.okta]\nbase_url = \"https://x\"\ntokn = \"t\"\n");
+    assert!(typo.is_err());
+}
+
 #[tokio::test]
 async fn unconfigured_responders_fail_clearly() {
     let none = Responders::new(&Config::default()).unwrap();
@@ -489,6 +555,26 @@ async fn github_validation_errors_are_not_retried() {
     assert!(
         reason.starts_with("github: revoking the credential: HTTP 422: Validation Failed"),
         "{reason}"
+    );
+    assert_hidden(GITHUB_CREDENTIAL, &record);
+}
+
+#[tokio::test]
+async fn github_errors_that_echo_the_credential_are_scrubbed() {
+    let peer = Peer::start(vec![reply(
+        422,
+        &format!(r#"{{"message":"Validation Failed: {GITHUB_CREDENTIAL} is malformed"}}"#),
+    )])
+    .await;
+    let record = responders(&format!(
+        "[responders.github]\napi_url = \"{}\"\n",
+        peer.url
+    ))
+    .run(&revoke_credential(), &ctx(), false)
+    .await;
+    assert!(
+        matches!(record.outcome, Outcome::Failed { .. }),
+        "{record:?}"
     );
     assert_hidden(GITHUB_CREDENTIAL, &record);
 }
