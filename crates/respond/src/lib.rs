@@ -36,6 +36,20 @@
 //!   `CUSTODY_WEBHOOK_SECRET`, AWS's standard environment), and never reach
 //!   a log line, an error or a record.
 //!
+//! # What every record MUST say
+//!
+//! Whatever the responder (and `tests/common/mod.rs::contract` checks it
+//! for all of them): the responder, action and target; every request in
+//! the order sent, each with its attempts and last status; `attempts` the
+//! sum over the requests and `status` the last one received; in a dry run,
+//! [`Outcome::DryRun`], no attempt and the requests that would be sent;
+//! a failure's reason; and no secret anywhere: headers that carry one
+//! show `[redacted]` in its place (`SSWS [redacted]`, `Bearer [redacted]`),
+//! as do bodies (`client_secret=%5Bredacted%5D`,
+//! `{"credentials":["[redacted]"]}`). The AWS responder records each IAM
+//! call as the SDK sent it (URL and form body, which hold no secret) but
+//! none of its headers, which carry the signature and any session token.
+//!
 //! # AWS IAM (`[responders.aws]`)
 //!
 //! Through the official AWS SDK for Rust (IAM's query API, SigV4-signed).

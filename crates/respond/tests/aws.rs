@@ -193,6 +193,7 @@ async fn deactivates_an_access_key_once() {
     // A dry run changes nothing.
     let dry = responders.run(&what, &ctx(), true).await;
     assert_eq!(dry.outcome, Outcome::DryRun, "{dry:?}");
+    common::contract(&dry);
     assert_eq!(
         actions(&dry),
         ["GetAccessKeyLastUsed", "ListAccessKeys", "UpdateAccessKey"]
@@ -206,6 +207,7 @@ async fn deactivates_an_access_key_once() {
     // The user is looked up, the key read, then deactivated.
     let done = responders.run(&what, &ctx(), false).await;
     assert_eq!(done.outcome, Outcome::Done, "{done:?}");
+    common::contract(&done);
     assert_eq!(
         actions(&done),
         ["GetAccessKeyLastUsed", "ListAccessKeys", "UpdateAccessKey"]
@@ -247,6 +249,7 @@ async fn deactivates_an_access_key_once() {
     // Again: already inactive, and no update is sent.
     let again = responders.run(&what, &ctx(), false).await;
     assert_eq!(again.outcome, Outcome::AlreadyDone, "{again:?}");
+    common::contract(&again);
     assert_eq!(actions(&again), ["GetAccessKeyLastUsed", "ListAccessKeys"]);
     // Given the user, no lookup.
     let given = responders
@@ -260,6 +263,7 @@ async fn deactivates_an_access_key_once() {
         )
         .await;
     assert_eq!(given.outcome, Outcome::AlreadyDone, "{given:?}");
+    common::contract(&given);
     assert_eq!(actions(&given), ["ListAccessKeys"]);
 
     for record in [&dry, &done, &again, &given] {
@@ -304,6 +308,7 @@ async fn a_key_not_among_the_users_keys_fails_naming_it() {
     let Outcome::Failed { reason } = &record.outcome else {
         panic!("{record:?}")
     };
+    common::contract(&record);
     assert!(
         reason.starts_with("aws: listing the access keys of user nobody: HTTP 404: NoSuchEntity"),
         "{reason}"
@@ -330,6 +335,7 @@ async fn revokes_a_roles_older_sessions_with_an_inline_deny() {
 
     let dry = responders.run(&what, &ctx(), true).await;
     assert_eq!(dry.outcome, Outcome::DryRun, "{dry:?}");
+    common::contract(&dry);
     assert_eq!(actions(&dry), ["PutRolePolicy"]);
     let listed = iam
         .list_role_policies()
@@ -343,6 +349,7 @@ async fn revokes_a_roles_older_sessions_with_an_inline_deny() {
     let done = responders.run(&what, &ctx(), false).await;
     let after = chrono::Utc::now().timestamp();
     assert_eq!(done.outcome, Outcome::Done, "{done:?}");
+    common::contract(&done);
     assert_eq!(actions(&done), ["PutRolePolicy"]);
     assert_eq!(done.status, Some(200));
 
@@ -383,6 +390,7 @@ async fn revokes_a_roles_older_sessions_with_an_inline_deny() {
     // Again: the same single policy, with a cutoff no earlier.
     let again = responders.run(&what, &ctx(), false).await;
     assert_eq!(again.outcome, Outcome::Done, "{again:?}");
+    common::contract(&again);
     let listed = iam
         .list_role_policies()
         .role_name("agent-role")
@@ -416,6 +424,7 @@ async fn transport_errors_are_retried_and_counted() {
     let Outcome::Failed { reason } = &record.outcome else {
         panic!("{record:?}")
     };
+    common::contract(&record);
     assert_eq!(record.attempts, 3, "{record:?}");
     assert!(reason.contains("gave up after 3 attempts"), "{reason}");
     check_hidden(&record);
@@ -436,6 +445,7 @@ async fn a_missing_role_fails_with_iams_error() {
     let Outcome::Failed { reason } = &record.outcome else {
         panic!("{record:?}")
     };
+    common::contract(&record);
     assert!(
         reason.starts_with(
             "aws: writing inline policy CustodyRevokeOlderSessions on role no-such-role: HTTP 404: NoSuchEntity"

@@ -47,6 +47,7 @@ async fn okta_clears_sessions_and_oauth_tokens() {
     let peer = Peer::start(vec![reply(204, "")]).await;
     let record = okta(&peer).run(&clear("00u1abc"), &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::Done, "{record:?}");
+    common::contract(&record);
     let seen = peer.seen();
     assert_eq!(seen.len(), 1);
     let request = &seen[0];
@@ -79,6 +80,7 @@ async fn okta_clears_sessions_and_oauth_tokens() {
     let peer = Peer::start(vec![reply(204, "")]).await;
     let again = okta(&peer).run(&clear("00u1abc"), &ctx(), false).await;
     assert_eq!(again.outcome, Outcome::Done);
+    common::contract(&again);
 }
 
 #[tokio::test]
@@ -103,6 +105,7 @@ async fn okta_suspends_an_active_user() {
     let peer = Peer::start(vec![reply(200, "{}")]).await;
     let record = okta(&peer).run(&suspend("00u1abc"), &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::Done, "{record:?}");
+    common::contract(&record);
     let seen = peer.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].method, "POST");
@@ -128,6 +131,7 @@ async fn okta_suspend_of_a_suspended_user_is_already_done() {
     .await;
     let record = okta(&peer).run(&suspend("00u1abc"), &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::AlreadyDone, "{record:?}");
+    common::contract(&record);
     let seen = peer.seen();
     assert_eq!(seen.len(), 2);
     assert_eq!(
@@ -151,6 +155,7 @@ async fn okta_suspend_of_a_suspended_user_is_already_done() {
     let Outcome::Failed { reason } = &record.outcome else {
         panic!("{record:?}")
     };
+    common::contract(&record);
     assert_eq!(
         reason,
         "okta: suspending the user: HTTP 400: Api validation failed: suspend: \
@@ -163,6 +168,7 @@ async fn retries_a_503_then_succeeds() {
     let peer = Peer::start(vec![reply(503, "busy"), reply(204, "")]).await;
     let record = okta(&peer).run(&clear("00u1"), &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::Done, "{record:?}");
+    common::contract(&record);
     assert_eq!(peer.seen().len(), 2);
     assert_eq!(record.attempts, 2);
     assert_eq!(record.requests[0].attempts, 2);
@@ -179,6 +185,7 @@ async fn honours_retry_after() {
     .await;
     let record = okta(&peer).run(&clear("00u1"), &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::Done, "{record:?}");
+    common::contract(&record);
     let seen = peer.seen();
     assert_eq!(seen.len(), 2);
     let waited = seen[1].at - seen[0].at;
@@ -193,6 +200,7 @@ async fn gives_up_after_max_attempts() {
     let Outcome::Failed { reason } = &record.outcome else {
         panic!("{record:?}")
     };
+    common::contract(&record);
     assert_eq!(peer.seen().len(), 3);
     assert_eq!(record.attempts, 3);
     assert_eq!(record.status, Some(502));
@@ -234,6 +242,7 @@ async fn transport_errors_are_retried_then_reported() {
     let Outcome::Failed { reason } = &record.outcome else {
         panic!("{record:?}")
     };
+    common::contract(&record);
     assert_eq!(record.attempts, 3);
     assert_eq!(record.status, None);
     assert!(reason.contains("gave up after 3 attempts"), "{reason}");
@@ -297,6 +306,7 @@ secret = "{hook_secret}"
     ] {
         let record = all.run(&what, &ctx(), true).await;
         assert_eq!(record.outcome, Outcome::DryRun, "{record:?}");
+        common::contract(&record);
         assert!(record.dry_run);
         assert_eq!(record.attempts, 0);
         assert_eq!(record.requests.len(), requests, "{record:?}");
@@ -337,6 +347,7 @@ async fn secrets_can_come_from_the_environment() {
     );
     let record = responders.run(&clear("00u1"), &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::Done);
+    common::contract(&record);
     assert_eq!(
         peer.seen()[0].header("authorization"),
         Some("SSWS env-token-123")
@@ -422,6 +433,18 @@ async fn the_documented_configuration_loads() {
     assert!(typo.is_err());
 }
 
+/// The playbook executor runs actions on tokio tasks of their own.
+#[tokio::test]
+async fn runs_on_a_spawned_task() {
+    let peer = Peer::start(vec![reply(204, "")]).await;
+    let responders = std::sync::Arc::new(okta(&peer));
+    let task = {
+        let responders = responders.clone();
+        tokio::spawn(async move { responders.run(&clear("00u1"), &ctx(), false).await })
+    };
+    assert_eq!(task.await.unwrap().outcome, Outcome::Done);
+}
+
 #[tokio::test]
 async fn unconfigured_responders_fail_clearly() {
     let none = Responders::new(&Config::default()).unwrap();
@@ -462,6 +485,7 @@ async fn unconfigured_responders_fail_clearly() {
             }
         );
         assert!(record.requests.is_empty());
+        assert!(!record.detail.is_empty());
     }
 }
 
@@ -485,6 +509,7 @@ async fn github_revokes_a_credential_unauthenticated() {
     .run(&revoke_credential(), &ctx(), false)
     .await;
     assert_eq!(record.outcome, Outcome::Done, "{record:?}");
+    common::contract(&record);
     let seen = peer.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(
@@ -525,6 +550,7 @@ async fn github_enterprise_server_takes_a_token_under_its_api_path() {
     .run(&revoke_credential(), &ctx(), false)
     .await;
     assert_eq!(record.outcome, Outcome::Done, "{record:?}");
+    common::contract(&record);
     let seen = peer.seen();
     assert_eq!(seen[0].path, "/api/v3/credentials/revoke");
     assert_eq!(
@@ -552,6 +578,7 @@ async fn github_validation_errors_are_not_retried() {
     let Outcome::Failed { reason } = &record.outcome else {
         panic!("{record:?}")
     };
+    common::contract(&record);
     assert!(
         reason.starts_with("github: revoking the credential: HTTP 422: Validation Failed"),
         "{reason}"
@@ -652,6 +679,7 @@ async fn entra_revokes_sign_in_sessions_with_an_app_token() {
     };
     let record = entra.run(&what, &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::Done, "{record:?}");
+    common::contract(&record);
     let seen = peer.seen();
     assert_eq!(seen.len(), 2);
     check_token_request(&seen[0]);
@@ -679,6 +707,7 @@ async fn entra_revokes_sign_in_sessions_with_an_app_token() {
     // The token is reused: a second revocation is one Graph call.
     let record = entra.run(&what, &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::Done);
+    common::contract(&record);
     assert_eq!(peer.seen().len(), 3);
     assert_eq!(record.requests.len(), 1);
 }
@@ -698,6 +727,7 @@ async fn entra_disables_a_service_principal_once() {
     };
     let record = entra.run(&what, &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::Done, "{record:?}");
+    common::contract(&record);
     let seen = peer.seen();
     assert_eq!(seen.len(), 3);
     assert_eq!(seen[1].method, "GET");
@@ -714,6 +744,7 @@ async fn entra_disables_a_service_principal_once() {
 
     let again = entra.run(&what, &ctx(), false).await;
     assert_eq!(again.outcome, Outcome::AlreadyDone, "{again:?}");
+    common::contract(&again);
     assert_eq!(peer.seen().len(), 4, "no second PATCH");
 }
 
@@ -762,6 +793,7 @@ async fn entra_graph_errors_name_the_cause() {
     let Outcome::Failed { reason } = &record.outcome else {
         panic!("{record:?}")
     };
+    common::contract(&record);
     assert!(
         reason.starts_with(
             "entra: revoking sign-in sessions: HTTP 404: Request_ResourceNotFound: Resource 'u404'"
@@ -809,6 +841,7 @@ async fn webhooks_post_a_signed_description_of_the_action() {
     let peer = Peer::start(vec![reply(200, "ok")]).await;
     let record = hook(&peer).run(&notify(), &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::Done, "{record:?}");
+    common::contract(&record);
     assert_eq!(record.responder, "webhook:soar");
     let seen = peer.seen();
     assert_eq!(seen.len(), 1);
@@ -854,6 +887,7 @@ async fn webhook_409_is_already_done_and_retries_resend_the_same_signature() {
     let peer = Peer::start(vec![reply(500, "oops"), reply(409, "seen it")]).await;
     let record = hook(&peer).run(&notify(), &ctx(), false).await;
     assert_eq!(record.outcome, Outcome::AlreadyDone, "{record:?}");
+    common::contract(&record);
     assert_eq!(record.attempts, 2);
     let seen = peer.seen();
     assert_eq!(seen[0].body, seen[1].body);

@@ -148,11 +148,58 @@ pub fn responders_with_env(toml_text: &str, env: &[(&str, &str)]) -> Responders 
     .unwrap()
 }
 
-/// Asserts `secret` appears in neither the record (Debug and JSON) nor
-/// anything else given.
+/// Asserts `secret` appears nowhere in the record (Debug and JSON), and
+/// that the record keeps the contract every responder's does (see
+/// [`contract`]).
 pub fn assert_hidden(secret: &str, record: &custody_respond::ResponseRecord) {
+    contract(record);
     let debug = format!("{record:?}");
     let json = serde_json::to_string(record).unwrap();
     assert!(!debug.contains(secret), "secret in Debug: {debug}");
     assert!(!json.contains(secret), "secret in JSON: {json}");
+}
+
+/// What every record MUST say, whatever the responder: who acted on what;
+/// a dry run sent nothing and says so; attempts add up over the requests;
+/// the status is the last one received; a failure gives its reason; no
+/// header shows a credential (those that carry one show `[redacted]`).
+pub fn contract(record: &custody_respond::ResponseRecord) {
+    use custody_respond::Outcome;
+    assert!(
+        !record.responder.is_empty() && !record.action.is_empty(),
+        "{record:?}"
+    );
+    assert!(!record.target.is_empty(), "{record:?}");
+    assert!(!record.detail.is_empty(), "{record:?}");
+    assert_eq!(
+        record.attempts,
+        record.requests.iter().map(|r| r.attempts).sum::<u32>(),
+        "{record:?}"
+    );
+    assert_eq!(
+        record.status,
+        record.requests.iter().rev().find_map(|r| r.status),
+        "{record:?}"
+    );
+    if record.dry_run {
+        assert_eq!(record.outcome, Outcome::DryRun, "{record:?}");
+        assert_eq!(record.attempts, 0);
+        assert!(!record.requests.is_empty(), "a dry run shows its requests");
+    } else {
+        assert_ne!(record.outcome, Outcome::DryRun, "{record:?}");
+        assert!(
+            record.requests.iter().all(|r| r.attempts >= 1),
+            "{record:?}"
+        );
+    }
+    if let Outcome::Failed { reason } = &record.outcome {
+        assert!(!reason.is_empty());
+    }
+    for request in &record.requests {
+        for (name, value) in &request.headers {
+            if name.eq_ignore_ascii_case("authorization") {
+                assert!(value.ends_with("[redacted]"), "{name}: {value}");
+            }
+        }
+    }
 }
