@@ -435,13 +435,21 @@ severity = "high"
 [[playbook.actions]]
 do = "kill"
 on = "root_run"
+[[playbook.actions]]
+do = "respond"
+responder = "webhook.soc"
+on = "root"
 "#,
     )
     .unwrap();
+    let (soc, delivered) = webhook_receiver();
+    let responders = format!(
+        "[[responders.webhook]]\nname = \"soc\"\nurl = \"{soc}\"\nsecret = \"s3cret-hmac-key\"\n"
+    );
     let server = serve(
         dir.path(),
         &peers,
-        "",
+        &responders,
         &["--playbooks", playbooks.to_str().unwrap()],
     );
     let url = format!("{}/mcp", server.url);
@@ -548,9 +556,30 @@ on = "root_run"
             .contains("session ended"),
         "{long}"
     );
-    let action = &get(&server, "/v1/actions?playbook=kill-on-new-credentials")["actions"][0];
-    assert_eq!(action["action"], "kill");
-    assert_eq!(action["target"], "run:run-b");
+    // The webhook is told, signed; its action's record says so.
+    let (headers, body) = delivered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the webhook delivery");
+    assert!(
+        headers.contains("x-custody-signature: sha256="),
+        "{headers}"
+    );
+    assert!(!headers.contains("s3cret-hmac-key") && !body.contains("s3cret-hmac-key"));
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["action"], "playbook:kill-on-new-credentials");
+    assert_eq!(body["target"], "bob@example.com");
+    assert!(body["finding"].is_string(), "{body}");
+    let actions = eventually("the webhook's outcome recorded", || {
+        let actions =
+            get(&server, "/v1/actions?playbook=kill-on-new-credentials")["actions"].clone();
+        (actions[0]["outcome"] == "done").then_some(actions)
+    });
+    assert_eq!(actions[0]["action"], "respond.webhook.soc");
+    assert_eq!(actions[0]["response"]["status"], 204, "{actions}");
+    assert!(!actions.to_string().contains("s3cret-hmac-key"));
+    assert_eq!(actions[1]["action"], "kill");
+    assert_eq!(actions[1]["target"], "run:run-b");
+    assert_eq!(actions[1]["outcome"], "done");
 
     // The kill outlives a restart.
     drop((builder_agent, helper_agent, bystander_agent));
@@ -558,13 +587,48 @@ on = "root_run"
     let server = serve(
         dir.path(),
         &peers,
-        "",
+        &responders,
         &["--playbooks", playbooks.to_str().unwrap()],
     );
     let measures = get(&server, "/v1/containment")["measures"].clone();
     assert_eq!(measures.as_array().unwrap().len(), 1, "{measures}");
     assert_eq!(measures[0]["scope"], "run:run-b");
     assert_eq!(measures[0]["kind"], "kill");
+}
+
+/// A webhook receiver on a loopback port: its URL, and each delivery's
+/// headers (lower-cased) and body, answered `204`.
+fn webhook_receiver() -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+    use std::io::Read as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/custody", listener.local_addr().unwrap());
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = String::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                headers.push_str(&line.to_ascii_lowercase());
+            }
+            let length: usize = headers
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            stream
+                .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                .unwrap();
+            let _ = sender.send((headers, String::from_utf8(body).unwrap()));
+        }
+    });
+    (url, receiver)
 }
 
 impl Agent {

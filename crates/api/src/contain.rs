@@ -250,6 +250,8 @@ pub trait Respond: Send + Sync {
 /// Why a responder is called.
 #[derive(Debug, Clone, Serialize)]
 pub struct RespondContext {
+    /// The playbook calling it.
+    pub playbook: String,
     /// The rule and message.
     pub reason: String,
     /// The finding, if one.
@@ -676,6 +678,7 @@ async fn enforce(state: &AppState, change: Change) {
 
 async fn run_job(state: &AppState, containing: &Containing, responders: &dyn Respond, job: Job) {
     let context = RespondContext {
+        playbook: job.playbook.clone(),
         reason: format!("{}: {}", job.trigger.rule, job.trigger.message),
         finding: job.trigger.finding.clone(),
         event: job.trigger.event.clone(),

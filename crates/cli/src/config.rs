@@ -136,6 +136,8 @@ struct FileConfig {
     #[serde(default)]
     issuers: Vec<IssuerTable>,
     gateway: Option<GatewayTable>,
+    #[serde(default)]
+    responders: custody_respond::Config,
 }
 
 /// The `[baselines]` table.
@@ -344,6 +346,8 @@ pub struct Config {
     pub issuers: Vec<Trust>,
     /// The MCP gateway, when configured.
     pub gateway: Option<Gateway>,
+    /// The responders playbooks call (`[responders]`).
+    pub responders: custody_respond::Config,
 }
 
 impl Config {
@@ -476,6 +480,7 @@ impl Config {
             baselines,
             issuers,
             gateway,
+            responders: file.responders,
         })
     }
 }

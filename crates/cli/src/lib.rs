@@ -16,6 +16,7 @@ mod graph;
 mod ingest;
 mod lineage;
 mod replay;
+mod respond;
 mod rules;
 mod serve;
 mod show;

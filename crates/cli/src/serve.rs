@@ -42,6 +42,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // So should a rule or a playbook that does not load.
     let detections = Arc::new(detections(&config)?);
     let playbooks = playbooks(&config.playbooks)?;
+    // And so should responders whose secrets are missing.
+    let responders = custody_respond::Responders::new(&config.responders)
+        .context("the responders ([responders])")?;
     let store = Store::open(&config.data_dir, config.store.clone())
         .with_context(|| format!("opening the store in `{}`", config.data_dir.display()))?;
     first_start(&store, &config.data_dir)?;
@@ -130,7 +133,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let executing = tokio::spawn(custody_api::contain::execute(
         state.clone(),
         jobs,
-        Arc::new(custody_api::contain::NoResponders),
+        Arc::new(crate::respond::Configured(responders)),
     ));
     let listeners = custody_api::Listeners {
         api: listener,

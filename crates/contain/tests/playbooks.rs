@@ -355,7 +355,11 @@ fn signals_are_noted_by_run_for_the_policies_even_without_playbooks() {
         opens("exfil.sink", Severity::High, &[], &event),
         Signal::new("baseline.first_seen", "a new tool"),
     ];
-    assert!(playbooks.act(&event, &signals, &Decision::allow()).is_empty());
+    assert!(
+        playbooks
+            .act(&event, &signals, &Decision::allow())
+            .is_empty()
+    );
     let noted = playbooks.signals();
     // The run itself, and a sub-agent beneath it, see what was raised.
     let raised = noted.raised(&event.actor);
