@@ -18,8 +18,8 @@
 //!
 //! The arguments are text because the schema is fixed and arguments are
 //! whatever a tool takes: match them with `like`, whose `*` is any run of
-//! characters, on the JSON as the gateway recorded it (keys in the order
-//! sent, no spaces): `context.arguments like "*\"repo\":\"acme/payments\"*"`.
+//! characters, on the compact JSON text of the event's `mcp.arguments`
+//! attribute (keys in their recorded order, no spaces): `context.arguments like "*\"repo\":\"acme/payments\"*"`.
 //!
 //! Forbid overrides permit, as in Cedar; a call no policy permits is
 //! refused. A forbid annotated `@hold` holds the call for approval instead
@@ -345,6 +345,23 @@ impl Policies {
                 let candidates = self.index.candidates(&built.scope);
                 self.answer(&built, &candidates)
             }
+            Err(why) => {
+                Decision::fail_closed(format!("the call could not be put to the policies: {why}"))
+            }
+        }
+    }
+
+    /// [`Policies::decide_with`] against the whole set, without the index:
+    /// what the index must agree with, and the benchmark's comparison.
+    #[doc(hidden)]
+    pub fn decide_unindexed(
+        &self,
+        event: &RuntimeEvent,
+        signals: &[Signal],
+        facts: &RunFacts,
+    ) -> Decision {
+        match request::build(event, signals, facts, None) {
+            Ok(built) => self.answer(&built, &self.set),
             Err(why) => {
                 Decision::fail_closed(format!("the call could not be put to the policies: {why}"))
             }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use cedar_policy::{
     Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
@@ -217,8 +218,74 @@ fn action_name(event: &RuntimeEvent) -> &str {
     }
 }
 
-/// An entity of one of Custody's types.
+/// An entity of one of Custody's types. Type names are parsed once: the
+/// parse is a good part of building a request otherwise.
 fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
-    let kind = EntityTypeName::from_str(kind).map_err(|e| e.to_string())?;
+    static TYPES: OnceLock<Vec<(&'static str, EntityTypeName)>> = OnceLock::new();
+    let types = TYPES.get_or_init(|| {
+        [
+            "User", "Service", "Agent", "Run", "Server", "Tool", "Resource", "System", "Action",
+        ]
+        .into_iter()
+        .filter_map(|name| Some((name, EntityTypeName::from_str(name).ok()?)))
+        .collect()
+    });
+    let kind = match types.iter().find(|(name, _)| *name == kind) {
+        Some((_, parsed)) => parsed.clone(),
+        None => EntityTypeName::from_str(kind).map_err(|e| e.to_string())?,
+    };
     Ok(EntityUid::from_type_name_and_id(kind, EntityId::new(id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The decide path builds requests without the schema's check; this
+    /// is the check, on calls of every shape the builder takes.
+    #[test]
+    fn requests_conform_to_the_schema() {
+        let schema = crate::schema().unwrap();
+        let chains = [
+            serde_json::json!({"root": {"type": "human", "id": "alice"},
+                "agents": [{"type": "agent", "id": "planner", "run_id": "r1"}],
+                "current": {"type": "agent", "id": "coder", "run_id": "r2"}}),
+            serde_json::json!({"current": {"type": "service", "id": "ci"}}),
+            serde_json::json!({"current": {"type": "human", "id": "bob"}}),
+        ];
+        let targets = [
+            serde_json::json!({"tool": "read_file", "server": "fs"}),
+            serde_json::json!({"tool": "read_file"}),
+            serde_json::json!({"server": "fs"}),
+            serde_json::json!({"resource": "s3://b/k", "system": "aws"}),
+            serde_json::json!({"system": "aws"}),
+            serde_json::json!({}),
+        ];
+        let facts = RunFacts {
+            blast: Blast {
+                systems: u64::MAX,
+                ..Blast::default()
+            },
+            run_age_secs: 5,
+            findings: vec!["rule".into()],
+            baseline: vec!["baseline.rate".into()],
+        };
+        for chain in &chains {
+            for target in &targets {
+                for action in ["tools/call", "resources/read", "s3:GetObject"] {
+                    let event = custody_event::decode_value(serde_json::json!({
+                        "kind": "tool_call", "action": action, "observed_at": "2026-11-26T10:00:00Z",
+                        "source": {"type": "gateway"}, "actor": chain, "target": target,
+                        "outcome": {"status": "success"},
+                        "attributes": {"mcp.arguments": {"a": 1}},
+                    }))
+                    .unwrap()
+                    .into_event(chrono::Utc::now(), custody_event::EventId::new_v7);
+                    let signals = [Signal::new("baseline.first_seen", "new")];
+                    build(&event, &signals, &facts, Some(&schema))
+                        .unwrap_or_else(|e| panic!("{chain} {target} {action}: {e}"));
+                }
+            }
+        }
+    }
 }
