@@ -26,7 +26,10 @@ use cedar_policy::{
 use crate::request::Scope;
 
 /// How many candidate sets are kept; past it the cache starts again.
-const CACHED_SETS: usize = 4096;
+/// Each holds clones of its policies (their text included), some hundreds
+/// of bytes a policy, so a thousand sets of a few dozen policies are some
+/// MiB; a miss costs building one set, a few µs.
+const CACHED_SETS: usize = 1024;
 
 /// The policies of a set by scope.
 #[derive(Debug)]

@@ -50,9 +50,11 @@ pub(crate) fn build(
         None => None,
     };
     let mut principal_ancestors: Vec<EntityUid> = Vec::new();
-    if let Some(root) = &root {
-        entities.push(Entity::new_no_attrs(root.clone(), HashSet::new()));
-    }
+    // Entities without parents (the root, agent types, servers) are left
+    // out of the store: one absent is in nothing and has no attributes,
+    // as one present without parents, and the transitive closure Cedar
+    // computes on each request is most of its cost.
+    //
     // Each agent of the chain, root first, is a run in its agent type and
     // in the run above it.
     let mut above = root.clone();
@@ -63,7 +65,6 @@ pub(crate) fn build(
     let mut principal = None;
     for agent in agents {
         let agent_type = uid("Agent", &agent.id)?;
-        entities.push(Entity::new_no_attrs(agent_type.clone(), HashSet::new()));
         let run = uid("Run", agent.run_id.as_deref().unwrap_or(&agent.id))?;
         let mut parents: HashSet<EntityUid> = [agent_type.clone()].into_iter().collect();
         parents.extend(above.clone());
@@ -90,7 +91,6 @@ pub(crate) fn build(
             let mut parents = HashSet::new();
             if let Some(server) = server {
                 let server = uid("Server", server)?;
-                entities.push(Entity::new_no_attrs(server.clone(), HashSet::new()));
                 resource_ancestors.push(server.clone());
                 parents.insert(server);
             }
