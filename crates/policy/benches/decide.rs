@@ -52,6 +52,16 @@ fn pass(
     calls: &Calls,
     decide: impl Fn(&RuntimeEvent, &[Signal], &RunFacts) -> Decision,
 ) -> (f64, f64, [usize; 3]) {
+    let (times, verdicts) = timed(calls, decide);
+    let (median, p99) = percentiles(times);
+    (median, p99, verdicts)
+}
+
+/// Each call's decision time, in the calls' order, and the verdicts.
+fn timed(
+    calls: &Calls,
+    decide: impl Fn(&RuntimeEvent, &[Signal], &RunFacts) -> Decision,
+) -> (Vec<Duration>, [usize; 3]) {
     let mut times = Vec::with_capacity(calls.events.len());
     let mut verdicts = [0; 3];
     for ((event, signals), facts) in calls.events.iter().zip(&calls.signals).zip(&calls.facts) {
@@ -64,8 +74,7 @@ fn pass(
             _ => 2,
         }] += 1;
     }
-    let (median, p99) = percentiles(times);
-    (median, p99, verdicts)
+    (times, verdicts)
 }
 
 fn main() {
@@ -100,6 +109,22 @@ fn main() {
             "{size:>5} policies: median {median:>6.2} µs  p99 {p99:>7.2} µs   (cold: median {cold_median:.2} µs, p99 {cold_p99:.2} µs)   allow {allow} deny {deny} hold {hold}"
         );
         if size == 1000 {
+            // By the chain's depth: deeper chains are in scope of more
+            // policies (those of each agent type and run above).
+            let (times, _) = timed(&calls, decide);
+            let by_depth: Vec<String> = (1..=4)
+                .map(|depth| {
+                    let times: Vec<Duration> = times
+                        .iter()
+                        .zip(&calls.events)
+                        .filter(|(_, e)| e.actor.depth() == depth)
+                        .map(|(t, _)| *t)
+                        .collect();
+                    let (median, p99) = percentiles(times);
+                    format!("depth {depth}: median {median:.2} µs, p99 {p99:.2} µs")
+                })
+                .collect();
+            println!("             {}", by_depth.join("; "));
             let whole =
                 |e: &RuntimeEvent, s: &[Signal], f: &RunFacts| policies.decide_unindexed(e, s, f);
             let (median, p99, _) = pass(&calls, whole);
