@@ -3,7 +3,7 @@
 //! `custody serve` runs the collector and API on the embedded store; the
 //! other commands are clients of a running server (`ingest`, `events`,
 //! `tail`, `findings`, `baseline`, `lineage`, `graph`, `who`, `wrap`),
-//! check rule files on their own (`rules`), or manage the local store
+//! check rule and policy files on their own (`rules`, `policy`), or manage the local store
 //! directly (`token`, which needs access to the data directory, as an
 //! administrator of the machine has).
 
@@ -15,6 +15,7 @@ mod findings;
 mod graph;
 mod ingest;
 mod lineage;
+mod policy;
 mod replay;
 mod respond;
 mod rules;
@@ -73,6 +74,9 @@ enum Command {
     Contain(contain::ContainCommand),
     /// What playbooks did, or would have done in monitor mode.
     Actions(contain::ActionsArgs),
+    /// Check Cedar policies, and decide recorded events by them.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Manage API tokens in the local store.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -163,6 +167,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Actions(args) => runtime
             .block_on(contain::actions(args))
             .map(|()| ExitCode::SUCCESS),
+        Command::Policy(command) => runtime.block_on(policy::run(command)),
         Command::Baseline(command) => runtime
             .block_on(baseline::run(command))
             .map(|()| ExitCode::SUCCESS),

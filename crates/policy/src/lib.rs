@@ -10,34 +10,56 @@
 //! (`Tool::"read_file"`, in its `Server`), else the resource, server or
 //! system named. The context holds the chain's depth, the event's kind,
 //! whether it is authenticated, the ids of the signals detection raised on
-//! it (open findings, threshold crossings, baseline deviations), and the
-//! call's arguments as JSON text.
+//! it (open findings, threshold crossings, baseline deviations), the
+//! call's arguments as JSON text, and what is known of the acting run
+//! beyond the event ([`Facts`]): its blast radius so far, its age, the
+//! rules of the open findings on it or a run above it, and the baseline
+//! deviations raised on it.
+//!
+//! The arguments are text because the schema is fixed and arguments are
+//! whatever a tool takes: match them with `like`, whose `*` is any run of
+//! characters, on the compact JSON text of the event's `mcp.arguments`
+//! attribute (keys in their recorded order, no spaces): `context.arguments like "*\"repo\":\"acme/payments\"*"`.
 //!
 //! Forbid overrides permit, as in Cedar; a call no policy permits is
 //! refused. A forbid annotated `@hold` holds the call for approval instead
 //! of refusing it, unless a forbid without it also applies. Every decision
 //! names the policies that decided it. Policies are read from files, each
 //! policy's id its `@id` annotation or `FILE#N`; they are validated against
-//! [`SCHEMA`], and an error names its file and line. [`Cedar`] is the
-//! engine's decide stage, whose policies can be replaced while it runs: a
-//! set that does not load is refused and the running one stays.
+//! [`SCHEMA`], and an error names its file and line. A set has a
+//! [`version`](Policies::version), a digest of its files, that approvals
+//! bind to. [`Cedar`] is the engine's decide stage, whose policies can be
+//! replaced while it runs: a set that does not load is refused and the
+//! running one stays.
+//!
+//! Each request is authorized only against the policies whose scope it
+//! could be in (`index.rs`), which gives the same decisions as the whole
+//! set at a cost that grows with the policies in scope, not all of them.
 
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-use std::collections::HashSet;
+mod dir;
+mod index;
+mod request;
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, Policy, PolicyId, PolicySet, Request, Schema, ValidationMode, Validator,
+    Authorizer, Decision as CedarDecision, Policy, PolicyId, PolicySet, Schema, ValidationMode,
+    Validator,
 };
 use custody_engine::{Decide, Decision, Reason, ReasonSource, Signal, Verdict};
-use custody_event::{PrincipalKind, RuntimeEvent};
+use custody_event::RuntimeEvent;
+use sha2::{Digest, Sha256};
+
+pub use dir::read_dir;
+
+use index::Index;
 
 /// The schema Custody's policies are validated against.
 pub const SCHEMA: &str = r#"
@@ -50,12 +72,25 @@ entity Tool in [Server];
 entity Resource;
 entity System;
 
+type Blast = {
+    "systems": Long,
+    "resources": Long,
+    "sensitive": Long,
+    "credentials": Long,
+    "privileged": Long,
+    "fan_out": Long,
+};
+
 type CallContext = {
     "depth": Long,
     "kind": String,
     "authenticated": Bool,
     "signals": Set<String>,
     "arguments": String,
+    "blast": Blast,
+    "run_age": Long,
+    "findings": Set<String>,
+    "baseline": Set<String>,
 };
 
 action "tools/call", "resources/read", "prompts/get", "call" appliesTo {
@@ -87,11 +122,58 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+/// What is known of the acting run beyond the event, for the context.
+#[derive(Debug, Clone, Default)]
+pub struct RunFacts {
+    /// The run's blast radius so far.
+    pub blast: Blast,
+    /// Seconds since the run was first seen.
+    pub run_age_secs: i64,
+    /// The rule ids of the open findings on the run or a run above it.
+    pub findings: Vec<String>,
+    /// The baseline signals raised on the run (`baseline.first_seen`, ...).
+    pub baseline: Vec<String>,
+}
+
+/// A run's blast radius: what it reached, counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Blast {
+    /// Systems touched.
+    pub systems: u64,
+    /// Resources touched.
+    pub resources: u64,
+    /// Sensitive resources touched.
+    pub sensitive: u64,
+    /// Identities and credentials created.
+    pub credentials: u64,
+    /// Privileged actions taken.
+    pub privileged: u64,
+    /// Sub-agents spawned.
+    pub fan_out: u64,
+}
+
+/// Where the decide stage learns the acting run's facts (the graph, the
+/// open findings, the baselines).
+pub trait Facts: Send + Sync {
+    /// The facts of the run acting in `event`.
+    fn facts(&self, event: &RuntimeEvent) -> RunFacts;
+}
+
+impl<F> Facts for F
+where
+    F: Fn(&RuntimeEvent) -> RunFacts + Send + Sync,
+{
+    fn facts(&self, event: &RuntimeEvent) -> RunFacts {
+        self(event)
+    }
+}
+
 /// A set of policies, loaded and validated.
 #[derive(Debug)]
 pub struct Policies {
     set: PolicySet,
-    schema: Schema,
+    index: Index,
+    version: String,
     authorizer: Authorizer,
 }
 
@@ -99,6 +181,26 @@ pub struct Policies {
 fn line_at(text: &str, offset: usize) -> usize {
     text.get(..offset.min(text.len()))
         .map_or(1, |before| before.matches('\n').count() + 1)
+}
+
+/// The first 16 hex digits of the SHA-256 of the files, in name order,
+/// each as its name's and text's lengths and bytes.
+fn version(files: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = files.iter().collect();
+    sorted.sort();
+    let mut digest = Sha256::new();
+    for (name, text) in sorted {
+        for part in [name, text] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part.as_bytes());
+        }
+    }
+    digest
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn schema() -> Result<Schema, String> {
@@ -119,6 +221,8 @@ impl Policies {
             }]
         })?;
         let mut set = PolicySet::new();
+        // The policies in the order of the files, for the index.
+        let mut ordered: Vec<Policy> = Vec::new();
         let mut errors = Vec::new();
         // Where each policy came from, for validation errors.
         let mut origins: Vec<(PolicyId, String, String)> = Vec::new();
@@ -154,7 +258,8 @@ impl Policies {
                     .map(str::to_owned)
                     .unwrap_or_else(|| format!("{name}#{index}"));
                 let id = PolicyId::new(id);
-                if let Err(error) = set.add(policy.new_id(id.clone())) {
+                let policy = policy.new_id(id.clone());
+                if let Err(error) = set.add(policy.clone()) {
                     // The id clashed: it is an `@id` written in the file.
                     let line = text
                         .find(&format!("\"{id}\""))
@@ -166,6 +271,7 @@ impl Policies {
                     });
                     continue;
                 }
+                ordered.push(policy);
                 origins.push((id, name.clone(), text.clone()));
             }
         }
@@ -195,7 +301,8 @@ impl Policies {
         if errors.is_empty() {
             Ok(Policies {
                 set,
-                schema,
+                index: Index::new(ordered),
+                version: version(files),
                 authorizer: Authorizer::new(),
             })
         } else {
@@ -213,75 +320,30 @@ impl Policies {
         self.len() == 0
     }
 
-    /// The decision on `event`, given the signals detection raised on it.
+    /// The set's version: the first 16 hex digits of a SHA-256 over its
+    /// files' names and texts, whatever order they were given in.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The decision on `event`, given the signals detection raised on it,
+    /// knowing nothing of its run (zeros and empty sets).
     pub fn decide(&self, event: &RuntimeEvent, signals: &[Signal]) -> Decision {
-        match self.request(event, signals) {
-            Ok((request, entities)) => {
-                let response = self
-                    .authorizer
-                    .is_authorized(&request, &self.set, &entities);
-                let deciding: Vec<&PolicyId> = response.diagnostics().reason().collect();
-                let errors: Vec<String> = response
-                    .diagnostics()
-                    .errors()
-                    .map(ToString::to_string)
-                    .collect();
-                let reason = |id: &PolicyId, message: String| Reason {
-                    source: ReasonSource::Policy,
-                    id: id.to_string(),
-                    message,
-                };
-                match response.decision() {
-                    CedarDecision::Allow => Decision {
-                        verdict: Verdict::Allow,
-                        reasons: deciding
-                            .iter()
-                            .map(|id| reason(id, "permitted".into()))
-                            .collect(),
-                    },
-                    CedarDecision::Deny if deciding.is_empty() => Decision {
-                        verdict: Verdict::Deny,
-                        reasons: vec![Reason {
-                            source: ReasonSource::Policy,
-                            id: "policy.not_permitted".into(),
-                            message: if errors.is_empty() {
-                                "no policy permits this call".into()
-                            } else {
-                                format!("no policy permits this call ({})", errors.join("; "))
-                            },
-                        }],
-                    },
-                    CedarDecision::Deny => {
-                        // A forbid annotated `@hold` holds the call, unless
-                        // a forbid without it also applies.
-                        let hold = deciding
-                            .iter()
-                            .all(|id| self.set.annotation(id, "hold").is_some());
-                        let verdict = if hold {
-                            Verdict::RequireApproval
-                        } else {
-                            Verdict::Deny
-                        };
-                        Decision {
-                            verdict,
-                            reasons: deciding
-                                .iter()
-                                .map(|id| {
-                                    let why = self
-                                        .set
-                                        .annotation(id, "reason")
-                                        .or_else(|| self.set.annotation(id, "hold"))
-                                        .filter(|why| !why.is_empty())
-                                        .map_or_else(
-                                            || "forbidden by policy".to_owned(),
-                                            str::to_owned,
-                                        );
-                                    reason(id, why)
-                                })
-                                .collect(),
-                        }
-                    }
-                }
+        self.decide_with(event, signals, &RunFacts::default())
+    }
+
+    /// The decision on `event`, given the signals detection raised on it
+    /// and the facts of its run.
+    pub fn decide_with(
+        &self,
+        event: &RuntimeEvent,
+        signals: &[Signal],
+        facts: &RunFacts,
+    ) -> Decision {
+        match request::build(event, signals, facts, None) {
+            Ok(built) => {
+                let candidates = self.index.candidates(&built.scope);
+                self.answer(&built, &candidates)
             }
             Err(why) => {
                 Decision::fail_closed(format!("the call could not be put to the policies: {why}"))
@@ -289,127 +351,123 @@ impl Policies {
         }
     }
 
-    /// The Cedar request for `event`, and the entities of its chain.
-    fn request(
+    /// [`Policies::decide_with`] against the whole set, without the index:
+    /// what the index must agree with, and the benchmark's comparison.
+    #[doc(hidden)]
+    pub fn decide_unindexed(
         &self,
         event: &RuntimeEvent,
         signals: &[Signal],
-    ) -> Result<(Request, Entities), String> {
-        let chain = &event.actor;
-        let mut entities: Vec<Entity> = Vec::new();
-        // The root: a user or a service.
-        let root = match &chain.root {
-            Some(root) => {
-                let kind = match root.kind {
-                    PrincipalKind::Service => "Service",
-                    _ => "User",
-                };
-                Some(uid(kind, &root.id)?)
+        facts: &RunFacts,
+    ) -> Decision {
+        match request::build(event, signals, facts, None) {
+            Ok(built) => self.answer(&built, &self.set),
+            Err(why) => {
+                Decision::fail_closed(format!("the call could not be put to the policies: {why}"))
             }
-            None => None,
-        };
-        if let Some(root) = &root {
-            entities.push(Entity::new_no_attrs(root.clone(), HashSet::new()));
         }
-        // Each agent of the chain, root first, is a run in its agent type
-        // and in the run above it.
-        let mut above = root.clone();
-        let agents = chain
-            .agents
-            .iter()
-            .chain(std::iter::once(&chain.current).filter(|c| c.kind == PrincipalKind::Agent));
-        let mut principal = None;
-        for agent in agents {
-            let agent_type = uid("Agent", &agent.id)?;
-            entities.push(Entity::new_no_attrs(agent_type.clone(), HashSet::new()));
-            let run = uid("Run", agent.run_id.as_deref().unwrap_or(&agent.id))?;
-            let mut parents: HashSet<EntityUid> = [agent_type].into_iter().collect();
-            parents.extend(above.clone());
-            entities.push(Entity::new_no_attrs(run.clone(), parents));
-            above = Some(run.clone());
-            principal = Some(run);
-        }
-        let principal = match principal {
-            Some(run) => run,
-            None => match chain.current.kind {
-                PrincipalKind::Service => uid("Service", &chain.current.id)?,
-                _ => uid("User", &chain.current.id)?,
-            },
-        };
-        if !entities.iter().any(|e| e.uid() == principal) {
-            entities.push(Entity::new_no_attrs(principal.clone(), HashSet::new()));
-        }
-        let action = uid("Action", &action_name(event))?;
-        let target = &event.target;
-        let resource = match (&target.tool, &target.server) {
-            (Some(tool), server) => {
-                let mut parents = HashSet::new();
-                if let Some(server) = server {
-                    let server = uid("Server", server)?;
-                    entities.push(Entity::new_no_attrs(server.clone(), HashSet::new()));
-                    parents.insert(server);
-                }
-                let tool = uid("Tool", tool)?;
-                entities.push(Entity::new_no_attrs(tool.clone(), parents));
-                tool
-            }
-            (None, Some(server)) => uid("Server", server)?,
-            (None, None) => match (&target.resource, &target.system) {
-                (Some(resource), _) => uid("Resource", resource)?,
-                (None, Some(system)) => uid("System", system)?,
-                (None, None) => uid("Resource", "")?,
-            },
-        };
-        if !entities.iter().any(|e| e.uid() == resource) {
-            entities.push(Entity::new_no_attrs(resource.clone(), HashSet::new()));
-        }
-        let arguments = event
-            .attributes
-            .get("mcp.arguments")
+    }
+
+    /// The decision on `built` by the policies of `set`, all of which are
+    /// this set's.
+    fn answer(&self, built: &request::Built, set: &PolicySet) -> Decision {
+        let response = self
+            .authorizer
+            .is_authorized(&built.request, set, &built.entities);
+        let mut deciding: Vec<&PolicyId> = response.diagnostics().reason().collect();
+        // Cedar reports them in no particular order.
+        deciding.sort_unstable();
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
             .map(ToString::to_string)
-            .unwrap_or_default();
-        let context = serde_json::json!({
-            "depth": chain.depth(),
-            "kind": event.kind.as_str(),
-            "authenticated": event.attribution.method == custody_event::AttributionMethod::Authenticated,
-            "signals": signals.iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
-            "arguments": arguments,
-        });
-        let context = Context::from_json_value(context, Some((&self.schema, &action)))
-            .map_err(|e| e.to_string())?;
-        let request = Request::new(principal, action, resource, context, Some(&self.schema))
-            .map_err(|e| e.to_string())?;
-        let entities =
-            Entities::from_entities(entities, Some(&self.schema)).map_err(|e| e.to_string())?;
-        Ok((request, entities))
+            .collect();
+        let reason = |id: &PolicyId, message: String| Reason {
+            source: ReasonSource::Policy,
+            id: id.to_string(),
+            message,
+        };
+        match response.decision() {
+            CedarDecision::Allow => Decision {
+                verdict: Verdict::Allow,
+                reasons: deciding
+                    .iter()
+                    .map(|id| reason(id, "permitted".into()))
+                    .collect(),
+            },
+            CedarDecision::Deny if deciding.is_empty() => Decision {
+                verdict: Verdict::Deny,
+                reasons: vec![Reason {
+                    source: ReasonSource::Policy,
+                    id: "policy.not_permitted".into(),
+                    message: if errors.is_empty() {
+                        "no policy permits this call".into()
+                    } else {
+                        format!("no policy permits this call ({})", errors.join("; "))
+                    },
+                }],
+            },
+            CedarDecision::Deny => {
+                // A forbid annotated `@hold` holds the call, unless
+                // a forbid without it also applies.
+                let hold = deciding
+                    .iter()
+                    .all(|id| self.set.annotation(id, "hold").is_some());
+                let verdict = if hold {
+                    Verdict::RequireApproval
+                } else {
+                    Verdict::Deny
+                };
+                Decision {
+                    verdict,
+                    reasons: deciding
+                        .iter()
+                        .map(|id| {
+                            let why = self
+                                .set
+                                .annotation(id, "reason")
+                                .or_else(|| self.set.annotation(id, "hold"))
+                                .filter(|why| !why.is_empty())
+                                .map_or_else(|| "forbidden by policy".to_owned(), str::to_owned);
+                            reason(id, why)
+                        })
+                        .collect(),
+                }
+            }
+        }
     }
 }
 
-/// The action a call is: its MCP method, or `call` for anything else.
-fn action_name(event: &RuntimeEvent) -> String {
-    match event.action.as_str() {
-        "tools/call" | "resources/read" | "prompts/get" => event.action.clone(),
-        _ => "call".into(),
-    }
-}
-
-/// An entity of one of Custody's types.
-fn uid(kind: &str, id: &str) -> Result<EntityUid, String> {
-    let kind = EntityTypeName::from_str(kind).map_err(|e| e.to_string())?;
-    Ok(EntityUid::from_type_name_and_id(kind, EntityId::new(id)))
-}
-
-/// The decide stage: the policies in force, replaceable while it runs.
-#[derive(Debug)]
+/// The decide stage: the policies in force, replaceable while it runs,
+/// and where the facts of each call's run come from.
 pub struct Cedar {
     current: RwLock<Arc<Policies>>,
+    facts: Option<Arc<dyn Facts>>,
+}
+
+impl fmt::Debug for Cedar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cedar")
+            .field("current", &self.current)
+            .field("facts", &self.facts.is_some())
+            .finish()
+    }
 }
 
 impl Cedar {
-    /// The stage deciding by `policies`.
+    /// The stage deciding by `policies`, knowing nothing of runs.
     pub fn new(policies: Policies) -> Cedar {
         Cedar {
             current: RwLock::new(Arc::new(policies)),
+            facts: None,
+        }
+    }
+
+    /// The stage, asking `facts` for each call's run.
+    pub fn with_facts(self, facts: Arc<dyn Facts>) -> Cedar {
+        Cedar {
+            facts: Some(facts),
+            ..self
         }
     }
 
@@ -420,6 +478,14 @@ impl Cedar {
         let count = policies.len();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policies);
         Ok(count)
+    }
+
+    /// Replaces the policies with the `*.cedar` files under `path`
+    /// ([`read_dir`]), if they are read and load; otherwise the running
+    /// policies stay and the errors are returned.
+    pub fn reload_dir(&self, path: impl AsRef<std::path::Path>) -> Result<usize, Vec<PolicyError>> {
+        let files = read_dir(path).map_err(|error| vec![error])?;
+        self.reload(&files)
     }
 
     /// The policies in force.
@@ -433,6 +499,11 @@ impl Cedar {
 
 impl Decide for Cedar {
     fn decide(&self, event: &RuntimeEvent, signals: &[Signal]) -> Decision {
-        self.policies().decide(event, signals)
+        let facts = self
+            .facts
+            .as_ref()
+            .map(|facts| facts.facts(event))
+            .unwrap_or_default();
+        self.policies().decide_with(event, signals, &facts)
     }
 }

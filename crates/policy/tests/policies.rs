@@ -1,11 +1,15 @@
 //! Cedar policies over the identity chain: who a policy covers, forbid
-//! over permit, holds, the context, errors with file and line, and reloads
-//! that keep the running policies when the new ones do not load.
+//! over permit, holds, the context (the event's and its run's facts),
+//! errors with file and line, versions, and reloads (of files or a
+//! directory) that keep the running policies when the new ones do not
+//! load.
+
+use std::sync::Arc;
 
 use chrono::Utc;
 use custody_engine::{Decide, Signal, Verdict};
 use custody_event::{EventId, RuntimeEvent};
-use custody_policy::{Cedar, Policies};
+use custody_policy::{Blast, Cedar, Policies, RunFacts, read_dir};
 use serde_json::json;
 
 /// A call by alice's planner's sub-agent `coder` (run-2), or by bob's.
@@ -113,6 +117,17 @@ forbid(principal, action, resource) when { context.arguments like "*acme/payment
     let decision = policies.decide(&call("bob@example.com", "read_file"), &[signal]);
     assert_eq!(decision.verdict, Verdict::Deny);
     assert_eq!(decision.reasons[0].id, "after-a-finding");
+    // The arguments are JSON text, keys in order and no spaces, as the
+    // crate's documentation says to match them.
+    let exact = load(
+        r#"
+permit(principal, action, resource);
+@id("exact")
+forbid(principal, action, resource) when { context.arguments like "*\"repo\":\"acme/payments\"*" };
+"#,
+    );
+    let decision = exact.decide(&call("bob@example.com", "read_file"), &[]);
+    assert_eq!(decision.reasons[0].id, "exact", "{decision:?}");
     // Not authenticated: reported chains are not vouched for.
     let decision = policies.decide(&call("bob@example.com", "read_file"), &[]);
     assert_eq!(decision.verdict, Verdict::Allow);
@@ -168,4 +183,214 @@ fn a_reload_that_does_not_load_keeps_the_running_policies() {
         .unwrap();
     assert_eq!(count, 1);
     assert_eq!(cedar.decide(&event, &[]).verdict, Verdict::Allow);
+}
+
+/// The verdict of `policy` (after a permit of everything) on bob's call,
+/// given `facts` and `signals`.
+fn verdict_with(policy: &str, facts: &RunFacts, signals: &[Signal]) -> Verdict {
+    let policies = load(&format!(
+        "permit(principal, action, resource);\n@id(\"under-test\")\n{policy}"
+    ));
+    let decision = policies.decide_with(&call("bob@example.com", "read_file"), signals, facts);
+    if decision.verdict != Verdict::Allow {
+        assert_eq!(decision.reasons[0].id, "under-test");
+    }
+    decision.verdict
+}
+
+#[test]
+fn the_runs_facts_each_drive_a_decision() {
+    let none = RunFacts::default();
+    let cases: [(&str, RunFacts); 5] = [
+        (
+            "forbid(principal, action, resource) when { context.blast.sensitive >= 3 && context.blast.fan_out > 1 };",
+            RunFacts {
+                blast: Blast {
+                    sensitive: 3,
+                    fan_out: 2,
+                    ..Blast::default()
+                },
+                ..RunFacts::default()
+            },
+        ),
+        (
+            "forbid(principal, action, resource) when { context.blast.systems + context.blast.resources + context.blast.credentials + context.blast.privileged > 10 };",
+            RunFacts {
+                blast: Blast {
+                    systems: 2,
+                    resources: 6,
+                    credentials: 1,
+                    privileged: 2,
+                    ..Blast::default()
+                },
+                ..RunFacts::default()
+            },
+        ),
+        (
+            "forbid(principal, action, resource) when { context.run_age > 3600 };",
+            RunFacts {
+                run_age_secs: 3601,
+                ..RunFacts::default()
+            },
+        ),
+        (
+            "forbid(principal, action, resource) when { context.findings.contains(\"secret-then-sink\") };",
+            RunFacts {
+                findings: vec!["secret-then-sink".into()],
+                ..RunFacts::default()
+            },
+        ),
+        (
+            "forbid(principal, action, resource) when { context.baseline.contains(\"baseline.rate\") };",
+            RunFacts {
+                baseline: vec!["baseline.rate".into()],
+                ..RunFacts::default()
+            },
+        ),
+    ];
+    for (policy, facts) in &cases {
+        assert_eq!(verdict_with(policy, facts, &[]), Verdict::Deny, "{policy}");
+        assert_eq!(
+            verdict_with(policy, &none, &[]),
+            Verdict::Allow,
+            "without facts the context is zeros and empty sets: {policy}"
+        );
+    }
+}
+
+#[test]
+fn baseline_signals_on_the_event_count_as_the_runs() {
+    let policy = "forbid(principal, action, resource) when { context.baseline.contains(\"baseline.first_seen\") && context.signals.contains(\"baseline.first_seen\") };";
+    let first_seen = Signal::new("baseline.first_seen", "never used before");
+    assert_eq!(
+        verdict_with(policy, &RunFacts::default(), &[first_seen]),
+        Verdict::Deny
+    );
+    let other = Signal::new("rule-1", "a rule matched");
+    assert_eq!(
+        verdict_with(policy, &RunFacts::default(), &[other]),
+        Verdict::Allow
+    );
+}
+
+#[test]
+fn the_stage_asks_its_facts_for_the_run() {
+    let policies = load(
+        "permit(principal, action, resource);\n@id(\"old-run\")\n@hold(\"this run has been going for a day\")\nforbid(principal in Agent::\"coder\", action, resource) when { context.run_age >= 86400 };",
+    );
+    let event = call("bob@example.com", "read_file");
+    assert_eq!(
+        Cedar::new(
+            Policies::load(&[(
+                "p.cedar".into(),
+                "permit(principal, action, resource);".into()
+            )])
+            .unwrap()
+        )
+        .decide(&event, &[])
+        .verdict,
+        Verdict::Allow
+    );
+    let stage = Cedar::new(policies).with_facts(Arc::new(|event: &RuntimeEvent| RunFacts {
+        run_age_secs: if event.actor.current.run_id.as_deref() == Some("run-2") {
+            86_400
+        } else {
+            0
+        },
+        ..RunFacts::default()
+    }));
+    let held = stage.decide(&event, &[]);
+    assert_eq!(held.verdict, Verdict::RequireApproval, "{held:?}");
+    assert_eq!(held.reasons[0].id, "old-run");
+    assert_eq!(held.reasons[0].message, "this run has been going for a day");
+}
+
+#[test]
+fn the_version_follows_the_files_not_their_order() {
+    let a = (
+        "a.cedar".to_owned(),
+        "permit(principal, action, resource);".to_owned(),
+    );
+    let b = (
+        "b.cedar".to_owned(),
+        "forbid(principal, action, resource == Tool::\"x\");".to_owned(),
+    );
+    let one = Policies::load(&[a.clone(), b.clone()]).unwrap();
+    let other_order = Policies::load(&[b.clone(), a.clone()]).unwrap();
+    assert_eq!(one.version().len(), 16);
+    assert!(one.version().chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(one.version(), other_order.version());
+    let changed =
+        Policies::load(&[a.clone(), (b.0.clone(), b.1.replace("\"x\"", "\"y\""))]).unwrap();
+    assert_ne!(one.version(), changed.version());
+    let renamed = Policies::load(&[a, ("c.cedar".into(), b.1)]).unwrap();
+    assert_ne!(one.version(), renamed.version(), "a file's name counts");
+}
+
+#[test]
+fn a_directory_is_read_in_name_order_and_a_broken_reload_keeps_the_running_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("b.cedar"), BASE).unwrap();
+    std::fs::create_dir(dir.path().join("team")).unwrap();
+    std::fs::write(
+        dir.path().join("team/a.cedar"),
+        "@id(\"no-secrets\")\nforbid(principal, action, resource == Tool::\"get_secret\");",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a policy").unwrap();
+    let files = read_dir(dir.path()).unwrap();
+    let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["b.cedar", "team/a.cedar"]);
+
+    let cedar = Cedar::new(Policies::load(&files).unwrap());
+    let version = cedar.policies().version().to_owned();
+    let secret = call("bob@example.com", "get_secret");
+    assert_eq!(cedar.decide(&secret, &[]).verdict, Verdict::Deny);
+    assert_eq!(
+        cedar
+            .decide(&call("bob@example.com", "git_push"), &[])
+            .verdict,
+        Verdict::RequireApproval,
+        "@hold holds"
+    );
+
+    // A broken file: refused with its file, line and reason.
+    std::fs::write(
+        dir.path().join("team/a.cedar"),
+        "@id(\"no-secrets\")\nforbid(principal, action, resource == Tool::\"get_secret\");\n\npermit(principal, action, resource) when { context.no_such_field };\n",
+    )
+    .unwrap();
+    let errors = cedar.reload_dir(dir.path()).unwrap_err();
+    assert_eq!(errors[0].file, "team/a.cedar", "{errors:?}");
+    assert_eq!(errors[0].line, Some(4), "{}", errors[0]);
+    assert!(errors[0].message.contains("no_such_field"), "{}", errors[0]);
+    assert_eq!(cedar.policies().version(), version, "the old policies stay");
+    assert_eq!(cedar.decide(&secret, &[]).verdict, Verdict::Deny);
+
+    // A file that is not UTF-8 is named.
+    std::fs::write(dir.path().join("team/a.cedar"), b"permit(\xff);").unwrap();
+    let errors = cedar.reload_dir(dir.path()).unwrap_err();
+    assert_eq!(errors[0].file, "team/a.cedar");
+    assert!(errors[0].message.contains("UTF-8"), "{}", errors[0]);
+    assert_eq!(cedar.decide(&secret, &[]).verdict, Verdict::Deny);
+
+    // Fixed: the new policies are in force, with a new version.
+    std::fs::write(
+        dir.path().join("team/a.cedar"),
+        "@id(\"no-pushes\")\nforbid(principal, action, resource == Tool::\"git_push\");",
+    )
+    .unwrap();
+    assert_eq!(cedar.reload_dir(dir.path()).unwrap(), 4);
+    assert_ne!(cedar.policies().version(), version);
+    assert_eq!(cedar.decide(&secret, &[]).verdict, Verdict::Allow);
+    assert_eq!(
+        cedar
+            .decide(&call("bob@example.com", "git_push"), &[])
+            .verdict,
+        Verdict::Deny,
+        "a plain forbid overrides the hold"
+    );
+
+    let missing = read_dir(dir.path().join("nowhere")).unwrap_err();
+    assert!(missing.file.ends_with("nowhere"), "{missing}");
 }
