@@ -643,3 +643,138 @@ impl Agent {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }
+
+const POLICIES: &str = r#"
+@id("agents-may-work")
+permit(principal, action, resource);
+
+@id("no-env")
+@reason("reading the environment leaks secrets")
+forbid(principal, action == Action::"tools/call", resource == Tool::"get-env");
+
+@id("hold-wide-runs")
+@hold("a run this wide needs a human")
+forbid(principal, action == Action::"tools/call", resource)
+when { context.blast.resources > 2 };
+"#;
+
+#[test]
+fn policies_decide_at_the_gateway_and_a_broken_reload_keeps_them() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("agents.cedar"), POLICIES).unwrap();
+    let server = serve(
+        dir.path(),
+        &peers,
+        "",
+        &["--policies", policies.to_str().unwrap()],
+    );
+    let url = format!("{}/mcp", server.url);
+    let token = mint_agent_token(&server, "alice@example.com", "researcher", "run-p");
+    let mut agent = Agent::start(&peers, &url, &token);
+
+    // Permitted; forbidden with the policy's reason, named.
+    let echoed = agent.call("echo", json!({"message": "hi"}));
+    assert_eq!(echoed["text"], "Echo: hi", "{echoed}");
+    let denied = agent.call("get-env", json!({}));
+    let why = denied["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("reading the environment leaks secrets"),
+        "{denied}"
+    );
+    let refused = eventually("the refused call's event", || {
+        let events = get(&server, "/v1/events?run=run-p&limit=100")["events"].clone();
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"]["target"]["tool"] == "get-env")
+            .cloned()
+    });
+    assert_eq!(refused["decision"]["verdict"], "deny");
+    assert_eq!(
+        refused["decision"]["reasons"][0]["id"], "no-env",
+        "{refused}"
+    );
+
+    // Three resources read: the run's blast radius holds its next call.
+    for n in 1..=3 {
+        agent.read(&format!("demo://resource/dynamic/text/{n}"));
+    }
+    eventually("the run's blast radius", || {
+        let radius = get(&server, "/v1/blast-radius/run:run-p");
+        (radius["blast_radius"]["resources"] == 3).then_some(())
+    });
+    agent.send(json!({"op": "call", "tool": "echo", "arguments": {"message": "wide"}}));
+    let held = eventually("the held call", || {
+        let held = get(&server, "/v1/approvals")["approvals"].clone();
+        held.as_array().unwrap().first().cloned()
+    });
+    assert!(
+        held["reason"]
+            .as_str()
+            .unwrap()
+            .contains("a run this wide needs a human"),
+        "{held}"
+    );
+    let version = held["policy_version"].as_str().unwrap().to_owned();
+    assert_eq!(version.len(), 16, "{held}");
+    call_ok(
+        &server,
+        reqwest::Method::POST,
+        &format!("/v1/approvals/{}", held["id"].as_str().unwrap()),
+        &server.token,
+        Body::Json(json!({"decision": "approve"})),
+    );
+    assert_eq!(agent.answer()["text"], "Echo: wide");
+
+    // A broken file is refused with its line; the running policies stay.
+    std::fs::write(
+        policies.join("broken.cedar"),
+        "permit(principal, action, resource);\nforbid(principal, action, resource) when { context.nope };\n",
+    )
+    .unwrap();
+    let (status, refused) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/policies/reload",
+        &server.token,
+        Body::None,
+    );
+    assert_eq!(status, 400, "{refused}");
+    let message = refused.to_string();
+    assert!(message.contains("broken.cedar:2"), "{message}");
+    assert!(message.contains(&version), "{message}");
+    let other = mint_agent_token(&server, "bob@example.com", "researcher", "run-q");
+    let mut other = Agent::start(&peers, &url, &other);
+    assert!(
+        other.call("get-env", json!({}))["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("leaks secrets"))
+    );
+    // Fixed (no-env dropped), the reload takes: a new version, get-env
+    // allowed.
+    std::fs::remove_file(policies.join("broken.cedar")).unwrap();
+    std::fs::write(
+        policies.join("agents.cedar"),
+        POLICIES.replace(
+            "@id(\"no-env\")\n@reason(\"reading the environment leaks secrets\")\n\
+             forbid(principal, action == Action::\"tools/call\", resource == Tool::\"get-env\");",
+            "",
+        ),
+    )
+    .unwrap();
+    let reloaded = call_ok(
+        &server,
+        reqwest::Method::POST,
+        "/v1/policies/reload",
+        &server.token,
+        Body::None,
+    );
+    assert_eq!(reloaded["policies"], 2, "{reloaded}");
+    assert_ne!(reloaded["version"], version);
+    let allowed = other.call("get-env", json!({}));
+    assert!(allowed["text"].is_string(), "{allowed}");
+}

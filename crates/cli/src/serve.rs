@@ -42,6 +42,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // So should a rule or a playbook that does not load.
     let detections = Arc::new(detections(&config)?);
     let playbooks = playbooks(&config.playbooks)?;
+    // So should policies that do not load.
+    let policies = match &config.policies {
+        Some(dir) => Some(load_policies(dir)?),
+        None => None,
+    };
     // And so should responders whose secrets are missing.
     let responders = custody_respond::Responders::new(&config.responders)
         .context("the responders ([responders])")?;
@@ -102,7 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_delegation(delegation)
         .with_detections(detections.clone());
     if config.graph {
-        state = state.with_graph(live);
+        state = state.with_graph(live.clone());
     }
     let approvals = custody_api::contain::ApprovalQueue::new(
         config
@@ -111,9 +116,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map_or(std::time::Duration::from_secs(300), |g| g.approval_ttl),
     );
     // Every call through the gateway is decided by the containment in
-    // force, then each upstream's tool rules: the strictest stands.
-    let decide: Arc<dyn custody_engine::Decide> =
-        Arc::new(custody_contain::Contained(containment.clone()));
+    // force, the policies (with what is known of the acting run), then each
+    // upstream's tool rules: the strictest stands.
+    let mut stages: Vec<Arc<dyn custody_engine::Decide>> =
+        vec![Arc::new(custody_contain::Contained(containment.clone()))];
+    let control = match (policies, &config.policies) {
+        (Some(policies), Some(dir)) => {
+            let facts = RunFacts {
+                graph: config.graph.then(|| live.clone()),
+                signals: playbooks.signals(),
+            };
+            let cedar = Arc::new(custody_policy::Cedar::new(policies).with_facts(Arc::new(facts)));
+            stages.push(cedar.clone());
+            let control: Arc<dyn custody_api::contain::PolicyControl> = Arc::new(PolicyDir {
+                cedar,
+                dir: dir.clone(),
+            });
+            approvals.bind_policies(control.clone());
+            Some(control)
+        }
+        _ => None,
+    };
+    let decide: Arc<dyn custody_engine::Decide> = Arc::new(custody_engine::Strictest(stages));
     if let Some(gateway) = &config.gateway {
         state = with_gateway(
             state,
@@ -128,8 +152,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         containment: containment.clone(),
         playbooks: Some(playbooks.clone()),
         approvals,
-        policies: None,
+        policies: control.clone(),
     });
+    let reloading = control.map(|control| tokio::spawn(reload_on_hangup(control)));
     let executing = tokio::spawn(custody_api::contain::execute(
         state.clone(),
         jobs,
@@ -146,6 +171,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("serving the API")?;
     keeping.abort();
     executing.abort();
+    if let Some(reloading) = reloading {
+        reloading.abort();
+    }
     save_baselines(&store, &detections.baselines).await;
     tracing::info!("shutting down: committing queued events");
     tokio::task::spawn_blocking(move || store.close())
@@ -309,6 +337,119 @@ fn with_gateway(
         "serving the MCP gateway"
     );
     Ok(state.with_gateway(http))
+}
+
+/// The policies in `dir`, checked: a bad one stops the server, each error
+/// with its file and line.
+fn load_policies(dir: &Path) -> anyhow::Result<custody_policy::Policies> {
+    let files = custody_policy::read_dir(dir)
+        .map_err(|error| anyhow::anyhow!("reading the policies (--policies): {error}"))?;
+    let policies = custody_policy::Policies::load(&files).map_err(|errors| {
+        anyhow::anyhow!(
+            "{} error(s) in the policies:\n  {}",
+            errors.len(),
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    })?;
+    tracing::info!(
+        policies = policies.len(),
+        version = policies.version(),
+        dir = %dir.display(),
+        "policies loaded"
+    );
+    Ok(policies)
+}
+
+/// What the policies know of the acting run beyond the event: its blast
+/// radius and age from the agent graph, and what detection raised on it.
+struct RunFacts {
+    graph: Option<custody_graph::Live>,
+    signals: Arc<custody_contain::RunSignals>,
+}
+
+impl custody_policy::Facts for RunFacts {
+    fn facts(&self, event: &custody_event::RuntimeEvent) -> custody_policy::RunFacts {
+        let raised = self.signals.raised(&event.actor);
+        let mut facts = custody_policy::RunFacts {
+            findings: raised.findings,
+            baseline: raised.baseline,
+            ..custody_policy::RunFacts::default()
+        };
+        let (Some(graph), Some(run)) = (&self.graph, custody_contain::acting_run(&event.actor))
+        else {
+            return facts;
+        };
+        let key = custody_graph::NodeKey {
+            kind: custody_graph::NodeKind::Run,
+            id: run.to_owned(),
+        };
+        let known = graph
+            .read(|graph| (graph.blast_radius(&key), graph.node_view(&key)))
+            .unwrap_or((None, None));
+        if let (Some(radius), _) = &known {
+            facts.blast = custody_policy::Blast {
+                systems: radius.systems as u64,
+                resources: radius.resources as u64,
+                sensitive: radius.sensitive_resources as u64,
+                credentials: radius.credentials_created as u64,
+                privileged: radius.privileged_actions,
+                fan_out: radius.fan_out as u64,
+            };
+        }
+        if let (_, Some(node)) = &known {
+            facts.run_age_secs = (chrono::Utc::now() - node.first_seen).num_seconds().max(0);
+        }
+        facts
+    }
+}
+
+/// The policy directory, reloaded on demand.
+struct PolicyDir {
+    cedar: Arc<custody_policy::Cedar>,
+    dir: std::path::PathBuf,
+}
+
+impl custody_api::contain::PolicyControl for PolicyDir {
+    fn reload(&self) -> Result<usize, Vec<String>> {
+        self.cedar
+            .reload_dir(&self.dir)
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+    }
+
+    fn version(&self) -> String {
+        self.cedar.policies().version().to_owned()
+    }
+}
+
+/// Reloads the policies on each SIGHUP; a set that does not load is
+/// logged, and the running one stays.
+async fn reload_on_hangup(control: Arc<dyn custody_api::contain::PolicyControl>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match control.reload() {
+                Ok(count) => {
+                    tracing::info!(policies = count, version = %control.version(), "policies reloaded");
+                }
+                Err(errors) => {
+                    for error in &errors {
+                        tracing::error!(%error, "policy reload refused; the running policies stay");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = control;
 }
 
 /// The playbooks of `files`, checked: a bad one stops the server, naming

@@ -18,8 +18,10 @@
 //!
 //! The arguments are text because the schema is fixed and arguments are
 //! whatever a tool takes: match them with `like`, whose `*` is any run of
-//! characters, on the compact JSON text of the event's `mcp.arguments`
-//! attribute (keys in their recorded order, no spaces): `context.arguments like "*\"repo\":\"acme/payments\"*"`.
+//! characters, on the compact JSON text of the event's `custody.arguments`
+//! attribute, as the gateway records them with secrets redacted (else
+//! `mcp.arguments`), keys in their recorded order and no spaces:
+//! `context.arguments like "*\"repo\":\"acme/payments\"*"`.
 //!
 //! Forbid overrides permit, as in Cedar; a call no policy permits is
 //! refused. A forbid annotated `@hold` holds the call for approval instead

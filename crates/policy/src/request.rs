@@ -133,9 +133,11 @@ pub(crate) fn build(
 
 /// The context, in the shape of the schema's `CallContext`.
 fn context(event: &RuntimeEvent, signals: &[Signal], facts: &RunFacts) -> Result<Context, String> {
-    let arguments = event
-        .attributes
-        .get("mcp.arguments")
+    // The gateway records a call's arguments, secrets redacted, as
+    // `custody.arguments`; other sources may report `mcp.arguments`.
+    let arguments = ["custody.arguments", "mcp.arguments"]
+        .iter()
+        .find_map(|key| event.attributes.get(*key))
         .map(ToString::to_string)
         .unwrap_or_default();
     let strings = |values: &mut dyn Iterator<Item = &str>| {
