@@ -785,3 +785,88 @@ async fn run_job(state: &AppState, containing: &Containing, responders: &dyn Res
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custody_event::{Actor, EventId, Principal, PrincipalKind};
+
+    fn held(digest: &str) -> HeldCall {
+        HeldCall {
+            event: EventId::new_v7(),
+            method: "tools/call".into(),
+            target: Some("deploy".into()),
+            reason: "held".into(),
+            chain: Actor {
+                root: None,
+                agents: Vec::new(),
+                current: Principal {
+                    kind: PrincipalKind::Agent,
+                    id: "coder".into(),
+                    name: None,
+                    version: None,
+                    run_id: Some("run-1".into()),
+                },
+                credential: None,
+            },
+            server: "ops".into(),
+            session: "gateway-1".into(),
+            digest: Some(digest.into()),
+            arguments: None,
+        }
+    }
+
+    struct Version(Mutex<String>);
+
+    impl PolicyControl for Version {
+        fn reload(&self) -> Result<usize, Vec<String>> {
+            Ok(0)
+        }
+        fn version(&self) -> String {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_approval_is_bound_to_its_call_and_its_policies_and_expires() {
+        let queue = ApprovalQueue::new(Duration::from_millis(200));
+        let policies = Arc::new(Version(Mutex::new("v1".into())));
+        queue.bind_policies(policies.clone());
+
+        // Approved with the digest the approver saw.
+        let answer = queue.ask(held("abc"));
+        let id = queue.list()[0].id.clone();
+        assert_eq!(queue.list()[0].policy_version.as_deref(), Some("v1"));
+        assert_eq!(
+            queue.answer(&id, true, Some("xyz")).unwrap_err(),
+            AnswerError::DigestMismatch
+        );
+        queue.answer(&id, true, Some("abc")).unwrap();
+        assert_eq!(answer.await.unwrap(), Approval::Approved);
+        assert_eq!(
+            queue.answer(&id, true, None).unwrap_err(),
+            AnswerError::Unknown
+        );
+
+        // The policies changed: it can only be refused.
+        let answer = queue.ask(held("abc"));
+        let id = queue.list()[0].id.clone();
+        *policies.0.lock().unwrap() = "v2".into();
+        assert_eq!(
+            queue.answer(&id, true, None).unwrap_err(),
+            AnswerError::PolicyChanged
+        );
+        queue.answer(&id, false, None).unwrap();
+        assert_eq!(answer.await.unwrap(), Approval::Refused);
+
+        // Unanswered, it expires and is refused as expired.
+        let answer = queue.ask(held("abc"));
+        let id = queue.list()[0].id.clone();
+        assert_eq!(answer.await.unwrap(), Approval::Expired);
+        assert!(queue.list().is_empty());
+        assert_eq!(
+            queue.answer(&id, true, None).unwrap_err(),
+            AnswerError::Unknown
+        );
+    }
+}
