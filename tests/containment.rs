@@ -229,6 +229,15 @@ on = "root"
     );
     let id = held["id"].as_str().unwrap().to_owned();
     assert_eq!(id.len(), 32, "a 128-bit nonce: {id}");
+    let counted = metrics(&server);
+    for line in [
+        "custody_containment_measures 1",
+        "custody_approvals_held 1",
+        "custody_playbook_actions_done 1",
+        "custody_playbook_actions_would 2",
+    ] {
+        assert!(counted.contains(line), "{line} in {counted}");
+    }
 
     // An approval of other arguments is refused; the call stays held.
     let (status, refused) = call(
@@ -594,6 +603,37 @@ on = "root"
     assert_eq!(measures.as_array().unwrap().len(), 1, "{measures}");
     assert_eq!(measures[0]["scope"], "run:run-b");
     assert_eq!(measures[0]["kind"], "kill");
+
+    // Its tokens stay refused: one minted for the run now is too.
+    let url = format!("{}/mcp", server.url);
+    let builder = mint_agent_token(&server, "bob@example.com", "builder", "run-b");
+    let whoami = |token: &str| {
+        call(
+            &server,
+            reqwest::Method::GET,
+            "/v1/whoami",
+            token,
+            Body::None,
+        )
+    };
+    let (status, refused) = whoami(&builder);
+    assert_eq!(status, 401, "{refused}");
+    assert!(
+        refused.to_string().contains("`run-b` was revoked"),
+        "{refused}"
+    );
+
+    // A responder lifts it: the run's tokens are accepted again, and its
+    // sub-agent works again.
+    let lifted = server.cli(&["contain", "lift", measures[0]["id"].as_str().unwrap()]);
+    assert!(lifted.status.success(), "{lifted:?}");
+    eventually("the run's tokens reinstated", || {
+        (whoami(&builder).0 == 200).then_some(())
+    });
+    let helper = exchange_token(&server, &builder, "helper", "run-b.1");
+    let mut helper_agent = Agent::start(&peers, &url, &helper);
+    let echoed = helper_agent.call("echo", json!({"message": "reinstated"}));
+    assert_eq!(echoed["text"], "Echo: reinstated", "{echoed}");
 }
 
 /// A webhook receiver on a loopback port: its URL, and each delivery's
@@ -777,4 +817,57 @@ fn policies_decide_at_the_gateway_and_a_broken_reload_keeps_them() {
     assert_ne!(reloaded["version"], version);
     let allowed = other.call("get-env", json!({}));
     assert!(allowed["text"].is_string(), "{allowed}");
+
+    // A responder quarantines the agent type: every run of it is refused,
+    // until the quarantine is lifted.
+    let quarantined = server.cli(&[
+        "contain",
+        "quarantine",
+        "agent:researcher",
+        "--reason",
+        "under review",
+    ]);
+    assert!(quarantined.status.success(), "{quarantined:?}");
+    let refused = other.call("echo", json!({"message": "x"}));
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("agent:researcher is quarantined")),
+        "{refused}"
+    );
+    let listed = server.cli(&["contain", "list"]);
+    let table = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let id = table
+        .lines()
+        .find(|l| l.contains("agent:researcher"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{table}"))
+        .to_owned();
+    assert!(server.cli(&["contain", "lift", &id]).status.success());
+    let echoed = other.call("echo", json!({"message": "back"}));
+    assert_eq!(echoed["text"], "Echo: back", "{echoed}");
+    let actions = server.cli(&["actions", "--playbook", "api"]);
+    let table = String::from_utf8_lossy(&actions.stdout);
+    assert!(
+        table.contains("lift.quarantine") && table.contains("quarantine"),
+        "{table}"
+    );
+}
+
+fn metrics(server: &Server) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/metrics", server.url))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
 }

@@ -36,6 +36,9 @@ use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::query::read;
 
+/// A playbook's counts for the metrics: fired, done, would, failed.
+pub(crate) type PlaybookTotals = (u64, u64, u64, u64);
+
 /// The most calls held at once; beyond, a new one is refused at once.
 const MAX_HELD: usize = 10_000;
 
@@ -617,7 +620,10 @@ pub async fn execute(state: AppState, mut jobs: mpsc::Receiver<Job>, responders:
 /// What a change of containment brings with it outside the decision path.
 async fn enforce(state: &AppState, change: Change) {
     match &change {
-        Change::Applied(measure) if measure.kind != MeasureKind::Hold => {
+        // A kill ends the sessions it covers (calls in flight fail) and
+        // revokes the run's tokens; a quarantine or a hold refuses or holds
+        // each call as it comes, and is lifted as simply.
+        Change::Applied(measure) if measure.kind == MeasureKind::Kill => {
             if let Some(gateway) = &state.gateway {
                 let why = format!(
                     "{} {}: {}",
@@ -631,9 +637,7 @@ async fn enforce(state: &AppState, change: Change) {
                     tracing::info!(scope = %measure.scope, sessions = ended, "gateway sessions ended");
                 }
             }
-            if let (MeasureKind::Kill, Scope::Run(run), Some(delegation)) =
-                (measure.kind, &measure.scope, &state.delegation)
-            {
+            if let (Scope::Run(run), Some(delegation)) = (&measure.scope, &state.delegation) {
                 if let Err(error) = delegation.revoke_node(run) {
                     tracing::error!(%error, run, "revoking a killed run's tokens failed");
                 } else {
@@ -641,14 +645,18 @@ async fn enforce(state: &AppState, change: Change) {
                 }
             }
         }
-        Change::Lifted(measure) => {
-            if let (MeasureKind::Kill, Scope::Run(run), Some(delegation)) =
-                (measure.kind, &measure.scope, &state.delegation)
+        Change::Lifted(measure) if measure.kind == MeasureKind::Kill => {
+            if let Some(gateway) = &state.gateway {
+                let scope = measure.scope.clone();
+                gateway.pardon_where(|chain| scope.covers(chain));
+            }
+            if let (Scope::Run(run), Some(delegation)) = (&measure.scope, &state.delegation)
                 && let Err(error) = delegation.reinstate_node(run)
             {
                 tracing::error!(%error, run, "reinstating a run's tokens failed");
             }
         }
+        Change::Lifted(_) => {}
         Change::Applied(_) => {}
     }
     // Each measure is kept under its own name, so a change writes one.

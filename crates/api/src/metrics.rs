@@ -38,6 +38,7 @@ pub struct Metrics {
     otlp_spans: [Gauge<u64, AtomicU64>; 8],
     /// The detect stage's counters (`custody_detect::SigmaStats`).
     detections: [Gauge<u64, AtomicU64>; 10],
+    containment: [Gauge<u64, AtomicU64>; 6],
 }
 
 impl Default for Metrics {
@@ -172,10 +173,34 @@ impl Default for Metrics {
         ]) {
             registry.register(name, help, gauge.clone());
         }
+        let containment: [Gauge<u64, AtomicU64>; 6] = Default::default();
+        for (gauge, (name, help)) in containment.iter().zip([
+            (
+                "containment_measures",
+                "Measures in force (kills, quarantines, holds)",
+            ),
+            ("approvals_held", "Calls held for approval now"),
+            ("playbooks_fired", "Times playbooks fired, since start"),
+            (
+                "playbook_actions_done",
+                "Playbook actions done or queued, since start",
+            ),
+            (
+                "playbook_actions_would",
+                "Actions monitor-mode playbooks would have taken, since start",
+            ),
+            (
+                "playbook_actions_failed",
+                "Playbook actions that failed, since start",
+            ),
+        ]) {
+            registry.register(name, help, gauge.clone());
+        }
         Metrics {
             registry,
             otlp_spans,
             detections,
+            containment,
             events_accepted,
             events_rejected,
             throttled_batches,
@@ -236,6 +261,25 @@ pub(crate) async fn get_metrics(
             &detections.baselines.types_evicted,
         ]) {
             gauge.set(counter.load(Relaxed));
+        }
+    }
+    if let Some(containing) = &state.containing {
+        let counts: Vec<crate::contain::PlaybookTotals> = containing
+            .playbooks
+            .iter()
+            .flat_map(|p| p.counts())
+            .map(|(_, c)| (c.fired, c.done, c.would, c.failed))
+            .collect();
+        let sum = |f: fn(&crate::contain::PlaybookTotals) -> u64| counts.iter().map(f).sum::<u64>();
+        for (gauge, value) in metrics.containment.iter().zip([
+            u64::try_from(containing.containment.len()).unwrap_or(u64::MAX),
+            u64::try_from(containing.approvals.list().len()).unwrap_or(u64::MAX),
+            sum(|c| c.0),
+            sum(|c| c.1),
+            sum(|c| c.2),
+            sum(|c| c.3),
+        ]) {
+            gauge.set(value);
         }
     }
     let mut text = String::new();

@@ -207,7 +207,9 @@ pub(crate) struct Shared {
     sessions: Mutex<HashMap<String, Arc<Mux>>>,
     /// Stateless requests' relays, by owner.
     stateless: Mutex<HashMap<String, Arc<Mux>>>,
-    killed: Mutex<LinkedHashMap<String, String>>,
+    /// Owners whose sessions a kill ended: why, and the chain they called
+    /// as (to pardon them when the kill is lifted).
+    killed: Mutex<LinkedHashMap<String, (String, custody_event::Actor)>>,
 }
 
 impl Shared {
@@ -227,22 +229,22 @@ impl Shared {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(owner)
-            .cloned()
+            .map(|(why, _)| why.clone())
     }
 
     /// Remembers that a decision killed `owner`'s sessions: new ones are
     /// refused.
-    pub(crate) fn note_killed(&self, owner: &str, why: &str) {
+    pub(crate) fn note_killed(&self, owner: &str, chain: &custody_event::Actor, why: &str) {
         let mut killed = self.killed.lock().unwrap_or_else(PoisonError::into_inner);
-        killed.replace(owner.to_owned(), why.to_owned());
+        killed.replace(owner.to_owned(), (why.to_owned(), chain.clone()));
         while killed.len() > KILLED_KEPT {
             killed.pop_front();
         }
     }
 
     /// Ends every session of `owner`, and refuses new ones.
-    pub(crate) fn kill_owner(&self, owner: &str, why: &str) {
-        self.note_killed(owner, why);
+    pub(crate) fn kill_owner(&self, owner: &str, chain: &custody_event::Actor, why: &str) {
+        self.note_killed(owner, chain, why);
         // Every session of the killed owner ends, on every upstream.
         let ended: Vec<Arc<Mux>> = {
             let mut sessions = self.sessions();
@@ -362,6 +364,15 @@ impl HttpGateway {
             mux.end(End::Killed(why.to_owned()));
         }
         ended.len()
+    }
+
+    /// Lets the owners whose chain `covers` accepts open sessions again (a
+    /// kill lifted); how many were refused until now.
+    pub fn pardon_where(&self, covers: impl Fn(&custody_event::Actor) -> bool) -> usize {
+        let mut killed = self.0.killed.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = killed.len();
+        killed.retain(|_, (_, chain)| !covers(chain));
+        before - killed.len()
     }
 }
 

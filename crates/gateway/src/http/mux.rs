@@ -302,7 +302,7 @@ impl Mux {
             if let Some(why) = killed {
                 self.mark_ended(End::Killed(why.clone()));
                 if let Some(shared) = self.shared.upgrade() {
-                    shared.note_killed(&self.owner, why);
+                    shared.note_killed(&self.owner, &self.chain, why);
                 }
             }
             self.upstream_message(index, line).await;
@@ -374,7 +374,7 @@ impl Mux {
         }
         // A kill ends every session of the agent, and refuses new ones.
         if let (End::Killed(why), Some(shared)) = (&end, self.shared.upgrade()) {
-            shared.kill_owner(&self.owner, why);
+            shared.kill_owner(&self.owner, &self.chain, why);
         }
     }
 
