@@ -589,7 +589,7 @@ pub(crate) async fn reload_policies(
 /// Carries out what reaches outside Custody: the jobs playbooks queue
 /// (revoking a run's tokens, calling responders), and what a measure
 /// brings with it (a kill ends the gateway sessions it covers and revokes
-/// the run's tokens; a quarantine ends its sessions). The measures in
+/// the run's tokens; lifted, it undoes both). The measures in
 /// force are kept in the store on every change. Runs until the job queue
 /// and the containment's changes both end.
 pub async fn execute(state: AppState, mut jobs: mpsc::Receiver<Job>, responders: Arc<dyn Respond>) {
