@@ -14,7 +14,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Body, COMMAND_TIMEOUT, Peers, Server, call, call_ok, exchange_token, mint_agent_token,
+    Body, COMMAND_TIMEOUT, Peers, Server, call, call_ok, exchange_token, metrics, mint_agent_token,
     output_within, peers, post_event,
 };
 use serde_json::{Value, json};
@@ -852,22 +852,4 @@ fn policies_decide_at_the_gateway_and_a_broken_reload_keeps_them() {
         table.contains("lift.quarantine") && table.contains("quarantine"),
         "{table}"
     );
-}
-
-fn metrics(server: &Server) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        reqwest::Client::new()
-            .get(format!("{}/metrics", server.url))
-            .bearer_auth(&server.token)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
 }

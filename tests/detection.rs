@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{
-    Body, Server, call, call_ok, custody, exchange_token, mint_agent_token, output_within,
+    Body, Server, call, call_ok, custody, exchange_token, metrics, mint_agent_token, output_within,
     post_event,
 };
 use serde_json::{Value, json};
@@ -71,24 +71,6 @@ fn call_tool(tool: &str) -> Value {
            "source": {"type": "api"}, "actor": {"current": {"type": "agent", "id": "coder"}},
            "target": {"tool": tool, "server": "github"},
            "outcome": {"status": "success"}})
-}
-
-fn metrics(server: &Server) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        reqwest::Client::new()
-            .get(format!("{}/metrics", server.url))
-            .bearer_auth(&server.token)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    })
 }
 
 fn findings(server: &Server, query: &str) -> Value {

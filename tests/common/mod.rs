@@ -488,3 +488,22 @@ pub enum Body {
         bytes: Vec<u8>,
     },
 }
+
+/// The server's `/metrics` text.
+pub fn metrics(server: &Server) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        reqwest::Client::new()
+            .get(format!("{}/metrics", server.url))
+            .bearer_auth(&server.token)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}

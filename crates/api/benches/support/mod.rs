@@ -1,0 +1,3 @@
+//! What the API's benchmarks share (each bench includes this module).
+
+pub mod echo;
