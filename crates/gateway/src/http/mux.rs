@@ -342,6 +342,12 @@ impl Mux {
     /// Ends the session: the relays' inputs close (each fails what it has
     /// in flight), and what still waits is failed.
     pub(crate) fn end(&self, end: End) {
+        // The owner is refused before the session reads as ended, so that
+        // a request arriving meanwhile hears of the kill, not of a session
+        // gone missing.
+        if let (End::Killed(why), Some(shared)) = (&end, self.shared.upgrade()) {
+            shared.note_killed(&self.owner, &self.chain, why);
+        }
         self.mark_ended(end);
         if self.torn_down.swap(true, Ordering::AcqRel) {
             return;
