@@ -504,3 +504,108 @@ fn a_call_the_server_does_not_answer_in_time_fails_and_the_session_goes_on() {
         slow[0]
     );
 }
+
+/// `custody wrap --policies DIR`: Cedar policies decide each call, the
+/// forbidden tool hidden from the list and refused with its reason, the
+/// deciding policy recorded; a directory that does not load stops wrap
+/// before the server starts, naming the file and line.
+#[test]
+fn policies_decide_each_call_through_wrap() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("wrap.cedar"),
+        r#"@id("work") permit(principal, action, resource);
+@id("no-env") @reason("the environment holds secrets")
+forbid(principal in Agent::"coder", action == Action::"tools/call", resource == Tool::"get-env");
+"#,
+    )
+    .unwrap();
+    let (steps, received) = Run {
+        peers: &peers,
+        server: &server,
+        era: "2025-11-25",
+        identity: [
+            "--agent",
+            "coder",
+            "--run",
+            "run-w",
+            "--root",
+            "human:alice@example.com",
+        ]
+        .map(String::from)
+        .to_vec(),
+        env: vec![("CUSTODY_TOKEN", server.token.clone())],
+        calls: vec!["get-env".into()],
+        policy: vec!["--policies".into(), policies.display().to_string()],
+        approvals: dir.path().join("approvals"),
+        received: dir.path().join("received.jsonl"),
+    }
+    .go();
+    let tools = steps[1]["names"].as_array().unwrap();
+    assert!(
+        tools.contains(&json!("echo")) && !tools.contains(&json!("get-env")),
+        "{tools:?}"
+    );
+    assert_eq!(steps[2]["text"], "Echo: hello through custody", "{steps:?}");
+    let refused = &steps[3];
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the environment holds secrets")),
+        "{refused}"
+    );
+    assert!(!received.contains("get-env"), "{received}");
+    let stored = call_ok_events(&server);
+    let denied = stored
+        .iter()
+        .find(|e| e["event"]["target"]["tool"] == "get-env")
+        .unwrap_or_else(|| panic!("{stored:?}"));
+    // wrap reports its decision with the event.
+    let attributes = &denied["event"]["attributes"];
+    assert_eq!(attributes["custody.verdict"], "deny", "{denied}");
+    assert_eq!(attributes["custody.reasons"][0]["id"], "no-env", "{denied}");
+
+    // A broken directory stops wrap before it starts the server.
+    std::fs::write(
+        policies.join("broken.cedar"),
+        "permit(principal, action);\n",
+    )
+    .unwrap();
+    let output = output_within(
+        custody()
+            .args([
+                "wrap",
+                "--server",
+                &server.url,
+                "--agent",
+                "coder",
+                "--policies",
+            ])
+            .arg(&policies)
+            .args(["--", "sh", "-c", "echo started > started.txt"])
+            .current_dir(dir.path())
+            .env("CUSTODY_TOKEN", &server.token),
+        Duration::from_secs(30),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("broken.cedar:1"), "{stderr}");
+    assert!(!dir.path().join("started.txt").exists());
+}
+
+/// Every stored tool call, as the API lists them (with decisions).
+fn call_ok_events(server: &Server) -> Vec<Value> {
+    let (status, body) = call(
+        server,
+        reqwest::Method::GET,
+        "/v1/events?kind=tool_call&limit=100",
+        &server.token,
+        Body::None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body["events"].as_array().unwrap().clone()
+}

@@ -66,6 +66,12 @@ pub struct WrapArgs {
     /// can approve, and held calls are refused at once.
     #[arg(long)]
     approvals: Option<PathBuf>,
+    /// A directory of Cedar policies (`*.cedar`) deciding each call, as
+    /// `custody serve --policies` does at its gateway (without the
+    /// server's knowledge of the run: blast radius and findings are empty
+    /// here); the strictest of the policies and the tool flags stands.
+    #[arg(long)]
+    policies: Option<PathBuf>,
     /// A tool whose calls are refused (repeatable).
     #[arg(long, value_name = "TOOL")]
     deny_tool: Vec<String>,
@@ -98,6 +104,8 @@ pub struct WrapArgs {
 /// Runs the gateway until the host or the server ends the session, or a
 /// decision does. The exit code is the server's when it ended the session.
 pub async fn run(args: WrapArgs) -> anyhow::Result<ExitCode> {
+    // Policies that do not load stop wrap before anything starts.
+    let policies = args.policies.as_deref().map(load_policies).transpose()?;
     let (identity, client) = identify(&args).await?;
     let Some((program, program_args)) = args.command.split_first() else {
         anyhow::bail!("no server command given after `--`");
@@ -137,8 +145,15 @@ pub async fn run(args: WrapArgs) -> anyhow::Result<ExitCode> {
     config.fail_open = args.fail_open;
     config.call_timeout = Duration::from_secs(args.call_timeout);
     config.max_in_flight = usize::try_from(args.max_in_flight).unwrap_or(usize::MAX);
+    let decide: Arc<dyn custody_engine::Decide> = match policies {
+        Some(policies) => Arc::new(custody_engine::Strictest(vec![
+            Arc::new(custody_policy::Cedar::new(policies)),
+            Arc::new(rules),
+        ])),
+        None => Arc::new(rules),
+    };
     let gateway = Gateway::new(
-        rules,
+        decide,
         identity,
         approvals,
         Arc::new(ServerRecorder(client)),
@@ -299,4 +314,21 @@ mod tests {
             assert_eq!(server_name(&command), name, "{command:?}");
         }
     }
+}
+
+/// The policies in `dir`, or every error as `file:line: reason`.
+fn load_policies(dir: &std::path::Path) -> anyhow::Result<custody_policy::Policies> {
+    let files = custody_policy::read_dir(dir)
+        .map_err(|error| anyhow::anyhow!("reading the policies (--policies): {error}"))?;
+    custody_policy::Policies::load(&files).map_err(|errors| {
+        anyhow::anyhow!(
+            "{} error(s) in the policies:\n  {}",
+            errors.len(),
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    })
 }

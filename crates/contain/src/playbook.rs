@@ -793,7 +793,8 @@ impl Act for Playbooks {
             return Vec::new();
         }
         let mut records = Vec::new();
-        let source = Arc::new(event.clone());
+        // The event is copied for the actions only when a playbook fires.
+        let mut source: Option<Arc<RuntimeEvent>> = None;
         for signal in signals {
             let (rule, title, finding, kind, severity, tags, chain) = match &signal.finding {
                 // A repeat of an open finding was answered when it opened.
@@ -842,7 +843,9 @@ impl Act for Playbooks {
                     message: signal.message.clone(),
                     chain: chain.clone(),
                     event: event.id.to_string(),
-                    source: source.clone(),
+                    source: source
+                        .get_or_insert_with(|| Arc::new(event.clone()))
+                        .clone(),
                 };
                 records.extend(self.run(index, trigger));
             }
