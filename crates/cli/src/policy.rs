@@ -164,6 +164,24 @@ fn event(mut record: serde_json::Value) -> anyhow::Result<RuntimeEvent> {
     serde_json::from_value(value).context("the event is not a stored event")
 }
 
+/// The policies in `dir`, or an error listing every problem as
+/// `file:line: reason` (for `serve --policies` and `wrap --policies`,
+/// which stop on it).
+pub(crate) fn load_or_explain(dir: &Path) -> anyhow::Result<Policies> {
+    load(dir)?.map(|(policies, _)| policies).map_err(|errors| {
+        anyhow::anyhow!(
+            "{} error(s) in the policies (--policies {}):\n  {}",
+            errors.len(),
+            dir.display(),
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        )
+    })
+}
+
 /// The policies of `dir` and how many files hold them, or what is wrong
 /// with them. A directory that cannot be read, or holds no policy file, is
 /// an error.

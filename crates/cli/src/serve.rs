@@ -44,7 +44,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let playbooks = playbooks(&config.playbooks)?;
     // So should policies that do not load.
     let policies = match &config.policies {
-        Some(dir) => Some(load_policies(dir)?),
+        Some(dir) => {
+            let policies = crate::policy::load_or_explain(dir)?;
+            tracing::info!(
+                policies = policies.len(),
+                version = policies.version(),
+                dir = %dir.display(),
+                "policies loaded"
+            );
+            Some(policies)
+        }
         None => None,
     };
     // And so should responders whose secrets are missing.
@@ -337,31 +346,6 @@ fn with_gateway(
         "serving the MCP gateway"
     );
     Ok(state.with_gateway(http))
-}
-
-/// The policies in `dir`, checked: a bad one stops the server, each error
-/// with its file and line.
-fn load_policies(dir: &Path) -> anyhow::Result<custody_policy::Policies> {
-    let files = custody_policy::read_dir(dir)
-        .map_err(|error| anyhow::anyhow!("reading the policies (--policies): {error}"))?;
-    let policies = custody_policy::Policies::load(&files).map_err(|errors| {
-        anyhow::anyhow!(
-            "{} error(s) in the policies:\n  {}",
-            errors.len(),
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        )
-    })?;
-    tracing::info!(
-        policies = policies.len(),
-        version = policies.version(),
-        dir = %dir.display(),
-        "policies loaded"
-    );
-    Ok(policies)
 }
 
 /// What the policies know of the acting run beyond the event: its blast

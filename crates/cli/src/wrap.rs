@@ -105,7 +105,11 @@ pub struct WrapArgs {
 /// decision does. The exit code is the server's when it ended the session.
 pub async fn run(args: WrapArgs) -> anyhow::Result<ExitCode> {
     // Policies that do not load stop wrap before anything starts.
-    let policies = args.policies.as_deref().map(load_policies).transpose()?;
+    let policies = args
+        .policies
+        .as_deref()
+        .map(crate::policy::load_or_explain)
+        .transpose()?;
     let (identity, client) = identify(&args).await?;
     let Some((program, program_args)) = args.command.split_first() else {
         anyhow::bail!("no server command given after `--`");
@@ -314,21 +318,4 @@ mod tests {
             assert_eq!(server_name(&command), name, "{command:?}");
         }
     }
-}
-
-/// The policies in `dir`, or every error as `file:line: reason`.
-fn load_policies(dir: &std::path::Path) -> anyhow::Result<custody_policy::Policies> {
-    let files = custody_policy::read_dir(dir)
-        .map_err(|error| anyhow::anyhow!("reading the policies (--policies): {error}"))?;
-    custody_policy::Policies::load(&files).map_err(|errors| {
-        anyhow::anyhow!(
-            "{} error(s) in the policies:\n  {}",
-            errors.len(),
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n  ")
-        )
-    })
 }
