@@ -806,6 +806,16 @@ fn policies_decide_at_the_gateway_and_a_broken_reload_keeps_them() {
         ),
     )
     .unwrap();
+    // Reloaded on SIGHUP, as an operator would.
+    let hangup = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    eventually("the policies reloaded", || {
+        let answer = other.call("get-env", json!({}));
+        answer["text"].is_string().then_some(())
+    });
     let reloaded = call_ok(
         &server,
         reqwest::Method::POST,
