@@ -609,3 +609,71 @@ fn call_ok_events(server: &Server) -> Vec<Value> {
     assert_eq!(status, 200, "{body}");
     body["events"].as_array().unwrap().clone()
 }
+
+/// The server's containment reaches `custody wrap`: a quarantined agent
+/// type's calls are refused (its tools hidden) through wrap; lifted, they
+/// pass again.
+#[test]
+fn the_servers_containment_holds_through_wrap() {
+    let Some(peers) = peers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let token = common::mint_agent_token(&server, "alice@example.com", "coder", "run-c");
+    let (status, applied) = call(
+        &server,
+        reqwest::Method::POST,
+        "/v1/containment",
+        &server.token,
+        Body::Json(json!({"kind": "quarantine", "scope": "agent:coder", "reason": "under review"})),
+    );
+    assert_eq!(status, 200, "{applied}");
+    // The token sees the measures over its own chain, and only those.
+    let (status, mine) = call(
+        &server,
+        reqwest::Method::GET,
+        "/v1/containment/mine",
+        &token,
+        Body::None,
+    );
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine["measures"][0]["scope"], "agent:coder", "{mine}");
+    let session = |name: &str| {
+        Run {
+            peers: &peers,
+            server: &server,
+            era: "2025-11-25",
+            identity: Vec::new(),
+            env: vec![("CUSTODY_AGENT_TOKEN", token.clone())],
+            calls: Vec::new(),
+            policy: Vec::new(),
+            approvals: dir.path().join("approvals"),
+            received: dir.path().join(name),
+        }
+        .go()
+    };
+    let (steps, received) = session("quarantined.jsonl");
+    let tools = steps[1]["names"].as_array().unwrap();
+    assert!(
+        tools.is_empty(),
+        "a quarantined agent sees no tools: {tools:?}"
+    );
+    assert!(
+        steps[2]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("agent:coder is quarantined")),
+        "{steps:?}"
+    );
+    assert!(!received.contains("tools/call"), "{received}");
+
+    let id = applied["measure"]["id"].as_str().unwrap();
+    let (status, _) = call(
+        &server,
+        reqwest::Method::DELETE,
+        &format!("/v1/containment/{id}"),
+        &server.token,
+        Body::None,
+    );
+    assert_eq!(status, 200);
+    let (steps, _) = session("lifted.jsonl");
+    assert_eq!(steps[2]["text"], "Echo: hello through custody", "{steps:?}");
+}

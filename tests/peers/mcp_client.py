@@ -5,7 +5,8 @@ default negotiation starting with a 2026-07-28 `server/discover`), and prints on
 Rust test to check.
 
 Steps: list the tools, call `echo`, then each tool named by --call (in
-order), reporting the result text or the JSON-RPC error.
+order), reporting the result text or the JSON-RPC error (a refused `echo`
+ends the steps).
 """
 
 import argparse
@@ -50,8 +51,12 @@ async def main():
             say(step="handshake", version=session.protocol_version)
             tools = await session.list_tools()
             say(step="tools", names=sorted(t.name for t in tools.tools))
-            echoed = await session.call_tool("echo", {"message": "hello through custody"})
-            say(step="echo", text=text_of(echoed), is_error=bool(echoed.is_error))
+            try:
+                echoed = await session.call_tool("echo", {"message": "hello through custody"})
+                say(step="echo", text=text_of(echoed), is_error=bool(echoed.is_error))
+            except MCPError as error:
+                say(step="echo", error_code=error.error.code, error=error.error.message)
+                return
             for call in args.call:
                 name, _, arguments = call.partition("=")
                 try:

@@ -423,6 +423,29 @@ pub(crate) async fn list_measures(
     Ok(Json(json!({ "measures": measures })).into_response())
 }
 
+/// `GET /v1/containment/mine`: the measures covering the calling agent
+/// token's own chain, for a gateway outside the server (`custody wrap`)
+/// to enforce.
+pub(crate) async fn my_measures(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let Some(chain) = &caller.agent else {
+        return Err(ApiError::BadRequest(
+            "this is for agent tokens: the measures covering the token's own chain; \
+             API tokens read GET /v1/containment"
+                .into(),
+        ));
+    };
+    let measures: Vec<_> = containing(&state)?
+        .containment
+        .list()
+        .into_iter()
+        .filter(|measure| measure.scope.covers(chain))
+        .collect();
+    Ok(Json(json!({ "measures": measures })).into_response())
+}
+
 /// `POST /v1/containment` body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -189,6 +189,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/containment",
             get(contain::list_measures).post(contain::apply_measure),
         )
+        .route("/v1/containment/mine", get(contain::my_measures))
         .route("/v1/containment/{id}", delete(contain::lift_measure))
         .route("/v1/actions", get(contain::list_actions))
         .route("/v1/playbooks", get(contain::list_playbooks))

@@ -72,6 +72,12 @@ pub struct WrapArgs {
     /// here); the strictest of the policies and the tool flags stands.
     #[arg(long)]
     policies: Option<PathBuf>,
+    /// How often the server's containment in force over this session's
+    /// chain (a killed run, a quarantined identity, a held run) is fetched
+    /// and enforced, in milliseconds; 0 turns it off. It is fetched once
+    /// before the session starts.
+    #[arg(long, default_value_t = 1000)]
+    containment_poll_ms: u64,
     /// A tool whose calls are refused (repeatable).
     #[arg(long, value_name = "TOOL")]
     deny_tool: Vec<String>,
@@ -149,12 +155,53 @@ pub async fn run(args: WrapArgs) -> anyhow::Result<ExitCode> {
     config.fail_open = args.fail_open;
     config.call_timeout = Duration::from_secs(args.call_timeout);
     config.max_in_flight = usize::try_from(args.max_in_flight).unwrap_or(usize::MAX);
-    let decide: Arc<dyn custody_engine::Decide> = match policies {
-        Some(policies) => Arc::new(custody_engine::Strictest(vec![
-            Arc::new(custody_policy::Cedar::new(policies)),
-            Arc::new(rules),
-        ])),
-        None => Arc::new(rules),
+    // The server's containment over this chain, kept fresh, decides
+    // first; then the policies and the tool flags: the strictest stands.
+    let containment = Arc::new(custody_contain::Containment::new());
+    let mut stages: Vec<Arc<dyn custody_engine::Decide>> =
+        vec![Arc::new(custody_contain::Contained(containment.clone()))];
+    if let Some(policies) = policies {
+        stages.push(Arc::new(custody_policy::Cedar::new(policies)));
+    }
+    stages.push(Arc::new(rules));
+    let decide: Arc<dyn custody_engine::Decide> = Arc::new(custody_engine::Strictest(stages));
+    let polling = if args.containment_poll_ms > 0 {
+        // An agent token reads the measures over its own chain; an API
+        // token (a declared identity) reads them all, if its role may.
+        let path = if args.token.is_some() {
+            "/v1/containment/mine"
+        } else {
+            "/v1/containment"
+        };
+        let chain = identity.chain().clone();
+        let every = Duration::from_millis(args.containment_poll_ms);
+        let mut failing = fetch_containment(&client, path, &chain, &containment)
+            .await
+            .err();
+        if let Some(error) = &failing {
+            tracing::warn!(%error, "the server's containment could not be fetched");
+        }
+        let (client, containment) = (client.clone(), containment.clone());
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                // Said once when fetching starts failing, and once when it
+                // works again; what was fetched last stays in force.
+                match fetch_containment(&client, path, &chain, &containment).await {
+                    Ok(()) if failing.take().is_some() => {
+                        tracing::info!("the server's containment is fetched again");
+                    }
+                    Ok(()) => {}
+                    Err(error) if failing.is_none() => {
+                        tracing::warn!(%error, "the server's containment could not be fetched; what was fetched before stays in force");
+                        failing = Some(error);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }))
+    } else {
+        None
     };
     let gateway = Gateway::new(
         decide,
@@ -172,6 +219,9 @@ pub async fn run(args: WrapArgs) -> anyhow::Result<ExitCode> {
             DRAIN,
         )
         .await;
+    if let Some(polling) = polling {
+        polling.abort();
+    }
     match ended {
         Ended::Killed(why) => {
             tracing::warn!(%why, "custody ended the session");
@@ -228,6 +278,26 @@ async fn identify(args: &WrapArgs) -> anyhow::Result<(Identity, Client)> {
              or a declared identity (--agent NAME [--root human:ID] [--run RUN])"
         ),
     }
+}
+
+/// Fetches the server's measures over `chain` into `containment`. A
+/// failure keeps what was fetched before (a revoked token's calls are
+/// refused anyway: the server no longer records them) and says why.
+async fn fetch_containment(
+    client: &Client,
+    path: &str,
+    chain: &Actor,
+    containment: &custody_contain::Containment,
+) -> Result<(), String> {
+    let answer = client.get(path, &[]).await.map_err(|e| e.to_string())?;
+    let measures: Vec<custody_contain::Measure> =
+        serde_json::from_value(answer["measures"].clone()).map_err(|e| e.to_string())?;
+    containment.replace_all(
+        measures
+            .into_iter()
+            .filter(|measure| measure.scope.covers(chain)),
+    );
+    Ok(())
 }
 
 /// The wrapped server's name from its command: the program, or for a

@@ -310,6 +310,29 @@ impl Containment {
         self.changes.subscribe()
     }
 
+    /// Replaces every measure in force with `measures` (a copy of another
+    /// process's, fetched again), without telling subscribers.
+    pub fn replace_all(&self, measures: impl IntoIterator<Item = Measure>) {
+        let mut fresh: HashMap<Scope, Vec<Measure>> = HashMap::new();
+        let mut count = 0;
+        for measure in measures {
+            let kept = fresh.entry(measure.scope.clone()).or_default();
+            if !kept
+                .iter()
+                .any(|m| m.id == measure.id || m.kind == measure.kind)
+            {
+                kept.push(measure);
+                count += 1;
+            }
+        }
+        let mut by_scope = self
+            .by_scope
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *by_scope = fresh;
+        self.count.store(count, Ordering::Release);
+    }
+
     /// Puts `measures` back in force (kept from before a restart), without
     /// telling subscribers; how many were not already.
     pub fn restore(&self, measures: impl IntoIterator<Item = Measure>) -> usize {
