@@ -25,8 +25,7 @@ use chrono::Utc;
 use custody_api::{AppState, GatewayAuth, Limits};
 use custody_contain::{Contained, Containment, Playbooks};
 use custody_engine::Engine;
-use custody_event::{Principal, PrincipalKind};
-use custody_gateway::http::{GatewayConfig, HttpGateway, Target, UpstreamConfig};
+use custody_gateway::http::HttpGateway;
 use custody_store::{Store, StoreOptions};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -394,29 +393,11 @@ async fn serve(dir: &std::path::Path, upstream: &str, runs: &[String]) -> (Bench
         .await
         .expect("listening");
     let public = format!("http://{}", listener.local_addr().expect("address"));
-    let lifetime = chrono::Duration::hours(1);
+    let lifetime = chrono::Duration::hours(support::gateway::LIFETIME_HOURS);
     let issuer = custody_delegation::Issuer::new(&public, "custody", lifetime);
-    let principal = |kind, id: &str, run: Option<&str>| Principal {
-        kind,
-        id: id.into(),
-        name: None,
-        version: None,
-        run_id: run.map(str::to_owned),
-    };
     let tokens = runs
         .iter()
-        .map(|run| {
-            issuer
-                .mint(
-                    &principal(PrincipalKind::Human, "alice@example.com", None),
-                    &principal(PrincipalKind::Agent, "bench-agent", Some(run)),
-                    &[],
-                    lifetime,
-                    Utc::now(),
-                )
-                .expect("minting")
-                .token
-        })
+        .map(|run| support::gateway::mint(&issuer, run))
         .collect();
     let save: custody_api::SaveState = Arc::new(|_| Ok(()));
     let delegation = custody_api::Delegation::new(issuer, &public, save);
@@ -424,26 +405,8 @@ async fn serve(dir: &std::path::Path, upstream: &str, runs: &[String]) -> (Bench
         .with_delegation(delegation)
         .with_detections(detections)
         .with_graph(live);
-    let config = GatewayConfig {
-        path: "/mcp".into(),
-        upstreams: vec![UpstreamConfig {
-            name: "echo".into(),
-            prefix: String::new(),
-            target: Target::Http {
-                url: upstream.to_owned(),
-                headers: Vec::new(),
-            },
-            rules: custody_gateway::ToolRules::default(),
-        }],
-        relay: custody_gateway::Config::new(""),
-        separator: "__".into(),
-        allowed_origins: Vec::new(),
-        max_sessions: 4096,
-        max_sessions_per_caller: 4,
-        idle_timeout: Duration::from_secs(3600),
-        resource: format!("{public}/mcp"),
-        authorization_servers: vec![public.clone()],
-    };
+    let config =
+        support::gateway::config(&public, upstream, custody_gateway::Config::new(""), 4096, 4);
     let approvals = custody_api::contain::ApprovalQueue::new(Duration::from_secs(60));
     let gateway = HttpGateway::new(
         config,

@@ -22,8 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use custody_api::{AppState, GatewayAuth, Limits};
 use custody_engine::Engine;
-use custody_event::{Principal, PrincipalKind};
-use custody_gateway::http::{GatewayConfig, HttpGateway, Target, UpstreamConfig};
+use custody_gateway::http::HttpGateway;
 use custody_store::{Store, StoreOptions};
 use serde_json::{Value, json};
 use support::echo::serve_echo;
@@ -378,25 +377,9 @@ async fn serve_gateway(dir: &std::path::Path, upstream: &str) -> (String, String
         .await
         .expect("listening");
     let public = format!("http://{}", listener.local_addr().expect("address"));
-    let lifetime = chrono::Duration::hours(1);
+    let lifetime = chrono::Duration::hours(support::gateway::LIFETIME_HOURS);
     let issuer = custody_delegation::Issuer::new(&public, "custody", lifetime);
-    let principal = |kind, id: &str, run: Option<&str>| Principal {
-        kind,
-        id: id.into(),
-        name: None,
-        version: None,
-        run_id: run.map(str::to_owned),
-    };
-    let token = issuer
-        .mint(
-            &principal(PrincipalKind::Human, "alice@example.com", None),
-            &principal(PrincipalKind::Agent, "bench-agent", Some("run-1")),
-            &[],
-            lifetime,
-            chrono::Utc::now(),
-        )
-        .expect("minting")
-        .token;
+    let token = support::gateway::mint(&issuer, "run-1");
     let save: custody_api::SaveState = Arc::new(|_| Ok(()));
     let delegation = custody_api::Delegation::new(issuer, &public, save);
     let state = AppState::new(engine, store.clone(), Limits::default())
@@ -404,26 +387,7 @@ async fn serve_gateway(dir: &std::path::Path, upstream: &str) -> (String, String
         .with_graph(live);
     let mut relay = custody_gateway::Config::new("");
     relay.max_in_flight = 256;
-    let config = GatewayConfig {
-        path: "/mcp".into(),
-        upstreams: vec![UpstreamConfig {
-            name: "echo".into(),
-            prefix: String::new(),
-            target: Target::Http {
-                url: upstream.to_owned(),
-                headers: Vec::new(),
-            },
-            rules: custody_gateway::ToolRules::default(),
-        }],
-        relay,
-        separator: "__".into(),
-        allowed_origins: Vec::new(),
-        max_sessions: 1024,
-        max_sessions_per_caller: 64,
-        idle_timeout: Duration::from_secs(3600),
-        resource: format!("{public}/mcp"),
-        authorization_servers: vec![public.clone()],
-    };
+    let config = support::gateway::config(&public, upstream, relay, 1024, 64);
     let auth = GatewayAuth::new(state.clone(), None);
     let gateway = HttpGateway::new(
         config,
