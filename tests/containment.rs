@@ -376,6 +376,18 @@ on = "root"
     assert_eq!(watch["counts"]["would"], 2, "{watch}");
     assert_eq!(watch["counts"]["fired"], 1);
     assert_eq!(watch["counts"]["done"], 0);
+    let listed = server.cli(&["playbook", "list"]);
+    let table = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("watch-wide-runs"))
+        .unwrap_or_else(|| panic!("{table}"));
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &columns[1..7],
+        ["monitor", "1", "0", "0", "2", "0"],
+        "{table}"
+    );
     // Nothing the monitor would have done was done: no kill in force, and
     // the run still calls.
     assert_eq!(get(&server, "/v1/containment")["measures"], json!([]));
@@ -862,4 +874,42 @@ fn policies_decide_at_the_gateway_and_a_broken_reload_keeps_them() {
         table.contains("lift.quarantine") && table.contains("quarantine"),
         "{table}"
     );
+}
+
+#[test]
+fn playbook_files_are_checked_with_their_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[playbook]]\nid = \"a\"\nmode = \"monitor\"\n[[playbook.actions]]\ndo = \"kill\"\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[playbook]]\nid = \"b\"\n[[playbook.actions]]\ndo = \"explode\"\n",
+    )
+    .unwrap();
+    let checked = output_within(
+        common::custody().args(["playbook", "validate"]).arg(&good),
+        COMMAND_TIMEOUT,
+    );
+    assert!(checked.status.success(), "{checked:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&checked.stdout),
+        "ok: 1 playbook(s) in 1 file(s), 1 in monitor mode\n"
+    );
+    let refused = output_within(
+        common::custody()
+            .args(["playbook", "validate"])
+            .arg(&good)
+            .arg(&bad)
+            .arg(&good),
+        COMMAND_TIMEOUT,
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("bad.toml:4"), "{stderr}");
+    assert!(stderr.contains("two playbooks have the id `a`"), "{stderr}");
 }

@@ -299,3 +299,91 @@ fn segment(id: &str) -> String {
         })
         .collect()
 }
+
+#[derive(Debug, Subcommand)]
+pub enum PlaybookCommand {
+    /// Check playbook files as `custody serve --playbooks` reads them:
+    /// every error with its file and line.
+    Validate {
+        /// The playbook files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// The server's playbooks, with what each did since it started (and
+    /// would have done, in monitor mode).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The server's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn playbook(command: PlaybookCommand) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        PlaybookCommand::Validate { files } => {
+            let mut all = Vec::new();
+            let mut failed = false;
+            for file in &files {
+                let name = file.display().to_string();
+                let loaded = std::fs::read_to_string(file)
+                    .map_err(|error| format!("{name}: {error}"))
+                    .and_then(|text| custody_contain::playbook::parse(&name, &text));
+                match loaded {
+                    Ok(playbooks) => all.extend(playbooks),
+                    Err(error) => {
+                        eprintln!("{error}");
+                        failed = true;
+                    }
+                }
+            }
+            if let Err(error) = custody_contain::playbook::check_unique(&all) {
+                eprintln!("{error}");
+                failed = true;
+            }
+            if failed {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+            let monitor = all
+                .iter()
+                .filter(|p| p.mode == custody_contain::playbook::Mode::Monitor)
+                .count();
+            println!(
+                "ok: {} playbook(s) in {} file(s), {monitor} in monitor mode",
+                all.len(),
+                files.len()
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        PlaybookCommand::List { server, json } => {
+            let answer = Client::new(&server)?.get("/v1/playbooks", &[]).await?;
+            if json {
+                println!("{answer}");
+                return Ok(std::process::ExitCode::SUCCESS);
+            }
+            println!(
+                "{:<32} {:<8} {:>6} {:>6} {:>6} {:>6} {:>7}  DESCRIPTION",
+                "PLAYBOOK", "MODE", "FIRED", "DEDUP", "DONE", "WOULD", "FAILED"
+            );
+            for p in answer["playbooks"]
+                .as_array()
+                .context("the server's answer has no `playbooks` list")?
+            {
+                let counts = &p["counts"];
+                println!(
+                    "{:<32} {:<8} {:>6} {:>6} {:>6} {:>6} {:>7}  {}",
+                    text(&p["id"]),
+                    text(&p["mode"]),
+                    counts["fired"],
+                    counts["deduplicated"],
+                    counts["done"],
+                    counts["would"],
+                    counts["failed"],
+                    text(&p["description"]),
+                );
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}

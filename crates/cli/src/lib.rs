@@ -74,6 +74,10 @@ enum Command {
     Contain(contain::ContainCommand),
     /// What playbooks did, or would have done in monitor mode.
     Actions(contain::ActionsArgs),
+    /// Check playbook files, or list the server's playbooks with their
+    /// counts.
+    #[command(subcommand)]
+    Playbook(contain::PlaybookCommand),
     /// Check Cedar policies, and decide recorded events by them.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -167,6 +171,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Actions(args) => runtime
             .block_on(contain::actions(args))
             .map(|()| ExitCode::SUCCESS),
+        Command::Playbook(command) => runtime.block_on(contain::playbook(command)),
         Command::Policy(command) => runtime.block_on(policy::run(command)),
         Command::Baseline(command) => runtime
             .block_on(baseline::run(command))
