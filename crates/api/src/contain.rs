@@ -330,6 +330,27 @@ fn containing(state: &AppState) -> Result<&Containing, ApiError> {
         .ok_or_else(|| ApiError::NotFound("containment is not enabled on this server".into()))
 }
 
+/// The record of an action a responder took through the API (`playbook`
+/// names the route: `approvals`, `api`), stored without an event.
+fn taken_by_hand(
+    playbook: &str,
+    action: &str,
+    target: String,
+    outcome: &str,
+    detail: String,
+) -> ActionRecord {
+    ActionRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        playbook: playbook.into(),
+        action: action.into(),
+        target,
+        monitor: false,
+        outcome: outcome.into(),
+        detail,
+        finding: None,
+    }
+}
+
 /// `GET /v1/approvals`.
 pub(crate) async fn list_approvals(
     State(state): State<AppState>,
@@ -390,14 +411,12 @@ pub(crate) async fn answer_approval(
             ),
         })?;
     let verdict = if approve { "approved" } else { "refused" };
-    let record = ActionRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        playbook: "approvals".into(),
-        action: if approve { "approve" } else { "refuse" }.into(),
-        target: format!("event:{}", held.event),
-        monitor: false,
-        outcome: "done".into(),
-        detail: format!(
+    let record = taken_by_hand(
+        "approvals",
+        if approve { "approve" } else { "refuse" },
+        format!("event:{}", held.event),
+        "done",
+        format!(
             "{verdict} by {}{}",
             caller.token_id,
             request
@@ -406,8 +425,7 @@ pub(crate) async fn answer_approval(
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default()
         ),
-        finding: None,
-    };
+    );
     read(&state, move |store| store.insert_action(&record)).await?;
     tracing::info!(approval = %id, event = %held.event, by = %caller.token_id, verdict, "held call answered");
     Ok(Json(json!({ "id": id, "event": held.event, "decision": verdict })).into_response())
@@ -478,19 +496,16 @@ pub(crate) async fn apply_measure(
         containing(&state)?
             .containment
             .apply(request.kind, scope, request.reason, by, None);
-    let record = ActionRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        playbook: "api".into(),
-        action: measure.kind.as_str().into(),
-        target: measure.scope.to_string(),
-        monitor: false,
-        outcome: if fresh { "done" } else { "already_done" }.into(),
-        detail: format!(
+    let record = taken_by_hand(
+        "api",
+        measure.kind.as_str(),
+        measure.scope.to_string(),
+        if fresh { "done" } else { "already_done" },
+        format!(
             "measure {} by {}: {}",
             measure.id, measure.by, measure.reason
         ),
-        finding: None,
-    };
+    );
     read(&state, move |store| store.insert_action(&record)).await?;
     Ok(Json(json!({ "measure": measure, "applied": fresh })).into_response())
 }
@@ -506,16 +521,13 @@ pub(crate) async fn lift_measure(
         .containment
         .lift(&id)
         .ok_or_else(|| ApiError::NotFound(format!("no measure `{id}` is in force")))?;
-    let record = ActionRecord {
-        id: uuid::Uuid::now_v7().to_string(),
-        playbook: "api".into(),
-        action: format!("lift.{}", measure.kind.as_str()),
-        target: measure.scope.to_string(),
-        monitor: false,
-        outcome: "done".into(),
-        detail: format!("measure {} lifted by {}", measure.id, caller.token_id),
-        finding: None,
-    };
+    let record = taken_by_hand(
+        "api",
+        &format!("lift.{}", measure.kind.as_str()),
+        measure.scope.to_string(),
+        "done",
+        format!("measure {} lifted by {}", measure.id, caller.token_id),
+    );
     read(&state, move |store| store.insert_action(&record)).await?;
     Ok(Json(json!({ "lifted": measure })).into_response())
 }

@@ -371,22 +371,20 @@ impl custody_policy::Facts for RunFacts {
             kind: custody_graph::NodeKind::Run,
             id: run.to_owned(),
         };
-        let known = graph
-            .read(|graph| (graph.blast_radius(&key), graph.node_view(&key)))
-            .unwrap_or((None, None));
-        if let (Some(radius), _) = &known {
-            facts.blast = custody_policy::Blast {
-                systems: radius.systems as u64,
-                resources: radius.resources as u64,
-                sensitive: radius.sensitive_resources as u64,
-                credentials: radius.credentials_created as u64,
-                privileged: radius.privileged_actions,
-                fan_out: radius.fan_out as u64,
-            };
-        }
-        if let (_, Some(node)) = &known {
-            facts.run_age_secs = (chrono::Utc::now() - node.first_seen).num_seconds().max(0);
-        }
+        // One lookup: the node's view carries its blast radius.
+        let Some(node) = graph.read(|graph| graph.node_view(&key)).flatten() else {
+            return facts;
+        };
+        let radius = &node.blast_radius;
+        facts.blast = custody_policy::Blast {
+            systems: radius.systems as u64,
+            resources: radius.resources as u64,
+            sensitive: radius.sensitive_resources as u64,
+            credentials: radius.credentials_created as u64,
+            privileged: radius.privileged_actions,
+            fan_out: radius.fan_out as u64,
+        };
+        facts.run_age_secs = (chrono::Utc::now() - node.first_seen).num_seconds().max(0);
         facts
     }
 }

@@ -313,18 +313,8 @@ impl Containment {
     /// Replaces every measure in force with `measures` (a copy of another
     /// process's, fetched again), without telling subscribers.
     pub fn replace_all(&self, measures: impl IntoIterator<Item = Measure>) {
-        let mut fresh: HashMap<Scope, Vec<Measure>> = HashMap::new();
-        let mut count = 0;
-        for measure in measures {
-            let kept = fresh.entry(measure.scope.clone()).or_default();
-            if !kept
-                .iter()
-                .any(|m| m.id == measure.id || m.kind == measure.kind)
-            {
-                kept.push(measure);
-                count += 1;
-            }
-        }
+        let mut fresh = HashMap::new();
+        let count = add_new(&mut fresh, measures);
         let mut by_scope = self
             .by_scope
             .write()
@@ -340,20 +330,30 @@ impl Containment {
             .by_scope
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut restored = 0;
-        for measure in measures {
-            let kept = by_scope.entry(measure.scope.clone()).or_default();
-            if !kept
-                .iter()
-                .any(|m| m.id == measure.id || m.kind == measure.kind)
-            {
-                kept.push(measure);
-                restored += 1;
-            }
-        }
+        let restored = add_new(&mut by_scope, measures);
         self.count.fetch_add(restored, Ordering::Release);
         restored
     }
+}
+
+/// Adds to `by_scope` each of `measures` whose id, or whose kind over its
+/// scope, is not there yet; how many were added.
+fn add_new(
+    by_scope: &mut HashMap<Scope, Vec<Measure>>,
+    measures: impl IntoIterator<Item = Measure>,
+) -> usize {
+    let mut added = 0;
+    for measure in measures {
+        let kept = by_scope.entry(measure.scope.clone()).or_default();
+        if !kept
+            .iter()
+            .any(|m| m.id == measure.id || m.kind == measure.kind)
+        {
+            kept.push(measure);
+            added += 1;
+        }
+    }
+    added
 }
 
 /// The decide stage enforcing what is in force: a killed run's calls get
